@@ -1,18 +1,14 @@
-//! `networking.istio.io` resources.
+//! `networking.istio.io` resources: VirtualService, DestinationRule, Gateway, ServiceEntry,
+//! WorkloadEntry.
 
-use serde::{Deserialize, Serialize};
+pub mod destination_rule;
+pub mod gateway;
+pub mod service_entry;
+mod validation;
+pub mod virtual_service;
+pub mod workload_entry;
 
-use crate::validate::{Checker, Validate};
-
-macro_rules! placeholder {
-    ($($name:ident),*) => {$(
-        #[doc = concat!("Istio's ", stringify!($name), " spec.")]
-        #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-        #[serde(deny_unknown_fields, rename_all = "camelCase")]
-        pub struct $name {}
-        impl Validate for $name {
-            fn validate(&self, _cx: &mut Checker<'_>) {}
-        }
-    )*};
-}
-placeholder!(VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry);
+pub use self::{
+    destination_rule::DestinationRule, gateway::Gateway, service_entry::ServiceEntry,
+    virtual_service::VirtualService, workload_entry::WorkloadEntry,
+};
