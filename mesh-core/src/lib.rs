@@ -16,6 +16,9 @@
 
 pub mod config;
 pub mod duration;
+pub mod host;
+pub mod policy;
+pub mod snapshot;
 pub mod source;
 pub mod validate;
 pub mod yaml;

@@ -1,0 +1,7 @@
+//! Validated policy types built from Istio's fields: what the layers are configured with.
+//!
+//! Ratios are integers (parts per million) so policies derive `Eq + Hash` and an old and a new
+//! snapshot can be compared.
+
+pub mod fault;
+pub mod retry;
