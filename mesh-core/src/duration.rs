@@ -22,7 +22,9 @@ pub struct Duration(StdDuration);
 
 /// The text is not a Go-style duration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (expected e.g. \"7s\", \"0.5s\", \"100ms\", \"1m30s\", \"1h\")")]
+#[error(
+    "invalid duration {input:?}: {reason} (expected e.g. \"7s\", \"0.5s\", \"100ms\", \"1m30s\", \"1h\")"
+)]
 pub struct InvalidDuration {
     input: String,
     reason: &'static str,
@@ -248,7 +250,10 @@ mod tests {
     fn rejects_bad_durations() {
         for input in ["", "7", "-1s", "1x", "s", "1.2.3s", "abc", "1m 30s", "."] {
             let err = input.parse::<Duration>().unwrap_err();
-            assert!(err.to_string().contains("invalid duration"), "{input}: {err}");
+            assert!(
+                err.to_string().contains("invalid duration"),
+                "{input}: {err}"
+            );
         }
     }
 
@@ -269,7 +274,9 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for ms in [1u64, 25, 250, 999, 1000, 1500, 61_000, 3_600_500, 86_400_000] {
+        for ms in [
+            1u64, 25, 250, 999, 1000, 1500, 61_000, 3_600_500, 86_400_000,
+        ] {
             let d = Duration::from_millis(ms);
             assert_eq!(d.to_string().parse::<Duration>().unwrap(), d);
         }

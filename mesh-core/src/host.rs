@@ -129,7 +129,10 @@ mod tests {
         assert!(host_matches("*", "anything"));
         assert!(host_matches("*.example.com", "a.example.com"));
         assert!(!host_matches("*.example.com", "example.com"));
-        assert!(host_matches("Reviews.default.svc.cluster.local", "reviews.default.svc.cluster.local"));
+        assert!(host_matches(
+            "Reviews.default.svc.cluster.local",
+            "reviews.default.svc.cluster.local"
+        ));
     }
 
     #[test]
@@ -138,7 +141,10 @@ mod tests {
             namespace_of("reviews.prod.svc.cluster.local", DEFAULT_DOMAIN).as_deref(),
             Some("prod")
         );
-        assert_eq!(short_name("reviews.prod.svc.cluster.local", DEFAULT_DOMAIN), "reviews");
+        assert_eq!(
+            short_name("reviews.prod.svc.cluster.local", DEFAULT_DOMAIN),
+            "reviews"
+        );
         assert_eq!(namespace_of("httpbin.org", DEFAULT_DOMAIN), None);
     }
 }

@@ -20,6 +20,7 @@ pub mod host;
 pub mod policy;
 pub mod snapshot;
 pub mod source;
+pub mod store;
 pub mod validate;
 pub mod yaml;
 

@@ -193,9 +193,8 @@ pub fn parse_documents(text: &str, file: Option<&Path>) -> Result<Vec<Document>,
     // level).
     let mut depth = 0usize;
     for event in saphyr_parser::Parser::new_from_str(text) {
-        let (event, span) = event.map_err(|e| {
-            syntax(e.marker().line(), e.marker().col(), e.info().to_owned())
-        })?;
+        let (event, span) =
+            event.map_err(|e| syntax(e.marker().line(), e.marker().col(), e.info().to_owned()))?;
         match event {
             saphyr_parser::Event::SequenceStart(..) | saphyr_parser::Event::MappingStart(..) => {
                 depth += 1;
@@ -227,36 +226,36 @@ pub fn parse_documents(text: &str, file: Option<&Path>) -> Result<Vec<Document>,
             line: doc.span.start.line().max(1),
         };
         // Expand `kind: List`.
-        if value.get("kind").and_then(Value::as_str) == Some("List") {
-            if let Some(Value::Array(items)) = value.get("items") {
-                let lines = Arc::new(LineIndex(lines));
-                for (i, item) in items.iter().enumerate() {
-                    let prefix = format!("items[{i}]");
-                    let sub: HashMap<String, usize> = lines
-                        .0
-                        .iter()
-                        .filter_map(|(k, v)| {
-                            let rest = k.strip_prefix(&prefix)?;
-                            let rest = match rest.strip_prefix('.') {
-                                Some(field) => field,
-                                None if rest.is_empty() || rest.starts_with('[') => rest,
-                                None => return None,
-                            };
-                            Some((rest.to_owned(), *v))
-                        })
-                        .collect();
-                    let line = lines.0.get(&prefix).copied().unwrap_or(origin.line);
-                    out.push(Document {
-                        value: item.clone(),
-                        origin: Origin {
-                            file: file.clone(),
-                            line,
-                        },
-                        lines: Arc::new(LineIndex(sub)),
-                    });
-                }
-                continue;
+        if value.get("kind").and_then(Value::as_str) == Some("List")
+            && let Some(Value::Array(items)) = value.get("items")
+        {
+            let lines = Arc::new(LineIndex(lines));
+            for (i, item) in items.iter().enumerate() {
+                let prefix = format!("items[{i}]");
+                let sub: HashMap<String, usize> = lines
+                    .0
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let rest = k.strip_prefix(&prefix)?;
+                        let rest = match rest.strip_prefix('.') {
+                            Some(field) => field,
+                            None if rest.is_empty() || rest.starts_with('[') => rest,
+                            None => return None,
+                        };
+                        Some((rest.to_owned(), *v))
+                    })
+                    .collect();
+                let line = lines.0.get(&prefix).copied().unwrap_or(origin.line);
+                out.push(Document {
+                    value: item.clone(),
+                    origin: Origin {
+                        file: file.clone(),
+                        line,
+                    },
+                    lines: Arc::new(LineIndex(sub)),
+                });
             }
+            continue;
         }
         out.push(Document {
             value,
@@ -346,7 +345,10 @@ mod tests {
         let docs = parse_documents(text, Some(Path::new("f.yaml"))).unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].origin.line, 2);
-        assert_eq!(docs[0].lines.line_of("spec.http[0].route[0].weight"), Some(8));
+        assert_eq!(
+            docs[0].lines.line_of("spec.http[0].route[0].weight"),
+            Some(8)
+        );
         assert_eq!(docs[0].lines.line_of("spec.http[0].name"), Some(6));
         // Unknown paths fall back to the nearest ancestor.
         assert_eq!(docs[0].lines.line_of("spec.http[0].route[0].nope"), Some(8));
@@ -361,8 +363,11 @@ mod tests {
 
     #[test]
     fn quoted_keys_are_bracketed() {
-        let docs = parse_documents("metadata:\n  labels:\n    app.kubernetes.io/name: x\n", None)
-            .unwrap();
+        let docs = parse_documents(
+            "metadata:\n  labels:\n    app.kubernetes.io/name: x\n",
+            None,
+        )
+        .unwrap();
         assert_eq!(
             docs[0]
                 .lines
@@ -370,7 +375,11 @@ mod tests {
             Some(3)
         );
         assert_eq!(
-            FieldPath::root().key("metadata").key("labels").key("a.b").to_string(),
+            FieldPath::root()
+                .key("metadata")
+                .key("labels")
+                .key("a.b")
+                .to_string(),
             r#"metadata.labels["a.b"]"#
         );
     }
@@ -388,7 +397,10 @@ mod tests {
     fn deep_nesting_is_refused() {
         let text = "[".repeat(100_000);
         let err = parse_documents(&text, None).unwrap_err();
-        assert!(err.message.contains("nesting") || err.location.line == 1, "{err}");
+        assert!(
+            err.message.contains("nesting") || err.location.line == 1,
+            "{err}"
+        );
         let text = "- ".repeat(10_000) + "x";
         let err = parse_documents(&text, None).unwrap_err();
         assert!(err.message.contains("nesting"), "{err}");
@@ -399,7 +411,9 @@ mod tests {
         let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..10 {
             let p = i - 1;
-            text += &format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n");
+            text += &format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            );
         }
         assert!(parse_documents(&text, None).is_err());
     }

@@ -13,7 +13,10 @@ pub fn to_yaml(value: &Value) -> String {
     emitter.multiline(true);
     // Writing into a String cannot fail.
     let _ = emitter.dump(&yaml);
-    let body = out.strip_prefix("---").unwrap_or(&out).trim_start_matches('\n');
+    let body = out
+        .strip_prefix("---")
+        .unwrap_or(&out)
+        .trim_start_matches('\n');
     let mut body = body.to_owned();
     if !body.ends_with('\n') {
         body.push('\n');
@@ -33,7 +36,12 @@ fn to_node(value: &Value) -> Yaml<'static> {
         Value::Array(items) => Yaml::Sequence(items.iter().map(to_node).collect()),
         Value::Object(map) => Yaml::Mapping(
             map.iter()
-                .map(|(k, v)| (Yaml::Value(Scalar::String(Cow::Owned(k.clone()))), to_node(v)))
+                .map(|(k, v)| {
+                    (
+                        Yaml::Value(Scalar::String(Cow::Owned(k.clone()))),
+                        to_node(v),
+                    )
+                })
                 .collect(),
         ),
     }

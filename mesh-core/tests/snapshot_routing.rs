@@ -234,8 +234,14 @@ fn matched<'s>(s: &'s Snapshot, r: &Req) -> mesh_core::snapshot::RouteMatch<'s> 
 
 #[test]
 fn delay_fault_applies_to_jason_only() {
-    let s = snapshot(&["virtual-service-all-v1.yaml", "virtual-service-ratings-test-delay.yaml"]);
-    let jason = matched(&s, &req("ratings:9080", "/ratings/0").header("end-user", "jason"));
+    let s = snapshot(&[
+        "virtual-service-all-v1.yaml",
+        "virtual-service-ratings-test-delay.yaml",
+    ]);
+    let jason = matched(
+        &s,
+        &req("ratings:9080", "/ratings/0").header("end-user", "jason"),
+    );
     let fault = jason.route.fault.as_ref().expect("a fault for jason");
     assert_eq!(
         fault.delay,
@@ -248,7 +254,10 @@ fn delay_fault_applies_to_jason_only() {
 
 #[test]
 fn abort_fault_with_deprecated_percent_aborts_all_of_jasons_requests() {
-    let s = snapshot(&["virtual-service-all-v1.yaml", "virtual-service-ratings-test-abort.yaml"]);
+    let s = snapshot(&[
+        "virtual-service-all-v1.yaml",
+        "virtual-service-ratings-test-abort.yaml",
+    ]);
     let jason = matched(&s, &req("ratings", "/").header("end-user", "jason"));
     let fault = jason.route.fault.as_ref().unwrap();
     assert_eq!(fault.abort, Some((AbortWith::Http(500), PerMillion::ALL)));
@@ -304,7 +313,13 @@ fn gateway_routes_bookinfo_paths_to_productpage() {
     let gateways = s.gateways_for(&gw_labels);
     assert_eq!(gateways, ["default/bookinfo-gateway"]);
     let caller = Caller::gateway("default", &gw_labels, &gateways);
-    for path in ["/productpage", "/static/css/x.css", "/login", "/logout", "/api/v1/products/0/reviews"] {
+    for path in [
+        "/productpage",
+        "/static/css/x.css",
+        "/login",
+        "/logout",
+        "/api/v1/products/0/reviews",
+    ] {
         let r = req("127.0.0.1:8080", path);
         let Routing::Matched(m) = s.route(&caller, &r.info()) else {
             panic!("{path} should route");
@@ -343,7 +358,11 @@ fn subset_traffic_policy_overrides_the_host_policy() {
     assert_eq!(lb(None).simple, Some(SimpleLb::LeastRequest));
     assert_eq!(lb(Some("v1")).simple, Some(SimpleLb::LeastRequest));
     assert_eq!(
-        lb(Some("v2")).consistent_hash.unwrap().http_header_name.as_deref(),
+        lb(Some("v2"))
+            .consistent_hash
+            .unwrap()
+            .http_header_name
+            .as_deref(),
         Some("end-user")
     );
     assert_eq!(lb(Some("v3")).simple, Some(SimpleLb::RoundRobin));
@@ -364,7 +383,10 @@ fn service_entry_selects_workload_entries_as_endpoints() {
             .contains(&"spiffe://cluster.local/ns/default/sa/details-legacy".to_owned())
     );
     // The host resolves as written from any namespace.
-    assert_eq!(s.resolve_host("details.bookinfo.com", "other"), "details.bookinfo.com");
+    assert_eq!(
+        s.resolve_host("details.bookinfo.com", "other"),
+        "details.bookinfo.com"
+    );
 }
 
 #[test]
@@ -430,7 +452,10 @@ fn matches_rewrites_and_visibility() {
         panic!()
     };
     assert_eq!(m.route.name.as_deref(), Some("canary"));
-    assert_eq!(m.route.rewrite_path(m.match_index, "/v1/items").as_deref(), Some("/v2/items"));
+    assert_eq!(
+        m.route.rewrite_path(m.match_index, "/v1/items").as_deref(),
+        Some("/v2/items")
+    );
     // sourceLabels select the caller: others fall through to the next rules and miss.
     assert!(matches!(s.route(&shop, &r.info()), Routing::NoMatch { .. }));
 
@@ -448,8 +473,14 @@ fn matches_rewrites_and_visibility() {
     let Routing::Matched(m) = s.route(&shop, &r.info()) else {
         panic!()
     };
-    assert_eq!(m.route.rewrite_path(m.match_index, "/items/42").as_deref(), Some("/v2/items/42"));
-    assert!(matches!(s.route(&shop, &req("api", "/items/4x2").info()), Routing::NoMatch { .. }));
+    assert_eq!(
+        m.route.rewrite_path(m.match_index, "/items/42").as_deref(),
+        Some("/v2/items/42")
+    );
+    assert!(matches!(
+        s.route(&shop, &req("api", "/items/4x2").info()),
+        Routing::NoMatch { .. }
+    ));
 
     let r = req("api", "/old/page");
     let Routing::Matched(m) = s.route(&shop, &r.info()) else {
@@ -458,7 +489,10 @@ fn matches_rewrites_and_visibility() {
     let Action::Redirect(redirect) = &m.route.action else {
         panic!()
     };
-    assert_eq!((redirect.uri.as_deref(), redirect.code), (Some("/new"), 302));
+    assert_eq!(
+        (redirect.uri.as_deref(), redirect.code),
+        (Some("/new"), 302)
+    );
 
     // exportTo "." hides the rules from other namespaces: they get the default route.
     let r = req("api.shop", "/old/page");

@@ -141,8 +141,9 @@ impl Validate for PortSelector {
 /// Checks a port number is within 1–65535.
 pub fn check_port(cx: &mut Checker<'_>, key: &str, port: u32) {
     if !(1..=65535).contains(&port) {
-        cx.at(key)
-            .error(format!("port number must be between 1 and 65535, got {port}"));
+        cx.at(key).error(format!(
+            "port number must be between 1 and 65535, got {port}"
+        ));
     }
 }
 

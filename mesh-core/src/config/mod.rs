@@ -4,7 +4,7 @@
 //! types, field for field, in the lowerCamelCase that Istio's YAML uses. They are the *wire*
 //! form: lenient where Istio is (most fields optional), strict where the Kubernetes API server
 //! is (an unknown field is an error naming its path). Range and one-of checks live in the
-//! [`Validate`](crate::validate::Validate) impls beside each type; the request path reads the
+//! [`Validate`] impls beside each type; the request path reads the
 //! compiled [`Snapshot`](crate::snapshot::Snapshot), never these types.
 //!
 //! # Examples
@@ -159,7 +159,9 @@ impl fmt::Display for Kind {
 
 /// The text names no kind the mesh reads.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown kind {0:?} (expected one of: VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)")]
+#[error(
+    "unknown kind {0:?} (expected one of: VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)"
+)]
 pub struct UnknownKind(String);
 
 impl FromStr for Kind {
@@ -304,11 +306,11 @@ impl Validate for ObjectMeta {
                 self.name
             ));
         }
-        if let Some(ns) = &self.namespace {
-            if !is_dns1123_label(ns) {
-                cx.at("namespace")
-                    .error(format!("{ns:?} is not a valid namespace name"));
-            }
+        if let Some(ns) = &self.namespace
+            && !is_dns1123_label(ns)
+        {
+            cx.at("namespace")
+                .error(format!("{ns:?} is not a valid namespace name"));
         }
     }
 }
@@ -700,7 +702,10 @@ fn from_document(doc: &Document) -> Result<Option<Resource>, Box<Finding>> {
 
 /// Deserializes `value` into `T`, turning a serde error into the path of the offending field
 /// (relative to the document root) and a message in the API server's words.
-fn typed<T: DeserializeOwned>(value: &Value, base: FieldPath) -> Result<T, Box<(FieldPath, String)>> {
+fn typed<T: DeserializeOwned>(
+    value: &Value,
+    base: FieldPath,
+) -> Result<T, Box<(FieldPath, String)>> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let mut path = base;
         for seg in e.path().iter() {

@@ -116,9 +116,18 @@ mod tests {
     #[test]
     fn per_million_from_both_spellings() {
         let p = Percent { value: 12.5 };
-        assert_eq!(PerMillion::from_istio(Some(&p), Some(100), PerMillion(0)), PerMillion(125_000));
-        assert_eq!(PerMillion::from_istio(None, Some(100), PerMillion(0)), PerMillion::ALL);
-        assert_eq!(PerMillion::from_istio(None, None, PerMillion(7)), PerMillion(7));
+        assert_eq!(
+            PerMillion::from_istio(Some(&p), Some(100), PerMillion(0)),
+            PerMillion(125_000)
+        );
+        assert_eq!(
+            PerMillion::from_istio(None, Some(100), PerMillion(0)),
+            PerMillion::ALL
+        );
+        assert_eq!(
+            PerMillion::from_istio(None, None, PerMillion(7)),
+            PerMillion(7)
+        );
         assert!(PerMillion::ALL.hit(999_999));
         assert!(!PerMillion(0).hit(0));
         assert_eq!(PerMillion::from_percent(0.0001), PerMillion(1));

@@ -4,4 +4,5 @@
 //! snapshot can be compared.
 
 pub mod fault;
+pub mod peer_authn;
 pub mod retry;

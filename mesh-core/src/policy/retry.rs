@@ -54,9 +54,15 @@ const NAMES: &[(&str, RetryCondition)] = &[
     ("envoy-ratelimited", RetryCondition::EnvoyRateLimited),
     ("retriable-4xx", RetryCondition::Retriable4xx),
     ("refused-stream", RetryCondition::RefusedStream),
-    ("retriable-status-codes", RetryCondition::RetriableStatusCodes),
+    (
+        "retriable-status-codes",
+        RetryCondition::RetriableStatusCodes,
+    ),
     ("retriable-headers", RetryCondition::RetriableHeaders),
-    ("http3-post-connect-failure", RetryCondition::Http3PostConnectFailure),
+    (
+        "http3-post-connect-failure",
+        RetryCondition::Http3PostConnectFailure,
+    ),
     ("cancelled", RetryCondition::Cancelled),
     ("deadline-exceeded", RetryCondition::DeadlineExceeded),
     ("internal", RetryCondition::Internal),
@@ -81,7 +87,9 @@ impl RetryCondition {
 
 /// A `retry_on` item is neither an Envoy condition nor an HTTP status code.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown retryOn condition {0:?} (expected e.g. 5xx, gateway-error, reset, connect-failure, refused-stream, retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, or an HTTP status code)")]
+#[error(
+    "unknown retryOn condition {0:?} (expected e.g. 5xx, gateway-error, reset, connect-failure, refused-stream, retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, or an HTTP status code)"
+)]
 pub struct InvalidRetryOn(pub String);
 
 /// The parsed `retryOn` list: conditions and raw status codes.
@@ -230,12 +238,18 @@ mod tests {
     #[test]
     fn attempts_zero_disables_and_absent_block_is_default() {
         use crate::config::networking::virtual_service::HttpRetry;
-        assert_eq!(RetryPolicy::from_config(None).unwrap(), RetryPolicy::MeshDefault);
+        assert_eq!(
+            RetryPolicy::from_config(None).unwrap(),
+            RetryPolicy::MeshDefault
+        );
         let zero = HttpRetry {
             attempts: Some(0),
             ..HttpRetry::default()
         };
-        assert_eq!(RetryPolicy::from_config(Some(&zero)).unwrap(), RetryPolicy::Disabled);
+        assert_eq!(
+            RetryPolicy::from_config(Some(&zero)).unwrap(),
+            RetryPolicy::Disabled
+        );
         let three = HttpRetry {
             attempts: Some(3),
             per_try_timeout: Some(crate::duration::Duration::from_secs(2)),

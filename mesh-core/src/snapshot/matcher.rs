@@ -131,7 +131,10 @@ impl RequestMatch {
                 .map(|(k, v)| {
                     let name = http::HeaderName::from_bytes(k.as_bytes())
                         .map_err(|e| format!("header {k:?}: {e}"))?;
-                    Ok((name, StringMatcher::compile(v, false).map_err(|e| e.to_string())?))
+                    Ok((
+                        name,
+                        StringMatcher::compile(v, false).map_err(|e| e.to_string())?,
+                    ))
                 })
                 .collect::<Result<Vec<_>, String>>()
         };
@@ -147,7 +150,10 @@ impl RequestMatch {
                 .query_params
                 .iter()
                 .map(|(k, v)| {
-                    Ok((k.clone(), StringMatcher::compile(v, false).map_err(|e| e.to_string())?))
+                    Ok((
+                        k.clone(),
+                        StringMatcher::compile(v, false).map_err(|e| e.to_string())?,
+                    ))
                 })
                 .collect::<Result<_, String>>()?,
             port: m.port.and_then(|p| u16::try_from(p).ok()),
@@ -169,30 +175,30 @@ impl RequestMatch {
 
     /// True if `req` satisfies every condition.
     pub fn matches(&self, req: &RequestInfo<'_>) -> bool {
-        if let Some(m) = &self.uri {
-            if !m.matches(req.path) {
-                return false;
-            }
+        if let Some(m) = &self.uri
+            && !m.matches(req.path)
+        {
+            return false;
         }
-        if let Some(m) = &self.method {
-            if !m.matches(req.method.as_str()) {
-                return false;
-            }
+        if let Some(m) = &self.method
+            && !m.matches(req.method.as_str())
+        {
+            return false;
         }
-        if let Some(m) = &self.scheme {
-            if !m.matches(req.scheme) {
-                return false;
-            }
+        if let Some(m) = &self.scheme
+            && !m.matches(req.scheme)
+        {
+            return false;
         }
-        if let Some(m) = &self.authority {
-            if !m.matches(req.authority) {
-                return false;
-            }
+        if let Some(m) = &self.authority
+            && !m.matches(req.authority)
+        {
+            return false;
         }
-        if let Some(port) = self.port {
-            if req.port != Some(port) {
-                return false;
-            }
+        if let Some(port) = self.port
+            && req.port != Some(port)
+        {
+            return false;
         }
         for (name, m) in &self.headers {
             match header_value(req.headers, name) {
@@ -201,10 +207,10 @@ impl RequestMatch {
             }
         }
         for (name, m) in &self.without_headers {
-            if let Some(v) = header_value(req.headers, name) {
-                if m.matches(&v) {
-                    return false;
-                }
+            if let Some(v) = header_value(req.headers, name)
+                && m.matches(&v)
+            {
+                return false;
             }
         }
         for (key, m) in &self.query_params {
@@ -317,14 +323,19 @@ mod tests {
         let p = StringMatcher::compile(&StringMatch::prefix("/API"), true).unwrap();
         assert!(p.matches("/api/v1"));
         assert!(!p.matches("/ap"));
-        assert!(StringMatcher::compile(&StringMatch::default(), false)
-            .unwrap()
-            .matches(""));
+        assert!(
+            StringMatcher::compile(&StringMatch::default(), false)
+                .unwrap()
+                .matches("")
+        );
     }
 
     #[test]
     fn query_params_decode() {
-        assert_eq!(query_param(Some("a=1&b=x%20y"), "b").as_deref(), Some("x y"));
+        assert_eq!(
+            query_param(Some("a=1&b=x%20y"), "b").as_deref(),
+            Some("x y")
+        );
         assert_eq!(query_param(Some("flag&a=1"), "flag").as_deref(), Some(""));
         assert_eq!(query_param(Some("a=1"), "b"), None);
         assert_eq!(query_param(None, "a"), None);

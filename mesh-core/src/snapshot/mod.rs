@@ -54,6 +54,9 @@ use crate::{
     host::{self, DEFAULT_DOMAIN, host_matches, resolve_rule_host},
 };
 
+/// Istio's default mesh root namespace: mesh-wide policies live there.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
 /// The name of the gateway that means "every sidecar" (every meshed client).
 pub const MESH_GATEWAY: &str = "mesh";
 
@@ -72,7 +75,7 @@ impl Default for MeshSettings {
     fn default() -> Self {
         Self {
             domain: DEFAULT_DOMAIN.to_owned(),
-            root_namespace: "istio-system".to_owned(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_owned(),
             trust_domain: DEFAULT_DOMAIN.to_owned(),
         }
     }
@@ -324,7 +327,13 @@ impl Visibility {
         Self::Namespaces(
             export_to
                 .iter()
-                .map(|e| if e == "." { own_ns.to_owned() } else { e.clone() })
+                .map(|e| {
+                    if e == "." {
+                        own_ns.to_owned()
+                    } else {
+                        e.clone()
+                    }
+                })
                 .collect(),
         )
     }
@@ -462,7 +471,8 @@ impl Snapshot {
         // VirtualServices for one host are concatenated in this order (analysis warns).
         let mut ordered: Vec<&Resource> = resources.iter().collect();
         ordered.sort_by(|a, b| {
-            (&a.metadata.creation_timestamp, a.key()).cmp(&(&b.metadata.creation_timestamp, b.key()))
+            (&a.metadata.creation_timestamp, a.key())
+                .cmp(&(&b.metadata.creation_timestamp, b.key()))
         });
 
         snap.build_registry(&ordered, &domain);
@@ -488,10 +498,7 @@ impl Snapshot {
                     let gateways: Vec<String> = if vs.gateways.is_empty() {
                         vec![MESH_GATEWAY.to_owned()]
                     } else {
-                        vs.gateways
-                            .iter()
-                            .map(|g| qualify_gateway(g, ns))
-                            .collect()
+                        vs.gateways.iter().map(|g| qualify_gateway(g, ns)).collect()
                     };
                     for gw in gateways {
                         // Keep the rules whose match entries apply to this gateway.
@@ -502,7 +509,9 @@ impl Snapshot {
                                 rule.matches.is_empty()
                                     || rule.matches.iter().any(|m| {
                                         m.gateways.is_empty()
-                                            || m.gateways.iter().any(|g| qualify_gateway(g, ns) == gw)
+                                            || m.gateways
+                                                .iter()
+                                                .any(|g| qualify_gateway(g, ns) == gw)
                                     })
                             })
                             .cloned()
@@ -551,7 +560,7 @@ impl Snapshot {
             table.finish();
         }
         snap.wildcard_destination_rules
-            .sort_by(|a, b| b.host.len().cmp(&a.host.len()));
+            .sort_by_key(|p| std::cmp::Reverse(p.host.len()));
 
         // Endpoints of every subset, selected once.
         let mut subset_endpoints = HashMap::new();
@@ -573,7 +582,12 @@ impl Snapshot {
                     let eps: Arc<[Arc<Endpoint>]> = svc
                         .endpoints
                         .iter()
-                        .filter(|e| subset.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                        .filter(|e| {
+                            subset
+                                .labels
+                                .iter()
+                                .all(|(k, v)| e.labels.get(k) == Some(v))
+                        })
                         .cloned()
                         .collect();
                     subset_endpoints
@@ -615,10 +629,7 @@ impl Snapshot {
             }
             let mut identities = se.subject_alt_names.clone();
             for sa in endpoints.iter().map(|e| &e.service_account) {
-                let id = format!(
-                    "spiffe://{}/ns/{ns}/sa/{sa}",
-                    self.settings.trust_domain
-                );
+                let id = format!("spiffe://{}/ns/{ns}/sa/{sa}", self.settings.trust_domain);
                 if !identities.contains(&id) {
                     identities.push(id);
                 }
@@ -753,10 +764,7 @@ impl Snapshot {
                 }
             }
         }
-        let host = sets
-            .first()
-            .map(|(_, h)| h.clone())
-            .unwrap_or_default();
+        let host = sets.first().map(|(_, h)| h.clone()).unwrap_or_default();
         if !visible_any && !caller.is_gateway() {
             return Routing::Default { host };
         }
@@ -811,8 +819,7 @@ impl Snapshot {
         self.gateways
             .iter()
             .filter(|(_, gw)| {
-                !gw.selector.is_empty()
-                    && gw.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                !gw.selector.is_empty() && gw.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
             })
             .map(|(key, _)| format!("{}/{}", key.namespace, key.name))
             .collect()

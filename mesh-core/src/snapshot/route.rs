@@ -481,7 +481,11 @@ impl Cors {
             .iter()
             .map(|m| StringMatcher::compile(m, false).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        allow_origins.extend(c.allow_origin.iter().map(|o| StringMatcher::Exact(o.clone())));
+        allow_origins.extend(
+            c.allow_origin
+                .iter()
+                .map(|o| StringMatcher::Exact(o.clone())),
+        );
         Ok(Self {
             allow_origins,
             allow_methods: c.allow_methods.clone(),

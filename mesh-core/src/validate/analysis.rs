@@ -30,7 +30,7 @@ use crate::{
         },
     },
     host::{DEFAULT_DOMAIN, host_matches, resolve_rule_host},
-    snapshot::{MESH_GATEWAY, qualify_gateway},
+    snapshot::{DEFAULT_ROOT_NAMESPACE, MESH_GATEWAY, qualify_gateway},
     source::FieldPath,
 };
 
@@ -47,6 +47,7 @@ pub fn analyze(resources: &[Resource]) -> Vec<Finding> {
                 gateway_hosts(&cx, r, vs, &mut out);
                 faults_without_percentage(r, vs, &mut out);
             }
+            Spec::DestinationRule(_) => mtls_conflicts(&cx, resources, r, &mut out),
             _ => {}
         }
     }
@@ -168,7 +169,10 @@ fn references(cx: &Context<'_>, r: &Resource, vs: &VirtualService, out: &mut Vec
             ));
         }
         if let Some(subset) = &d.subset {
-            let defined = cx.subsets.get(&host).is_some_and(|s| s.contains(subset.as_str()));
+            let defined = cx
+                .subsets
+                .get(&host)
+                .is_some_and(|s| s.contains(subset.as_str()));
             if !defined {
                 out.push(Finding::about(
                     r,
@@ -182,44 +186,67 @@ fn references(cx: &Context<'_>, r: &Resource, vs: &VirtualService, out: &mut Vec
                 ));
             }
         }
-        if d.port.is_none() {
-            if let Some(Some(se)) = cx.hosts.get(&host) {
-                if se.ports.len() > 1 {
-                    out.push(Finding::about(
-                        r,
-                        Some(dest_path.clone()),
-                        codes::VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
-                        Severity::Error,
-                        format!(
-                            "This VirtualService routes to service {:?} which exposes {} ports; the destination must name one with port.number",
-                            d.host,
-                            se.ports.len()
-                        ),
-                    ));
-                }
-            }
+        if d.port.is_none()
+            && let Some(Some(se)) = cx.hosts.get(&host)
+            && se.ports.len() > 1
+        {
+            out.push(Finding::about(
+                r,
+                Some(dest_path.clone()),
+                codes::VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED,
+                Severity::Error,
+                format!(
+                    "This VirtualService routes to service {:?} which exposes {} ports; the destination must name one with port.number",
+                    d.host,
+                    se.ports.len()
+                ),
+            ));
         }
     };
     for (i, rule) in vs.http.iter().enumerate() {
         let rp = spec.key("http").index(i);
         for (j, rd) in rule.route.iter().enumerate() {
-            check_dest(&rd.destination, rp.key("route").index(j).key("destination"), out);
+            check_dest(
+                &rd.destination,
+                rp.key("route").index(j).key("destination"),
+                out,
+            );
         }
         if let Some(m) = &rule.mirror {
             check_dest(m, rp.key("mirror"), out);
         }
         for (j, m) in rule.mirrors.iter().enumerate() {
-            check_dest(&m.destination, rp.key("mirrors").index(j).key("destination"), out);
+            check_dest(
+                &m.destination,
+                rp.key("mirrors").index(j).key("destination"),
+                out,
+            );
         }
     }
     for (i, rule) in vs.tcp.iter().enumerate() {
         for (j, rd) in rule.route.iter().enumerate() {
-            check_dest(&rd.destination, spec.key("tcp").index(i).key("route").index(j).key("destination"), out);
+            check_dest(
+                &rd.destination,
+                spec.key("tcp")
+                    .index(i)
+                    .key("route")
+                    .index(j)
+                    .key("destination"),
+                out,
+            );
         }
     }
     for (i, rule) in vs.tls.iter().enumerate() {
         for (j, rd) in rule.route.iter().enumerate() {
-            check_dest(&rd.destination, spec.key("tls").index(i).key("route").index(j).key("destination"), out);
+            check_dest(
+                &rd.destination,
+                spec.key("tls")
+                    .index(i)
+                    .key("route")
+                    .index(j)
+                    .key("destination"),
+                out,
+            );
         }
     }
     let check_gw = |gw: &str, path: FieldPath, out: &mut Vec<Finding>| {
@@ -361,27 +388,29 @@ fn faults_without_percentage(r: &Resource, vs: &VirtualService, out: &mut Vec<Fi
     for (i, rule) in vs.http.iter().enumerate() {
         let Some(fault) = &rule.fault else { continue };
         let fp = spec_path().key("http").index(i).key("fault");
-        if let Some(d) = &fault.delay {
-            if d.percentage.is_none() && d.percent.is_none() {
-                out.push(Finding::about(
-                    r,
-                    Some(fp.key("delay")),
-                    codes::SCHEMA_WARNING,
-                    Severity::Warning,
-                    "no percentage set: as in Istio, no request is delayed (set percentage.value: 100 for all)",
-                ));
-            }
+        if let Some(d) = &fault.delay
+            && d.percentage.is_none()
+            && d.percent.is_none()
+        {
+            out.push(Finding::about(
+                r,
+                Some(fp.key("delay")),
+                codes::SCHEMA_WARNING,
+                Severity::Warning,
+                "no percentage set: as in Istio, no request is delayed (set percentage.value: 100 for all)",
+            ));
         }
-        if let Some(a) = &fault.abort {
-            if a.percentage.is_none() && a.percent.is_none() {
-                out.push(Finding::about(
-                    r,
-                    Some(fp.key("abort")),
-                    codes::SCHEMA_WARNING,
-                    Severity::Warning,
-                    "no percentage set: as in Istio, no request is aborted (set percentage.value: 100 for all)",
-                ));
-            }
+        if let Some(a) = &fault.abort
+            && a.percentage.is_none()
+            && a.percent.is_none()
+        {
+            out.push(Finding::about(
+                r,
+                Some(fp.key("abort")),
+                codes::SCHEMA_WARNING,
+                Severity::Warning,
+                "no percentage set: as in Istio, no request is aborted (set percentage.value: 100 for all)",
+            ));
         }
     }
 }
@@ -424,6 +453,67 @@ fn conflicting_mesh_hosts(resources: &[Resource], out: &mut Vec<Finding>) {
                     names.join(",")
                 ),
             ));
+        }
+    }
+}
+
+/// A DestinationRule whose TLS mode contradicts the PeerAuthentication of the workloads
+/// behind its host (IST0113): plaintext to a STRICT workload, or ISTIO_MUTUAL to one that has
+/// mTLS disabled. The workloads are the WorkloadEntries behind the host; before any has
+/// registered, a workload labelled `app: <service name>` in the service's namespace stands in.
+fn mtls_conflicts(cx: &Context<'_>, resources: &[Resource], r: &Resource, out: &mut Vec<Finding>) {
+    use crate::config::{
+        networking::destination_rule::ClientTlsMode, security::peer_authentication::MtlsMode,
+    };
+    let Spec::DestinationRule(dr) = &r.spec else {
+        return;
+    };
+    let Some(mode) = dr
+        .traffic_policy
+        .as_ref()
+        .and_then(|t| t.tls.as_ref())
+        .and_then(|t| t.mode)
+    else {
+        return;
+    };
+    let host = resolve_rule_host(&dr.host, r.namespace(), DEFAULT_DOMAIN);
+    let Some(svc_ns) = crate::host::namespace_of(&host, DEFAULT_DOMAIN) else {
+        return;
+    };
+    let app = crate::host::short_name(&host, DEFAULT_DOMAIN);
+    let stand_in: BTreeMap<String, String> = [("app".to_owned(), app.clone())].into();
+    let mut workloads: Vec<&BTreeMap<String, String>> = cx
+        .workloads
+        .iter()
+        .filter(|(ns, l)| *ns == svc_ns && l.get("app") == Some(&app))
+        .map(|(_, l)| *l)
+        .collect();
+    if workloads.is_empty() {
+        workloads.push(&stand_in);
+    }
+    for labels in workloads {
+        let server =
+            crate::policy::peer_authn::compose(resources, DEFAULT_ROOT_NAMESPACE, &svc_ns, labels);
+        let conflict = match (mode, server.mode) {
+            (ClientTlsMode::Disable, MtlsMode::Strict) => Some(("DISABLE", "STRICT")),
+            (ClientTlsMode::IstioMutual, MtlsMode::Disable) => Some(("ISTIO_MUTUAL", "DISABLE")),
+            _ => None,
+        };
+        if let Some((client, srv)) = conflict {
+            let by = server
+                .decided_by
+                .last()
+                .map_or_else(String::new, ToString::to_string);
+            out.push(Finding::about(
+                r,
+                Some(spec_path().key("trafficPolicy").key("tls").key("mode")),
+                codes::MTLS_POLICY_CONFLICT,
+                Severity::Error,
+                format!(
+                    "A DestinationRule and Policy are in conflict with regards to mTLS for host {host}: the DestinationRule sets mode {client} but the PeerAuthentication {by} sets {srv}"
+                ),
+            ));
+            return;
         }
     }
 }

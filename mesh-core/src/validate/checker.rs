@@ -32,7 +32,7 @@ impl<T: Validate> Validate for Option<T> {
     }
 }
 
-/// A cursor that records [`Issue`]s at the field it is positioned at.
+/// A cursor that records issues at the field it is positioned at.
 ///
 /// # Examples
 /// ```

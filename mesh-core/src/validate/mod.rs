@@ -15,7 +15,7 @@ pub mod codes;
 use std::fmt;
 
 pub use self::{
-    checker::{Checker, Validate},
+    checker::{Checker, Issue, Validate},
     codes::Code,
 };
 use crate::{
@@ -132,9 +132,12 @@ impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} [{}]", self.severity, self.code.id)?;
         let place = match (&self.file, self.line) {
-            (Some(Origin { file: Some(file), .. }), Some(line)) => {
-                Some(format!("{}:{line}", file.display()))
-            }
+            (
+                Some(Origin {
+                    file: Some(file), ..
+                }),
+                Some(line),
+            ) => Some(format!("{}:{line}", file.display())),
             (Some(o), None) => Some(o.to_string()),
             _ => None,
         };
@@ -172,13 +175,8 @@ impl Findings {
         self.0.sort_by(|a, b| {
             let fa = a.file.as_ref().and_then(|o| o.file.clone());
             let fb = b.file.as_ref().and_then(|o| o.file.clone());
-            (fa, a.line, a.severity, a.code.id, &a.message).cmp(&(
-                fb,
-                b.line,
-                b.severity,
-                b.code.id,
-                &b.message,
-            ))
+            (fa, a.line, a.severity, a.code.id, &a.message)
+                .cmp(&(fb, b.line, b.severity, b.code.id, &b.message))
         });
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::common::{PortSelector, StringMatch},
     config::common::Percent,
+    config::common::{PortSelector, StringMatch},
     duration::Duration,
 };
 
