@@ -1,0 +1,72 @@
+//! Where a request is going: what the route layer decided, for the layers below it.
+
+use std::sync::Arc;
+
+use mesh_core::snapshot::{Endpoint, Route, Snapshot};
+
+/// The route layer's decision, in the request's extensions.
+///
+/// Every layer below the route layer reads its per-request policy from here (fault, timeout,
+/// retries from [`Target::route`]; endpoints from [`Target::snapshot`]), so one snapshot is
+/// used for the whole request even if the configuration changes meanwhile.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The snapshot the decision was made with.
+    pub snapshot: Arc<Snapshot>,
+    /// The VirtualService rule that matched; `None` for the default route.
+    pub route: Option<Arc<Route>>,
+    /// The match entry of the rule that matched.
+    pub match_index: Option<usize>,
+    /// The destination host (FQDN, or the requested name when the registry does not know it).
+    pub host: String,
+    /// The destination subset.
+    pub subset: Option<String>,
+    /// The service port.
+    pub port: u16,
+}
+
+impl Target {
+    /// The route's policy accessor, when a rule matched.
+    pub fn route(&self) -> Option<&Route> {
+        self.route.as_deref()
+    }
+}
+
+/// The endpoint a request was sent to, in the request's (and response's) extensions.
+#[derive(Clone, Debug)]
+pub struct PickedEndpoint {
+    /// The endpoint.
+    pub endpoint: Arc<Endpoint>,
+    /// The address connected to (`127.0.0.1:9080`).
+    pub authority: String,
+}
+
+/// Endpoints already tried for this request, shared by every attempt of it: the retry layer
+/// puts one into each attempt's extensions, the balancer records its pick there and prefers
+/// endpoints not tried yet (Istio's `retryIgnorePreviousHosts`, on by default).
+#[derive(Clone, Debug, Default)]
+pub struct TriedEndpoints(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl TriedEndpoints {
+    /// Records an endpoint (its authority) as tried.
+    pub fn record(&self, authority: &str) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(authority.to_owned());
+        }
+    }
+
+    /// True if the endpoint was tried already.
+    pub fn contains(&self, authority: &str) -> bool {
+        self.0.lock().is_ok_and(|v| v.iter().any(|a| a == authority))
+    }
+
+    /// How many tries were recorded.
+    pub fn len(&self) -> usize {
+        self.0.lock().map_or(0, |v| v.len())
+    }
+
+    /// True if nothing was tried yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
