@@ -195,12 +195,43 @@ fn scalar() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         (-1000i64..70_000).prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         prop::sample::select(vec![
-            "7s", "0s", "-1s", "1x", "0.5s", "1500us", "99999999999999h", "([", "*", "*.com",
-            "mesh", "v1", "ISTIO_MUTUAL", "MUTUAL", "SIMPLE", "ROUND_ROBIN", "STATIC", "DNS",
-            "HTTP", "HTTPS", "TCP", "5xx,reset", "14", "UNAVAILABLE", "aGVsbG8=", "unix:///s",
-            "10.0.0.0/8", "::1", "ns/gw", "/", "", "\u{0}", "é", "reviews.default.svc.cluster.local",
+            "7s",
+            "0s",
+            "-1s",
+            "1x",
+            "0.5s",
+            "1500us",
+            "99999999999999h",
+            "([",
+            "*",
+            "*.com",
+            "mesh",
+            "v1",
+            "ISTIO_MUTUAL",
+            "MUTUAL",
+            "SIMPLE",
+            "ROUND_ROBIN",
+            "STATIC",
+            "DNS",
+            "HTTP",
+            "HTTPS",
+            "TCP",
+            "5xx,reset",
+            "14",
+            "UNAVAILABLE",
+            "aGVsbG8=",
+            "unix:///s",
+            "10.0.0.0/8",
+            "::1",
+            "ns/gw",
+            "/",
+            "",
+            "\u{0}",
+            "é",
+            "reviews.default.svc.cluster.local",
         ])
         .prop_map(|s| Value::String(s.to_owned())),
         "[ -~]{0,16}".prop_map(Value::String),
@@ -295,10 +326,10 @@ fn change_value(value: &mut Value, change: &Change) {
                     map.remove(&last);
                 }
                 Some(Value::Array(items)) => {
-                    if let Ok(i) = last.parse::<usize>() {
-                        if i < items.len() {
-                            items.remove(i);
-                        }
+                    if let Ok(i) = last.parse::<usize>()
+                        && i < items.len()
+                    {
+                        items.remove(i);
                     }
                 }
                 _ => {}
@@ -367,7 +398,11 @@ fn seeds_are_valid_resources() {
             .filter(|f| f.is_error())
             .map(|f| f.to_string())
             .collect();
-        assert!(schema_errors.is_empty(), "{seed}\n{}", schema_errors.join("\n"));
+        assert!(
+            schema_errors.is_empty(),
+            "{seed}\n{}",
+            schema_errors.join("\n")
+        );
     }
 }
 
@@ -375,8 +410,13 @@ fn seeds_are_valid_resources() {
 #[test]
 fn hostile_inputs_never_panic() {
     let deep = "[".repeat(10_000);
-    let deep_map = "a:\n".to_owned() + &(1..200).map(|i| format!("{}b:\n", " ".repeat(i))).collect::<String>();
-    let huge_weight = SEEDS[0].replace("weight: 80", "weight: 2147483647").replace("weight: 20", "weight: 2147483647");
+    let deep_map = "a:\n".to_owned()
+        + &(1..200)
+            .map(|i| format!("{}b:\n", " ".repeat(i)))
+            .collect::<String>();
+    let huge_weight = SEEDS[0]
+        .replace("weight: 80", "weight: 2147483647")
+        .replace("weight: 20", "weight: 2147483647");
     let huge_table = SEEDS[1].replace("tableSize: 65537", "tableSize: 18446744073709551615");
     let huge_regex = SEEDS[0].replace("\"[0-9]+\"", &format!("\"{}\"", "(a{1000}){1000}"));
     for text in [

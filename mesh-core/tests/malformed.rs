@@ -94,7 +94,10 @@ fn vs(spec: &str) -> String {
 /// A VirtualService for `reviews` whose only HTTP route is `route` (written without
 /// indentation, as the fields of one list item). The route's first line is line 8.
 fn route(route: &str) -> String {
-    vs(&format!("hosts: [reviews]\nhttp:\n- {}", indent(route, 2).trim_start()))
+    vs(&format!(
+        "hosts: [reviews]\nhttp:\n- {}",
+        indent(route, 2).trim_start()
+    ))
 }
 
 fn dr(spec: &str) -> String {
@@ -669,13 +672,13 @@ fn malformed_inputs_are_rejected_at_the_right_field() {
                     .join("\n    ")
             )),
             Some(f) => {
-                if let Some(line) = case.line {
-                    if f.line != Some(line) {
-                        failures.push(format!(
-                            "{}: error on line {:?}, expected line {line}: {f}",
-                            case.name, f.line
-                        ));
-                    }
+                if let Some(line) = case.line
+                    && f.line != Some(line)
+                {
+                    failures.push(format!(
+                        "{}: error on line {:?}, expected line {line}: {f}",
+                        case.name, f.line
+                    ));
                 }
                 let file = f.file.as_ref().and_then(|o| o.file.as_deref());
                 if file != Some(Path::new("t.yaml")) {
@@ -700,20 +703,47 @@ fn fixed_variants_are_accepted() {
     let dest = "route:\n- destination: {host: reviews, subset: v1}\n";
     let valid = [
         route(&format!("{dest}timeout: 7s\n")),
-        route(&format!("{dest}retries:\n  attempts: 3\n  perTryTimeout: 2s\n  retryOn: 5xx,gateway-error,503\n")),
-        route(&format!("{dest}fault:\n  abort:\n    httpStatus: 500\n    percentage: {{value: 100}}\n")),
-        route(&format!("{dest}fault:\n  abort: {{grpcStatus: UNAVAILABLE, percentage: {{value: 10}}}}\n")),
-        route(&format!("match:\n- uri: {{regex: \"/api/v[0-9]+\"}}\n  headers:\n    end-user: {{exact: jason}}\n    x-present: {{}}\n{dest}")),
-        route("route:\n- destination: {host: reviews, subset: v1}\n  weight: 80\n- destination: {host: reviews, subset: v2}\n  weight: 20\n"),
+        route(&format!(
+            "{dest}retries:\n  attempts: 3\n  perTryTimeout: 2s\n  retryOn: 5xx,gateway-error,503\n"
+        )),
+        route(&format!(
+            "{dest}fault:\n  abort:\n    httpStatus: 500\n    percentage: {{value: 100}}\n"
+        )),
+        route(&format!(
+            "{dest}fault:\n  abort: {{grpcStatus: UNAVAILABLE, percentage: {{value: 10}}}}\n"
+        )),
+        route(&format!(
+            "match:\n- uri: {{regex: \"/api/v[0-9]+\"}}\n  headers:\n    end-user: {{exact: jason}}\n    x-present: {{}}\n{dest}"
+        )),
+        route(
+            "route:\n- destination: {host: reviews, subset: v1}\n  weight: 80\n- destination: {host: reviews, subset: v2}\n  weight: 20\n",
+        ),
         route("redirect: {uri: /new, redirectCode: 308}\n"),
         route("directResponse:\n  status: 503\n  body: {bytes: aGVsbG8=}\n"),
-        route(&format!("{dest}corsPolicy:\n  allowOrigins:\n  - exact: https://a.example\n  - regex: \"https://.*\\\\.example\"\n  allowMethods: [GET, POST]\n  maxAge: 24h\n")),
-        route(&format!("{dest}headers:\n  request:\n    set: {{x-version: v1}}\n    remove: [x-debug]\n  response:\n    add: {{x-served-by: mesh}}\n")),
-        dr("host: reviews\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      useSourceIp: true\n      maglev: {tableSize: 65537}\n"),
-        dr("host: reviews\ntrafficPolicy:\n  tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}\n"),
-        resource("Gateway", "servers:\n- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: [\"default/*.example.com\"]\n  tls: {mode: SIMPLE, credentialName: example-cert}\n"),
-        resource("ServiceEntry", "hosts: [api.example.com]\nports:\n- {number: 443, name: https, protocol: TLS}\nresolution: DNS\nlocation: MESH_EXTERNAL\n"),
-        resource("WorkloadEntry", "address: 10.0.0.1\nports: {http: 8080}\nlabels: {app: details}\nserviceAccount: details\n"),
+        route(&format!(
+            "{dest}corsPolicy:\n  allowOrigins:\n  - exact: https://a.example\n  - regex: \"https://.*\\\\.example\"\n  allowMethods: [GET, POST]\n  maxAge: 24h\n"
+        )),
+        route(&format!(
+            "{dest}headers:\n  request:\n    set: {{x-version: v1}}\n    remove: [x-debug]\n  response:\n    add: {{x-served-by: mesh}}\n"
+        )),
+        dr(
+            "host: reviews\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      useSourceIp: true\n      maglev: {tableSize: 65537}\n",
+        ),
+        dr(
+            "host: reviews\ntrafficPolicy:\n  tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}\n",
+        ),
+        resource(
+            "Gateway",
+            "servers:\n- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: [\"default/*.example.com\"]\n  tls: {mode: SIMPLE, credentialName: example-cert}\n",
+        ),
+        resource(
+            "ServiceEntry",
+            "hosts: [api.example.com]\nports:\n- {number: 443, name: https, protocol: TLS}\nresolution: DNS\nlocation: MESH_EXTERNAL\n",
+        ),
+        resource(
+            "WorkloadEntry",
+            "address: 10.0.0.1\nports: {http: 8080}\nlabels: {app: details}\nserviceAccount: details\n",
+        ),
     ];
     for text in valid {
         let errors: Vec<String> = schema_findings(&text)

@@ -35,7 +35,12 @@ fn networking_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(COMPAT)
         .unwrap_or_else(|e| panic!("cannot read {COMPAT}: {e}"))
         .map(|e| e.expect("directory entry").path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
         .filter(|p| {
             std::fs::read_to_string(p)
                 .expect("readable file")
@@ -128,10 +133,18 @@ fn destinations(route: &HttpRoute) -> Vec<(&str, Option<&str>, Option<i32>)> {
 
 /// The `exact` value of the `end-user` header match of a route's first match.
 fn end_user(route: &HttpRoute) -> Option<&str> {
-    route.matches.first()?.headers.get("end-user")?.exact.as_deref()
+    route
+        .matches
+        .first()?
+        .headers
+        .get("end-user")?
+        .exact
+        .as_deref()
 }
 
-fn labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> std::collections::BTreeMap<String, String> {
+fn labels<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> std::collections::BTreeMap<String, String> {
     pairs
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -141,7 +154,11 @@ fn labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> std::colle
 #[test]
 fn every_networking_file_validates_without_errors() {
     let files = networking_files();
-    assert!(files.len() >= 16, "only {} networking files in {COMPAT}", files.len());
+    assert!(
+        files.len() >= 16,
+        "only {} networking files in {COMPAT}",
+        files.len()
+    );
     let mut failures = Vec::new();
     for file in &files {
         let loaded = load_path(file);
@@ -224,9 +241,18 @@ fn all_v1_routes_every_service_to_v1() {
 #[test]
 fn weighted_routes_split_traffic() {
     for (file, split) in [
-        ("virtual-service-reviews-80-20.yaml", [("v1", 80), ("v2", 20)]),
-        ("virtual-service-reviews-50-v3.yaml", [("v1", 50), ("v3", 50)]),
-        ("virtual-service-reviews-v2-v3.yaml", [("v2", 50), ("v3", 50)]),
+        (
+            "virtual-service-reviews-80-20.yaml",
+            [("v1", 80), ("v2", 20)],
+        ),
+        (
+            "virtual-service-reviews-50-v3.yaml",
+            [("v1", 50), ("v3", 50)],
+        ),
+        (
+            "virtual-service-reviews-v2-v3.yaml",
+            [("v2", 50), ("v3", 50)],
+        ),
     ] {
         let rs = load(file);
         let spec = vs(&rs, "reviews");
@@ -257,8 +283,14 @@ fn jason_is_routed_by_the_end_user_header() {
         assert_eq!(end_user(first), Some("jason"), "{file}");
         assert!(first.matches[0].uri.is_none());
         assert_eq!(destinations(first), [("reviews", Some(jason), None)]);
-        assert!(spec.http[1].matches.is_empty(), "the fallback matches everything");
-        assert_eq!(destinations(&spec.http[1]), [("reviews", Some(others), None)]);
+        assert!(
+            spec.http[1].matches.is_empty(),
+            "the fallback matches everything"
+        );
+        assert_eq!(
+            destinations(&spec.http[1]),
+            [("reviews", Some(others), None)]
+        );
     }
 }
 
@@ -271,7 +303,10 @@ fn delay_fault_for_jason() {
     let fault = first.fault.as_ref().expect("fault");
     assert!(fault.abort.is_none());
     let delay = fault.delay.as_ref().expect("delay");
-    assert_eq!(delay.fixed_delay.map(|d| d.as_std()), Some(Duration::from_secs(7)));
+    assert_eq!(
+        delay.fixed_delay.map(|d| d.as_std()),
+        Some(Duration::from_secs(7))
+    );
     assert_eq!(delay.percent, Some(100), "the deprecated integer percent");
     assert!(delay.percentage.is_none());
     assert!(delay.exponential_delay.is_none());
@@ -303,7 +338,11 @@ fn details_abort_555_for_everyone() {
     assert_eq!(rs[0].api_version, "networking.istio.io/v1alpha3");
     let first = &spec.http[0];
     assert!(first.matches.is_empty());
-    let abort = first.fault.as_ref().and_then(|f| f.abort.as_ref()).expect("abort");
+    let abort = first
+        .fault
+        .as_ref()
+        .and_then(|f| f.abort.as_ref())
+        .expect("abort");
     assert_eq!(abort.http_status, Some(555));
     assert_eq!(abort.percentage.map(|p| p.value), Some(100.0));
     assert!(abort.percent.is_none());
@@ -323,7 +362,10 @@ fn ratings_retries() {
     let spec = vs(&rs, "ratings");
     let retries = spec.http[0].retries.as_ref().expect("retries");
     assert_eq!(retries.attempts, Some(3));
-    assert_eq!(retries.per_try_timeout.map(|d| d.as_std()), Some(Duration::from_secs(2)));
+    assert_eq!(
+        retries.per_try_timeout.map(|d| d.as_std()),
+        Some(Duration::from_secs(2))
+    );
     assert_eq!(
         retries.retry_on.as_deref(),
         Some("gateway-error,connect-failure,refused-stream")
@@ -340,14 +382,20 @@ fn reviews_timeout_with_ratings_delay() {
         reviews.http[0].timeout.map(|d| d.as_std()),
         Some(Duration::from_millis(500))
     );
-    assert_eq!(destinations(&reviews.http[0]), [("reviews", Some("v2"), None)]);
+    assert_eq!(
+        destinations(&reviews.http[0]),
+        [("reviews", Some("v2"), None)]
+    );
     let ratings = vs(&rs, "ratings");
     let delay = ratings.http[0]
         .fault
         .as_ref()
         .and_then(|f| f.delay.as_ref())
         .expect("delay");
-    assert_eq!(delay.fixed_delay.map(|d| d.as_std()), Some(Duration::from_secs(2)));
+    assert_eq!(
+        delay.fixed_delay.map(|d| d.as_std()),
+        Some(Duration::from_secs(2))
+    );
     assert_eq!(delay.percentage.map(|p| p.value), Some(100.0));
     assert!(delay.percent.is_none());
 }
@@ -371,7 +419,11 @@ fn destination_rules_define_the_bookinfo_subsets() {
             let got: Vec<&str> = rule.subsets.iter().map(|s| s.name.as_str()).collect();
             assert_eq!(got, subsets, "{file} {name}");
             for s in &rule.subsets {
-                assert_eq!(s.labels, labels([("version", s.name.as_str())]), "{file} {name}");
+                assert_eq!(
+                    s.labels,
+                    labels([("version", s.name.as_str())]),
+                    "{file} {name}"
+                );
                 assert!(s.traffic_policy.is_none());
             }
             let mode = rule
@@ -379,7 +431,11 @@ fn destination_rules_define_the_bookinfo_subsets() {
                 .as_ref()
                 .and_then(|p| p.tls.as_ref())
                 .and_then(|t| t.mode);
-            assert_eq!(mode, mtls.then_some(ClientTlsMode::IstioMutual), "{file} {name}");
+            assert_eq!(
+                mode,
+                mtls.then_some(ClientTlsMode::IstioMutual),
+                "{file} {name}"
+            );
         }
     }
 }
@@ -399,7 +455,10 @@ fn httpbin_circuit_breaker() {
     let od = policy.outlier_detection.as_ref().expect("outlierDetection");
     assert_eq!(od.consecutive_5xx_errors, Some(1));
     assert_eq!(od.consecutive_errors, None);
-    assert_eq!(od.interval.map(|d| d.as_std()), Some(Duration::from_secs(1)));
+    assert_eq!(
+        od.interval.map(|d| d.as_std()),
+        Some(Duration::from_secs(1))
+    );
     assert_eq!(
         od.base_ejection_time.map(|d| d.as_std()),
         Some(Duration::from_secs(180))
@@ -413,13 +472,17 @@ fn reviews_load_balancing_per_subset() {
     let rs = load("destination-rule-reviews-lb.yaml");
     let rule = dr(&rs, "reviews");
     let lb = |p: Option<&mesh_core::config::networking::destination_rule::TrafficPolicy>| {
-        p.and_then(|p| p.load_balancer.clone()).expect("loadBalancer")
+        p.and_then(|p| p.load_balancer.clone())
+            .expect("loadBalancer")
     };
     let top = lb(rule.traffic_policy.as_ref());
     assert_eq!(top.simple, Some(SimpleLb::LeastRequest));
     assert!(top.consistent_hash.is_none());
     assert_eq!(rule.subsets.len(), 3);
-    assert!(rule.subsets[0].traffic_policy.is_none(), "v1 inherits LEAST_REQUEST");
+    assert!(
+        rule.subsets[0].traffic_policy.is_none(),
+        "v1 inherits LEAST_REQUEST"
+    );
     let v2 = lb(rule.subsets[1].traffic_policy.as_ref());
     assert_eq!(v2.simple, None);
     let hash = v2.consistent_hash.expect("consistentHash");
@@ -438,7 +501,10 @@ fn bookinfo_gateway_and_its_routes() {
     assert_eq!(gateway.servers.len(), 1);
     let server = &gateway.servers[0];
     let port = server.port.as_ref().expect("port");
-    assert_eq!((port.number, port.name.as_str(), port.protocol.as_str()), (80, "http", "HTTP"));
+    assert_eq!(
+        (port.number, port.name.as_str(), port.protocol.as_str()),
+        (80, "http", "HTTP")
+    );
     assert_eq!(server.hosts, ["*"]);
     assert!(server.tls.is_none());
 
@@ -494,8 +560,14 @@ fn service_entry_with_workload_entries() {
         let w = we(&rs, name);
         assert_eq!(w.address, address);
         assert_eq!(w.service_account, "details-legacy");
-        assert_eq!(w.labels, labels([("app", "details-legacy"), ("version", version)]));
-        assert!(selector.matches(&w.labels), "{name} is an endpoint of details-svc");
+        assert_eq!(
+            w.labels,
+            labels([("app", "details-legacy"), ("version", version)])
+        );
+        assert!(
+            selector.matches(&w.labels),
+            "{name} is an endpoint of details-svc"
+        );
         assert!(w.ports.is_empty());
     }
     assert!(schema(&rs).is_empty(), "{:?}", schema(&rs));
@@ -559,5 +631,146 @@ spec:
     let deprecated: Vec<&Finding> = findings.iter().filter(|f| f.code.id == "IST0002").collect();
     assert_eq!(deprecated.len(), 1, "{deprecated:?}");
     assert_eq!(deprecated[0].severity, Severity::Warning);
-    assert!(deprecated[0].message.contains("percentage"), "{}", deprecated[0].message);
+    assert!(
+        deprecated[0].message.contains("percentage"),
+        "{}",
+        deprecated[0].message
+    );
+}
+
+/// Valid Istio that the mesh ignores, or that is deprecated or dubious, is accepted with a
+/// warning at the field: never an error, never silence.
+#[test]
+fn valid_but_ignored_or_deprecated_fields_warn() {
+    let vs = |spec: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r}}\nspec:\n{spec}"
+        )
+    };
+    let dr = |policy: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: reviews\n  trafficPolicy:\n{policy}"
+        )
+    };
+    let route = |extra: &str| {
+        vs(&format!(
+            "  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n{extra}"
+        ))
+    };
+    let rows = [
+        (
+            vs("  hosts: [reviews]\n  tls:\n  - match: [{sniHosts: [reviews]}]\n    route:\n    - destination: {host: reviews}\n"),
+            "MESH0001",
+            "spec.tls",
+        ),
+        (
+            vs("  http:\n  - route:\n    - destination: {host: reviews}\n"),
+            "MESH0001",
+            "spec.hosts",
+        ),
+        (
+            vs("  hosts: [reviews]\n  http:\n  - delegate: {name: reviews-v2, namespace: prod}\n"),
+            "MESH0001",
+            "spec.http[0].delegate",
+        ),
+        (
+            vs("  hosts: [\"*\"]\n  http:\n  - route:\n    - destination: {host: reviews}\n"),
+            "IST0133",
+            "spec.hosts[0]",
+        ),
+        (
+            vs("  hosts: [reviews]\n  http:\n  - match: [{statPrefix: r, uri: {prefix: /}}]\n    route:\n    - destination: {host: reviews}\n"),
+            "MESH0001",
+            "spec.http[0].match[0].statPrefix",
+        ),
+        (
+            vs("  hosts: [reviews]\n  http:\n  - match: [{headers: {uri: {exact: /x}}}]\n    route:\n    - destination: {host: reviews}\n"),
+            "IST0133",
+            "spec.http[0].match[0].headers.uri",
+        ),
+        (
+            route("    mirror: {host: reviews}\n    mirrorPercent: 10\n"),
+            "IST0002",
+            "spec.http[0].mirrorPercent",
+        ),
+        (
+            route("    corsPolicy: {allowOrigin: [\"https://a.example\"]}\n"),
+            "IST0002",
+            "spec.http[0].corsPolicy.allowOrigin",
+        ),
+        (
+            route("    retries: {attempts: 2, retryRemoteLocalities: true}\n"),
+            "MESH0001",
+            "spec.http[0].retries.retryRemoteLocalities",
+        ),
+        (
+            route("    fault: {abort: {http2Error: REFUSED_STREAM, percentage: {value: 1}}}\n"),
+            "MESH0001",
+            "spec.http[0].fault.abort.http2Error",
+        ),
+        (
+            dr("    loadBalancer: {simple: LEAST_CONN}\n"),
+            "IST0002",
+            "spec.trafficPolicy.loadBalancer.simple",
+        ),
+        (
+            dr("    loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}\n"),
+            "MESH0001",
+            "spec.trafficPolicy.loadBalancer.localityLbSetting",
+        ),
+        (
+            dr("    outlierDetection: {consecutiveErrors: 5}\n"),
+            "IST0002",
+            "spec.trafficPolicy.outlierDetection.consecutiveErrors",
+        ),
+        (
+            dr("    proxyProtocol: {version: V2}\n"),
+            "MESH0001",
+            "spec.trafficPolicy.proxyProtocol",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  servers:\n  - port: {number: 80, protocol: HTTP}\n    hosts: [\"*\"]\n    bind: 0.0.0.0\n".to_owned(),
+            "IST0133",
+            "spec.servers[0].port.name",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n    bind: 0.0.0.0\n".to_owned(),
+            "MESH0001",
+            "spec.servers[0].bind",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: tls, protocol: TLS}]\n  resolution: DYNAMIC_DNS\n".to_owned(),
+            "MESH0001",
+            "spec.resolution",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (text, code, path) in &rows {
+        let loaded = load_str(text, None);
+        let findings: Vec<Finding> = loaded
+            .findings
+            .iter()
+            .cloned()
+            .chain(schema(&loaded.resources))
+            .collect();
+        let errors: Vec<String> = findings
+            .iter()
+            .filter(|f| f.is_error())
+            .map(ToString::to_string)
+            .collect();
+        if !errors.is_empty() {
+            failures.push(format!("{text}\nunexpected errors:\n{}", errors.join("\n")));
+        }
+        let found = findings.iter().any(|f| {
+            f.severity == Severity::Warning
+                && f.code.id == *code
+                && f.field.as_ref().map(|p| p.as_str()) == Some(*path)
+        });
+        if !found {
+            failures.push(format!(
+                "{text}\nno {code} warning at {path}; got {findings:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

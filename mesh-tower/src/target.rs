@@ -70,3 +70,8 @@ impl TriedEndpoints {
         self.len() == 0
     }
 }
+
+/// Header operations of the weighted destination the route layer picked (Istio's
+/// per-destination `headers`), in the request's extensions when the destination has any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestinationHeaders(pub mesh_core::snapshot::route::HeaderOps);

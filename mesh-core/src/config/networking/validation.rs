@@ -279,11 +279,11 @@ impl Validate for RouteDestination {
 }
 
 fn check_weight(cx: &mut Checker<'_>, weight: Option<i32>) {
-    if let Some(w) = weight {
-        if w < 0 {
-            cx.at("weight")
-                .error(format!("weight must be 0 or greater, got {w}"));
-        }
+    if let Some(w) = weight
+        && w < 0
+    {
+        cx.at("weight")
+            .error(format!("weight must be 0 or greater, got {w}"));
     }
 }
 
@@ -358,11 +358,11 @@ impl Validate for HttpMatchRequest {
         }
         check_labels(cx, "sourceLabels", &self.source_labels);
         check_gateway_names(cx, "gateways", &self.gateways);
-        if let Some(ns) = &self.source_namespace {
-            if !is_dns_label(ns) {
-                cx.at("sourceNamespace")
-                    .error(format!("{ns:?} is not a valid namespace name"));
-            }
+        if let Some(ns) = &self.source_namespace
+            && !is_dns_label(ns)
+        {
+            cx.at("sourceNamespace")
+                .error(format!("{ns:?} is not a valid namespace name"));
         }
         if self.stat_prefix.is_some() {
             cx.at("statPrefix")
@@ -478,19 +478,20 @@ impl Validate for HttpRedirect {
         if let Some(port) = self.port {
             check_port(cx, "port", port);
         }
-        if let Some(code) = self.redirect_code {
-            if !matches!(code, 301 | 302 | 303 | 307 | 308) {
-                cx.at("redirectCode").error(format!(
-                    "redirect code must be one of 301, 302, 303, 307 or 308, got {code}"
-                ));
-            }
+        if let Some(code) = self.redirect_code
+            && !matches!(code, 301 | 302 | 303 | 307 | 308)
+        {
+            cx.at("redirectCode").error(format!(
+                "redirect code must be one of 301, 302, 303, 307 or 308, got {code}"
+            ));
         }
-        if let Some(scheme) = &self.scheme {
-            if scheme != "http" && scheme != "https" {
-                cx.at("scheme").error(format!(
-                    "redirect scheme must be \"http\" or \"https\", got {scheme:?}"
-                ));
-            }
+        if let Some(scheme) = &self.scheme
+            && scheme != "http"
+            && scheme != "https"
+        {
+            cx.at("scheme").error(format!(
+                "redirect scheme must be \"http\" or \"https\", got {scheme:?}"
+            ));
         }
     }
 }
@@ -550,7 +551,7 @@ fn base64_decoded_len(s: &str) -> Option<usize> {
     {
         return None;
     }
-    if padding > 0 && s.len() % 4 != 0 {
+    if padding > 0 && !s.len().is_multiple_of(4) {
         return None;
     }
     let rem = data.len() % 4;
@@ -570,11 +571,11 @@ impl Validate for Delegate {
             cx.at("name")
                 .error(format!("{:?} is not a valid resource name", self.name));
         }
-        if let Some(ns) = &self.namespace {
-            if !crate::config::is_dns1123_label(ns) {
-                cx.at("namespace")
-                    .error(format!("{ns:?} is not a valid namespace name"));
-            }
+        if let Some(ns) = &self.namespace
+            && !crate::config::is_dns1123_label(ns)
+        {
+            cx.at("namespace")
+                .error(format!("{ns:?} is not a valid namespace name"));
         }
     }
 }
@@ -768,33 +769,33 @@ impl Validate for Abort {
                 kinds.join(" and ")
             )),
         }
-        if let Some(status) = self.http_status {
-            if !(200..=599).contains(&status) {
-                cx.at("httpStatus").error(format!(
-                    "HTTP status must be between 200 and 599, got {status}"
-                ));
-            }
+        if let Some(status) = self.http_status
+            && !(200..=599).contains(&status)
+        {
+            cx.at("httpStatus").error(format!(
+                "HTTP status must be between 200 and 599, got {status}"
+            ));
         }
-        if let Some(code) = &self.grpc_status {
-            if !GRPC_CODES.contains(&code.as_str()) {
-                let message = match code.trim().parse::<usize>() {
-                    Ok(n) => match GRPC_CODES.get(n) {
-                        Some(name) => format!(
-                            "grpcStatus must be a status code name, not a number: write \
+        if let Some(code) = &self.grpc_status
+            && !GRPC_CODES.contains(&code.as_str())
+        {
+            let message = match code.trim().parse::<usize>() {
+                Ok(n) => match GRPC_CODES.get(n) {
+                    Some(name) => format!(
+                        "grpcStatus must be a status code name, not a number: write \
                              {name:?} instead of {code:?}"
-                        ),
-                        None => format!(
-                            "grpcStatus must be a status code name such as \"UNAVAILABLE\", \
-                             not a number, got {code:?}"
-                        ),
-                    },
-                    Err(_) => format!(
-                        "{code:?} is not a gRPC status code name: expected one of {}",
-                        GRPC_CODES.join(", ")
                     ),
-                };
-                cx.at("grpcStatus").error(message);
-            }
+                    None => format!(
+                        "grpcStatus must be a status code name such as \"UNAVAILABLE\", \
+                             not a number, got {code:?}"
+                    ),
+                },
+                Err(_) => format!(
+                    "{code:?} is not a gRPC status code name: expected one of {}",
+                    GRPC_CODES.join(", ")
+                ),
+            };
+            cx.at("grpcStatus").error(message);
         }
         if self.http2_error.is_some() {
             cx.at("http2Error").unsupported(
@@ -1015,11 +1016,11 @@ fn check_l4_match(
     }
     check_labels(cx, "sourceLabels", source_labels);
     check_gateway_names(cx, "gateways", gateways);
-    if let Some(ns) = source_namespace {
-        if !is_dns_label(ns) {
-            cx.at("sourceNamespace")
-                .error(format!("{ns:?} is not a valid namespace name"));
-        }
+    if let Some(ns) = source_namespace
+        && !is_dns_label(ns)
+    {
+        cx.at("sourceNamespace")
+            .error(format!("{ns:?} is not a valid namespace name"));
     }
 }
 
@@ -1196,11 +1197,11 @@ impl Validate for WarmupConfiguration {
         if let Some(p) = self.minimum_percent {
             cx.percent("minimumPercent", p);
         }
-        if let Some(a) = self.aggression {
-            if a.is_nan() || a < 1.0 {
-                cx.at("aggression")
-                    .error(format!("aggression must be 1.0 or greater, got {a}"));
-            }
+        if let Some(a) = self.aggression
+            && (a.is_nan() || a < 1.0)
+        {
+            cx.at("aggression")
+                .error(format!("aggression must be 1.0 or greater, got {a}"));
         }
     }
 }
@@ -1231,12 +1232,12 @@ impl Validate for ConsistentHashLb {
                 keys.join(" and ")
             )),
         }
-        if let Some(name) = &self.http_header_name {
-            if !is_istio_header_name(name) {
-                cx.at("httpHeaderName").error(format!(
-                    "{name:?} is not a valid header name: letters, digits, '-' and '_' only"
-                ));
-            }
+        if let Some(name) = &self.http_header_name
+            && !is_istio_header_name(name)
+        {
+            cx.at("httpHeaderName").error(format!(
+                "{name:?} is not a valid header name: letters, digits, '-' and '_' only"
+            ));
         }
         if self.http_query_parameter_name.as_deref() == Some("") {
             cx.at("httpQueryParameterName")
@@ -1293,12 +1294,12 @@ fn is_prime(n: u64) -> bool {
     if n < 4 {
         return true;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return false;
     }
     let mut f = 3;
     while f * f <= n {
-        if n % f == 0 {
+        if n.is_multiple_of(f) {
             return false;
         }
         f += 2;
@@ -1317,10 +1318,10 @@ impl Validate for ConnectionPoolSettings {
 }
 
 fn check_non_negative(cx: &mut Checker<'_>, key: &str, value: Option<i32>) {
-    if let Some(v) = value {
-        if v < 0 {
-            cx.at(key).error(format!("must be 0 or greater, got {v}"));
-        }
+    if let Some(v) = value
+        && v < 0
+    {
+        cx.at(key).error(format!("must be 0 or greater, got {v}"));
     }
 }
 
@@ -1391,11 +1392,11 @@ impl Validate for OutlierDetection {
             ("maxEjectionPercent", self.max_ejection_percent),
             ("minHealthPercent", self.min_health_percent),
         ] {
-            if let Some(p) = value {
-                if !(0..=100).contains(&p) {
-                    cx.at(key)
-                        .error(format!("percentage must be between 0 and 100, got {p}"));
-                }
+            if let Some(p) = value
+                && !(0..=100).contains(&p)
+            {
+                cx.at(key)
+                    .error(format!("percentage must be between 0 and 100, got {p}"));
             }
         }
     }
@@ -1480,17 +1481,18 @@ impl Validate for ClientTlsSettings {
 
 impl Validate for TunnelSettings {
     fn validate(&self, cx: &mut Checker<'_>) {
-        if let Some(p) = &self.protocol {
-            if p != "CONNECT" && p != "POST" {
-                cx.at("protocol").error(format!(
-                    "tunnel protocol must be \"CONNECT\" or \"POST\", got {p:?}"
-                ));
-            }
+        if let Some(p) = &self.protocol
+            && p != "CONNECT"
+            && p != "POST"
+        {
+            cx.at("protocol").error(format!(
+                "tunnel protocol must be \"CONNECT\" or \"POST\", got {p:?}"
+            ));
         }
-        if self.target_host.parse::<IpAddr>().is_err() {
-            if let Err(why) = check_fqdn(&self.target_host) {
-                cx.at("targetHost").error(why);
-            }
+        if self.target_host.parse::<IpAddr>().is_err()
+            && let Err(why) = check_fqdn(&self.target_host)
+        {
+            cx.at("targetHost").error(why);
         }
         check_port(cx, "targetPort", self.target_port);
     }
@@ -1498,12 +1500,13 @@ impl Validate for TunnelSettings {
 
 impl Validate for ProxyProtocol {
     fn validate(&self, cx: &mut Checker<'_>) {
-        if let Some(v) = &self.version {
-            if v != "V1" && v != "V2" {
-                cx.at("version").error(format!(
-                    "PROXY protocol version must be \"V1\" or \"V2\", got {v:?}"
-                ));
-            }
+        if let Some(v) = &self.version
+            && v != "V1"
+            && v != "V2"
+        {
+            cx.at("version").error(format!(
+                "PROXY protocol version must be \"V1\" or \"V2\", got {v:?}"
+            ));
         }
     }
 }
@@ -1711,19 +1714,19 @@ impl Validate for ServerTlsSettings {
                     }
                 }
             }
-            mode @ (ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough) => {
-                if set(&self.server_certificate)
+            mode @ (ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough)
+                if (set(&self.server_certificate)
                     || set(&self.private_key)
                     || set(&self.ca_certificates)
                     || set(&self.ca_crl)
-                    || has_credential
-                {
-                    let name = if mode == ServerTlsMode::Passthrough {
-                        "PASSTHROUGH"
-                    } else {
-                        "AUTO_PASSTHROUGH"
-                    };
-                    cx.warning(format!(
+                    || has_credential) =>
+            {
+                let name = if mode == ServerTlsMode::Passthrough {
+                    "PASSTHROUGH"
+                } else {
+                    "AUTO_PASSTHROUGH"
+                };
+                cx.warning(format!(
                         "mode {name} does not terminate TLS; the certificates are ignored{}",
                         if self.mode.is_none() {
                             " (mode is unset, which means PASSTHROUGH; set mode: SIMPLE to terminate TLS)"
@@ -1731,7 +1734,6 @@ impl Validate for ServerTlsSettings {
                             ""
                         }
                     ));
-                }
             }
             ServerTlsMode::Simple if !has_credential => {
                 for (key, value) in [
@@ -1776,15 +1778,15 @@ impl Validate for ServerTlsSettings {
             } else {
                 &self.max_protocol_version
             };
-            if let Some(v) = value {
-                if !matches!(
+            if let Some(v) = value
+                && !matches!(
                     v.as_str(),
                     "TLS_AUTO" | "TLSV1_0" | "TLSV1_1" | "TLSV1_2" | "TLSV1_3"
-                ) {
-                    cx.at(key).error(format!(
+                )
+            {
+                cx.at(key).error(format!(
                         "unknown TLS version {v:?}: expected one of TLS_AUTO, TLSV1_0, TLSV1_1, TLSV1_2, TLSV1_3"
                     ));
-                }
             }
         }
     }
@@ -1874,17 +1876,18 @@ impl Validate for ServiceEntry {
                 }
             }
             port_names.extend(names.keys());
-            if resolution != Resolution::None && self.hosts.len() > 1 {
-                if let Some(i) = self.ports.iter().position(|p| {
+            if resolution != Resolution::None
+                && self.hosts.len() > 1
+                && let Some(i) = self.ports.iter().position(|p| {
                     let proto = p.protocol.as_deref().unwrap_or("");
                     !is_http_protocol(proto) && !is_tls_protocol(proto)
-                }) {
-                    ports.index(i).at("protocol").error(format!(
+                })
+            {
+                ports.index(i).at("protocol").error(format!(
                         "with several hosts and resolution {}, every port must be HTTP- or TLS-based (plain TCP cannot tell the hosts apart), found {:?}",
                         resolution_name(resolution),
                         self.ports[i].protocol.as_deref().unwrap_or("")
                     ));
-                }
             }
         }
 
@@ -1972,12 +1975,13 @@ impl Validate for ServicePort {
                 self.name
             ));
         }
-        if let Some(p) = &self.protocol {
-            if !p.is_empty() && !is_known_protocol(p) {
-                cx.at("protocol").error(format!(
+        if let Some(p) = &self.protocol
+            && !p.is_empty()
+            && !is_known_protocol(p)
+        {
+            cx.at("protocol").error(format!(
                     "unknown protocol {p:?}: expected one of HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, TCP, TLS, UDP, MONGO, REDIS or MYSQL"
                 ));
-            }
         }
         if let Some(t) = self.target_port {
             check_port(cx, "targetPort", t);

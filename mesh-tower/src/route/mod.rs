@@ -1,0 +1,298 @@
+//! Routing: decides where each request goes, from the live snapshot.
+//!
+//! The route layer is the top of the outbound stack's policy layers. For every request it
+//! takes the current [`Snapshot`], asks [`Snapshot::route`] which VirtualService rule applies
+//! for this caller, picks a weighted destination, and inserts a [`Target`] into the request's
+//! extensions. Every layer below reads its policy from that target, so one request sees one
+//! snapshot from start to end even when the configuration changes meanwhile.
+//!
+//! | snapshot says | result |
+//! |---|---|
+//! | a rule matched, action forward | `Target` with the picked destination (weights `w / Σw`) |
+//! | a rule matched, redirect or direct response | `Target` with the route; the `respond` layer answers |
+//! | VirtualServices exist, none matched | [`NoRoute`] error (404 `NR`, as Envoy) |
+//! | no VirtualService for the host | the default route: the host itself, all endpoints |
+//! | a gateway without a rule for the host | [`NoRoute`] |
+//!
+//! The layer is always ready: it holds no capacity of its own.
+//!
+//! # Examples
+//! ```
+//! use std::sync::Arc;
+//! use mesh_core::{config::load_str, snapshot::Snapshot};
+//! use mesh_tower::route::{Caller, RouteLayer};
+//! let snapshot = Snapshot::build(&load_str("", None).resources)?;
+//! let layer = RouteLayer::new(Arc::new(snapshot), Caller::new("default"));
+//! # let _ = layer;
+//! # Ok::<_, mesh_core::BoxError>(())
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use arc_swap::ArcSwap;
+use futures_util::future::{self, Either, Ready};
+use mesh_core::{
+    BoxError,
+    snapshot::{self, Routing, Snapshot},
+};
+use tower::{Layer, Service};
+
+use crate::{
+    error::NoRoute,
+    target::{DestinationHeaders, Target},
+};
+
+/// Where the route layer gets the current snapshot from.
+pub trait SnapshotSource: Send + Sync + 'static {
+    /// The snapshot to route this request with.
+    fn snapshot(&self) -> Arc<Snapshot>;
+}
+
+impl SnapshotSource for Snapshot {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::new(self.clone())
+    }
+}
+
+impl SnapshotSource for Arc<Snapshot> {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.clone()
+    }
+}
+
+impl SnapshotSource for ArcSwap<Snapshot> {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.load_full()
+    }
+}
+
+/// Who is calling: the workload's namespace and labels (for the DNS search path,
+/// `sourceLabels` and `sourceNamespace`), and whether it acts as a gateway.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    /// The caller's namespace.
+    pub namespace: String,
+    /// The caller's labels.
+    pub labels: BTreeMap<String, String>,
+    /// True for a gateway workload: it routes with the rules of the Gateways whose selector
+    /// matches its labels, instead of the `mesh` rules.
+    pub gateway: bool,
+}
+
+impl Caller {
+    /// A meshed workload in `namespace` without labels.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the labels.
+    #[must_use]
+    pub fn labels(mut self, labels: BTreeMap<String, String>) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// Marks the caller as a gateway.
+    #[must_use]
+    pub fn gateway(mut self, gateway: bool) -> Self {
+        self.gateway = gateway;
+        self
+    }
+}
+
+/// Routes requests with the snapshot from a [`SnapshotSource`].
+#[derive(Clone)]
+pub struct RouteLayer {
+    source: Arc<dyn SnapshotSource>,
+    caller: Arc<Caller>,
+}
+
+impl std::fmt::Debug for RouteLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteLayer")
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteLayer {
+    /// Routes with snapshots from `source` on behalf of `caller`.
+    pub fn new(source: impl SnapshotSource, caller: Caller) -> Self {
+        Self {
+            source: Arc::new(source),
+            caller: Arc::new(caller),
+        }
+    }
+
+    /// As [`RouteLayer::new`], with a shared source.
+    pub fn from_shared(source: Arc<dyn SnapshotSource>, caller: Caller) -> Self {
+        Self {
+            source,
+            caller: Arc::new(caller),
+        }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Route {
+            inner,
+            source: self.source.clone(),
+            caller: self.caller.clone(),
+        }
+    }
+}
+
+/// The route service; see the [module docs](self).
+#[derive(Clone)]
+pub struct Route<S> {
+    inner: S,
+    source: Arc<dyn SnapshotSource>,
+    caller: Arc<Caller>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Route<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("inner", &self.inner)
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Route ===
+
+impl<S> Route<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the layer, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Decides the target of a request: the pure part of the route layer, also used by
+/// `meshctl describe`. `draw` picks among weighted destinations.
+///
+/// # Errors
+/// [`NoRoute`] when VirtualServices exist for the host and none matches, or a gateway has no
+/// rule for it.
+pub fn decide<B>(
+    snapshot: &Arc<Snapshot>,
+    caller: &Caller,
+    req: &http::Request<B>,
+    draw: u32,
+) -> Result<(Target, Option<DestinationHeaders>), NoRoute> {
+    let info = snapshot::RequestInfo::from_request(req);
+    let gateways = if caller.gateway {
+        snapshot.gateways_for(&caller.labels)
+    } else {
+        Vec::new()
+    };
+    let c = snapshot::Caller {
+        namespace: &caller.namespace,
+        labels: &caller.labels,
+        gateways: &gateways,
+    };
+    let default_port = if info.scheme == "https" { 443 } else { 80 };
+    let port = info.port.unwrap_or(default_port);
+    match snapshot.route(&c, &info) {
+        Routing::Matched(m) => {
+            let route = m.route.clone();
+            let (host, subset, dport, headers) = match m.route.action {
+                snapshot::Action::Forward(_) => match m.route.pick(draw) {
+                    Some(d) => (
+                        d.host.clone(),
+                        d.subset.clone(),
+                        d.port,
+                        (!d.headers.is_empty()).then(|| DestinationHeaders(d.headers.clone())),
+                    ),
+                    None => return Err(NoRoute { host: m.host }),
+                },
+                snapshot::Action::Delegate(_) => return Err(NoRoute { host: m.host }),
+                // Redirects and direct responses are answered below; the target names the
+                // requested host.
+                _ => (m.host.clone(), None, None, None),
+            };
+            Ok((
+                Target {
+                    snapshot: snapshot.clone(),
+                    route: Some(route),
+                    match_index: m.match_index,
+                    host,
+                    subset,
+                    port: dport.unwrap_or(port),
+                },
+                headers,
+            ))
+        }
+        Routing::Default { host } => Ok((
+            Target {
+                snapshot: snapshot.clone(),
+                route: None,
+                match_index: None,
+                host,
+                subset: None,
+                port,
+            },
+            None,
+        )),
+        Routing::NoMatch { host, .. } | Routing::NoRoute { host } => Err(NoRoute { host }),
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for Route<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Either<
+        futures_util::future::MapErr<S::Future, fn(S::Error) -> BoxError>,
+        Ready<Result<S::Response, BoxError>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        use futures_util::TryFutureExt;
+        let snapshot = self.source.snapshot();
+        match decide(&snapshot, &self.caller, &req, rand::random::<u32>()) {
+            Ok((target, headers)) => {
+                req.extensions_mut().insert(target);
+                if let Some(h) = headers {
+                    req.extensions_mut().insert(h);
+                }
+                Either::Left(
+                    self.inner
+                        .call(req)
+                        .map_err(Into::into as fn(S::Error) -> BoxError),
+                )
+            }
+            Err(e) => Either::Right(future::ready(Err(e.into()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,167 @@
+//! Serving inbound traffic: HTTP/1.1 and HTTP/2 on one listener, with graceful shutdown.
+//!
+//! [`serve`] accepts connections and hands each request to a tower service (an axum `Router`,
+//! a tonic server, a `service_fn`), with the body boxed as [`Body`]. On shutdown it stops
+//! accepting, asks open connections to close (HTTP/2 `GOAWAY`, `Connection: close` on
+//! HTTP/1.1 after the response in flight), and waits for requests in flight up to a deadline.
+//! [`Mesh::serve`](crate::mesh::Mesh::serve) adds the mesh's part: it deregisters the workload
+//! first, so callers stop choosing it before it stops accepting.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use http_body::Body as HttpBody;
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use mesh_core::BoxError;
+use tokio::net::TcpListener;
+use tower::{Service, ServiceExt};
+
+use crate::body::{self, Body};
+
+/// How [`serve`] shuts down.
+#[derive(Clone, Copy, Debug)]
+pub struct ShutdownOptions {
+    /// How long requests in flight may take to finish after shutdown starts; connections still
+    /// open after it are closed.
+    pub deadline: Duration,
+}
+
+impl Default for ShutdownOptions {
+    fn default() -> Self {
+        // Istio's terminationDrainDuration.
+        Self {
+            deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What happened during a [`serve`] run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServeSummary {
+    /// Connections accepted.
+    pub connections: usize,
+    /// True if every connection closed before the deadline.
+    pub drained: bool,
+}
+
+/// The peer address of an inbound request, in its extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Serves `app` on `listener` until `shutdown` completes, then drains.
+///
+/// Requests reach `app` as `http::Request<Body>` with a [`PeerAddr`] extension. Errors from
+/// `app` close the connection (hyper's behaviour); return error responses instead.
+///
+/// # Errors
+/// Only if accepting fails in a way that is not per-connection (the listener is gone).
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    app: S,
+    shutdown: impl Future<Output = ()>,
+    options: ShutdownOptions,
+) -> std::io::Result<ServeSummary>
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connections = Arc::new(AtomicUsize::new(0));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) if is_per_connection(&e) => {
+                        tracing::debug!(error = %e, "accept failed for one connection");
+                        continue;
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed; retrying in 100ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                connections.fetch_add(1, Ordering::Relaxed);
+                let app = app.clone();
+                let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    let fut: BoxedResponse = Box::pin(handle(app.clone(), req.map(body::boxed), peer));
+                    fut
+                });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(options.deadline, graceful.shutdown())
+        .await
+        .is_ok();
+    if !drained {
+        tracing::warn!(deadline = ?options.deadline, "connections still open after the shutdown deadline");
+    }
+    Ok(ServeSummary {
+        connections: connections.load(Ordering::Relaxed),
+        drained,
+    })
+}
+
+type BoxedResponse =
+    std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+/// Calls the application; an application error becomes a 500 (hyper would close the
+/// connection).
+async fn handle<S, B>(app: S, req: http::Request<Body>, peer: SocketAddr) -> Result<http::Response<Body>, Infallible>
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match app.oneshot(req).await {
+        Ok(res) => Ok(res.map(body::boxed)),
+        Err(e) => {
+            let e: BoxError = e.into();
+            tracing::warn!(error = %e, %peer, "the service failed; answering 500");
+            let mut res = http::Response::new(body::full("internal error"));
+            *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            Ok(res)
+        }
+    }
+}
+
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    )
+}
