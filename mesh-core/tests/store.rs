@@ -76,7 +76,10 @@ async fn wait_until(
         if pred(&watcher.current(), &status) {
             return status;
         }
-        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
             panic!(
                 "timed out waiting until {what}; snapshot {:?}, status {status:#?}",
                 watcher.current()
@@ -135,7 +138,7 @@ async fn apply_writes_one_file_and_the_snapshot_follows() {
     let path = tmp
         .path()
         .join("default/authorizationpolicies/allow-nothing.yaml");
-    assert_eq!(files(tmp.path()), [path.clone()]);
+    assert_eq!(files(tmp.path()), std::slice::from_ref(&path));
 
     // The snapshot changes, announced on `changed()`.
     tokio::time::timeout(PATIENCE, generations.changed())
@@ -156,7 +159,10 @@ async fn apply_writes_one_file_and_the_snapshot_follows() {
         created.len() == 20 && created.ends_with('Z') && created.as_bytes()[10] == b'T',
         "{created}"
     );
-    assert_eq!(got.source.unwrap().origin.file.as_deref(), Some(path.as_path()));
+    assert_eq!(
+        got.source.unwrap().origin.file.as_deref(),
+        Some(path.as_path())
+    );
     assert!(store.get(&key("other")).await.unwrap().is_none());
 }
 
@@ -217,9 +223,10 @@ async fn invalid_apply_is_refused_and_writes_nothing() {
     let findings = err.findings().expect("StoreError::Invalid");
     assert!(findings.has_errors());
     assert!(
-        findings
-            .errors()
-            .any(|f| f.field.as_ref().is_some_and(|p| p.as_str() == "metadata.name")),
+        findings.errors().any(|f| f
+            .field
+            .as_ref()
+            .is_some_and(|p| p.as_str() == "metadata.name")),
         "{findings}"
     );
     assert!(err.to_string().contains("Bad_Name"), "{err}");
@@ -296,9 +303,10 @@ async fn schema_error_in_a_dropped_file_keeps_the_last_good_snapshot() {
     assert!(Arc::ptr_eq(&watcher.current(), &good));
     let error = status.last_error.unwrap();
     assert!(
-        error
-            .errors()
-            .any(|f| f.field.as_ref().is_some_and(|p| p.as_str() == "metadata.name")),
+        error.errors().any(|f| f
+            .field
+            .as_ref()
+            .is_some_and(|p| p.as_str() == "metadata.name")),
         "{error}"
     );
 
@@ -311,7 +319,11 @@ async fn schema_error_in_a_dropped_file_keeps_the_last_good_snapshot() {
     // A field Istio does not have: the loader rejects the document.
     let unknown = tmp.path().join("team/unknown-field.yaml");
     fs::create_dir_all(unknown.parent().unwrap()).unwrap();
-    fs::write(&unknown, ap("extra").replace("spec: {}", "spec: {notAField: 1}")).unwrap();
+    fs::write(
+        &unknown,
+        ap("extra").replace("spec: {}", "spec: {notAField: 1}"),
+    )
+    .unwrap();
     let status = wait_until(&watcher, "unknown-field.yaml is refused", |_, s| {
         mentions(&s.last_error, "unknown-field.yaml")
     })
@@ -372,11 +384,17 @@ async fn concurrent_applies_all_land_and_no_file_is_torn() {
                 let listing = other.list().await.unwrap();
                 assert!(!listing.findings.has_errors(), "{}", listing.findings);
                 // Each apply writes a pair; a listing sees both or neither.
-                let names: BTreeSet<String> =
-                    listing.resources.iter().map(|r| r.metadata.name.clone()).collect();
+                let names: BTreeSet<String> = listing
+                    .resources
+                    .iter()
+                    .map(|r| r.metadata.name.clone())
+                    .collect();
                 for n in &names {
                     if let Some(stem) = n.strip_suffix("-x") {
-                        assert!(names.contains(&format!("{stem}-y")), "half an apply: {names:?}");
+                        assert!(
+                            names.contains(&format!("{stem}-y")),
+                            "half an apply: {names:?}"
+                        );
                     }
                 }
                 seen += 1;
@@ -407,7 +425,11 @@ async fn concurrent_applies_all_land_and_no_file_is_torn() {
 
     let mut writers = Vec::new();
     for t in 0..TASKS {
-        let store = if t % 2 == 0 { store.clone() } else { other.clone() };
+        let store = if t % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
         writers.push(tokio::spawn(async move {
             for p in 0..PAIRS {
                 let mut pair = parse(&ap(&format!("w{t}-p{p}-x")));
@@ -441,7 +463,10 @@ async fn concurrent_applies_all_land_and_no_file_is_torn() {
     // No temporary file is left behind.
     let all = files(tmp.path());
     assert_eq!(all.len(), TASKS * PAIRS * 2 + 1, "{all:?}");
-    assert!(all.iter().all(|f| f.extension().is_some_and(|e| e == "yaml")));
+    assert!(
+        all.iter()
+            .all(|f| f.extension().is_some_and(|e| e == "yaml"))
+    );
     wait_until(&watcher, "every resource is live", |k, _| {
         k.len() == TASKS * PAIRS * 2 + 1
     })
@@ -455,7 +480,11 @@ async fn apply_moves_a_resource_out_of_a_multi_document_file() {
     let bundle = tmp.path().join("bundle.yaml");
     fs::write(
         &bundle,
-        format!("# the team's policies\n{}---\n{}{service}", ap("a"), ap("b")),
+        format!(
+            "# the team's policies\n{}---\n{}{service}",
+            ap("a"),
+            ap("b")
+        ),
     )
     .unwrap();
     let (store, watcher) = start(tmp.path()).await;
@@ -483,7 +512,10 @@ async fn apply_moves_a_resource_out_of_a_multi_document_file() {
     // Deleting a takes it out of the bundle, which keeps the Service.
     assert!(store.delete(&key("a")).await.unwrap());
     let left = fs::read_to_string(&bundle).unwrap();
-    assert!(left.contains("kind: Service") && !left.contains("AuthorizationPolicy"), "{left}");
+    assert!(
+        left.contains("kind: Service") && !left.contains("AuthorizationPolicy"),
+        "{left}"
+    );
     wait_until(&watcher, "only b is live", |k, _| names(k) == ["b"]).await;
 }
 
@@ -506,14 +538,14 @@ async fn duplicate_definitions_are_refused_until_applied_again() {
     assert!(status.rejected_count >= 1);
 
     // Applying the resource settles which definition is meant.
-    let outcome = store.apply(parse(&ap_labeled("twin", "three"))).await.unwrap();
+    let outcome = store
+        .apply(parse(&ap_labeled("twin", "three")))
+        .await
+        .unwrap();
     assert_eq!(outcome.results[0].action, Action::Configured);
     assert_eq!(
         files(tmp.path()),
-        [
-            canonical(tmp.path(), "keep"),
-            canonical(tmp.path(), "twin"),
-        ]
+        [canonical(tmp.path(), "keep"), canonical(tmp.path(), "twin"),]
     );
     wait_until(&watcher, "twin is live", |k, s| {
         names(k) == ["keep", "twin"] && s.last_error.is_none()
@@ -548,7 +580,10 @@ async fn own_writes_echoed_by_the_file_watcher_do_not_rebuild() {
 
     // The file watcher reports the write a moment later; the watcher re-reads the same
     // configuration and keeps the snapshot.
-    let echoed = wait_until(&watcher, "the echo is read", |_, s| s.revision > after_apply).await;
+    let echoed = wait_until(&watcher, "the echo is read", |_, s| {
+        s.revision > after_apply
+    })
+    .await;
     assert_eq!(echoed.generation, status.generation);
     assert_eq!(names(&watcher.current()), ["a"]);
     assert_eq!(echoed.rejected_count, 0);
@@ -565,4 +600,83 @@ async fn open_accepts_file_urls_and_plain_paths() {
     assert_eq!(plain.list().await.unwrap().resources.len(), 1);
     let err = mesh_core::store::open("etcd://127.0.0.1:2379").unwrap_err();
     assert!(err.to_string().contains("not supported yet"), "{err}");
+}
+
+/// A Kubernetes ConfigMap volume: visible symlinks into a hidden `..data` directory that is
+/// swapped by renaming a symlink.
+#[cfg(unix)]
+#[tokio::test]
+async fn configmap_style_symlink_swap_is_seen() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fs::create_dir(dir.join("..v1")).unwrap();
+    fs::write(dir.join("..v1/policy.yaml"), ap_labeled("cm", "v1")).unwrap();
+    symlink("..v1", dir.join("..data")).unwrap();
+    symlink("..data/policy.yaml", dir.join("policy.yaml")).unwrap();
+    let (_store, watcher) = start(dir).await;
+    wait_until(&watcher, "v1 is live", |k, _| names(k) == ["cm"]).await;
+    let generation = watcher.status().generation;
+
+    // The kubelet's swap: a new hidden directory, then an atomic rename of `..data`.
+    fs::create_dir(dir.join("..v2")).unwrap();
+    fs::write(dir.join("..v2/policy.yaml"), ap_labeled("cm", "v2")).unwrap();
+    symlink("..v2", dir.join("..data_tmp")).unwrap();
+    fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    wait_until(&watcher, "v2 is read", |_, s| s.generation > generation).await;
+}
+
+fn workload_entry(name: &str, port: u16) -> Resource {
+    parse(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec: {{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{app: reviews}}}}\n"
+    ))
+    .remove(0)
+}
+
+#[tokio::test]
+async fn registration_is_not_blocked_by_a_broken_file_and_the_registry_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, watcher) = start(dir.path()).await;
+    store.apply(parse(&ap("keep"))).await.unwrap();
+    wait_until(&watcher, "first policy", |k, _| names(k) == ["keep"]).await;
+    // Someone drops a broken file: config changes are refused from now on...
+    fs::write(dir.path().join("broken.yaml"), "kind: [").unwrap();
+    let status = wait_until(&watcher, "error reported", |_, s| s.last_error.is_some()).await;
+    assert!(mentions(&status.last_error, "broken.yaml"));
+    let err = store.apply(parse(&ap("new"))).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    // ...but a workload still registers, and its entry reaches the snapshot while the rest
+    // of the configuration stays the last good one.
+    store
+        .register(workload_entry("reviews-v1", 9080))
+        .await
+        .unwrap();
+    wait_until(&watcher, "entry in snapshot", |k, _| {
+        let mut n = names(k);
+        n.sort_unstable();
+        n == ["keep", "reviews-v1"]
+    })
+    .await;
+    assert!(
+        watcher.status().last_error.is_some(),
+        "the broken file is still reported"
+    );
+    // Deregistering works the same way.
+    let key = ResourceKey::new(Kind::WorkloadEntry, "default", "reviews-v1");
+    assert!(store.deregister(&key).await.unwrap());
+    wait_until(&watcher, "entry gone", |k, _| names(k) == ["keep"]).await;
+    assert!(!store.deregister(&key).await.unwrap());
+    // Only WorkloadEntries register.
+    let err = store
+        .register(parse(&ap("sneaky")).remove(0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotAWorkloadEntry { .. }), "{err}");
+    // An invalid entry is refused on its own merits.
+    let mut bad = workload_entry("reviews-v2", 9080);
+    bad.metadata.name = "Bad_Name".into();
+    assert!(matches!(
+        store.register(bad).await.unwrap_err(),
+        StoreError::Invalid(_)
+    ));
 }

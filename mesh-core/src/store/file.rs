@@ -24,7 +24,7 @@
 //!
 //! # Watching
 //! [`Store::watch`] starts a recursive notify watcher on `DIR` (creating it if needed) that
-//! ignores the lock file, hidden temporary files and plain reads, and ticks the revision once
+//! ignores the store's lock and temporary files and plain reads, and ticks the revision once
 //! a burst of events has been quiet for 150 ms (or after 1 s of continuous events). The
 //! store also ticks the revision itself after its own writes, so a watcher in the same
 //! process reloads without waiting for the debounce.
@@ -49,19 +49,19 @@ use std::{
 };
 
 use notify::{
-    Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher,
+    Event, EventKind, RecursiveMode, Watcher,
     event::{AccessKind, AccessMode},
 };
 use tokio::sync::watch;
 
 use super::{
-    Action, Applied, ApplyOutcome, BoxFuture, Listing, Store, StoreError, duplicate_findings,
-    relative_path, rfc3339_utc,
+    Action, Applied, ApplyOutcome, BoxFuture, Listing, Store, StoreError, relative_path,
+    rfc3339_utc,
 };
 use crate::{
     config::{self, Resource, ResourceKey},
     source,
-    validate::{Finding, Findings, validate_all},
+    validate::{Finding, Findings, check_resource, validate_all},
 };
 
 /// The lock file, relative to the store directory.
@@ -70,8 +70,14 @@ const LOCK_FILE: &str = ".mesh.lock";
 /// How long the watcher waits for a burst of file events to settle.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// How often the fallback watcher polls when the platform's watcher cannot be used.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The longest the watcher delays a tick while events keep coming.
 const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// How the store's temporary files end (they also start with `.`).
+const TMP_SUFFIX: &str = ".mesh-tmp";
 
 /// Makes temporary file names unique within the process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -104,7 +110,7 @@ pub struct FileStore {
 struct Inner {
     dir: PathBuf,
     revision: watch::Sender<u64>,
-    watcher: Mutex<Option<RecommendedWatcher>>,
+    watcher: Mutex<Option<Box<dyn Watcher + Send>>>,
 }
 
 impl fmt::Debug for FileStore {
@@ -177,12 +183,26 @@ impl Store for FileStore {
     }
 
     fn apply(&self, resources: Vec<Resource>) -> BoxFuture<'_, Result<ApplyOutcome, StoreError>> {
-        self.blocking(move |inner| inner.apply(resources, SystemTime::now()))
+        self.blocking(move |inner| inner.apply(resources, SystemTime::now(), Check::Whole))
+    }
+
+    fn register(&self, entry: Resource) -> BoxFuture<'_, Result<ApplyOutcome, StoreError>> {
+        self.blocking(move |inner| {
+            if entry.kind() != crate::config::Kind::WorkloadEntry {
+                return Err(StoreError::NotAWorkloadEntry { key: entry.key() });
+            }
+            inner.apply(vec![entry], SystemTime::now(), Check::EntryOnly)
+        })
+    }
+
+    fn deregister<'a>(&'a self, key: &'a ResourceKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let key = key.clone();
+        self.blocking(move |inner| inner.delete(&key, Check::EntryOnly))
     }
 
     fn delete<'a>(&'a self, key: &'a ResourceKey) -> BoxFuture<'a, Result<bool, StoreError>> {
         let key = key.clone();
-        self.blocking(move |inner| inner.delete(&key))
+        self.blocking(move |inner| inner.delete(&key, Check::Whole))
     }
 
     fn watch(&self) -> BoxFuture<'_, Result<watch::Receiver<u64>, StoreError>> {
@@ -195,6 +215,15 @@ impl Store for FileStore {
     fn url(&self) -> String {
         format!("file:{}", self.inner.dir.display())
     }
+}
+
+/// What a write is validated against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    /// The whole resulting configuration (`apply`, `delete`).
+    Whole,
+    /// Only the written entry itself (`register`, `deregister`): registry data.
+    EntryOnly,
 }
 
 /// The directory's content as the loaders read it.
@@ -216,24 +245,6 @@ impl Current {
             .collect();
         files.dedup();
         files
-    }
-
-    /// Everything that must be fixed before the directory can be written: errors from the
-    /// loaders, and duplicates of keys not in `except` (applying a key resolves its
-    /// duplicates).
-    fn blocking_errors(&self, except: &BTreeSet<ResourceKey>) -> Vec<Finding> {
-        let mut out: Vec<Finding> = self
-            .findings
-            .iter()
-            .filter(|f| f.is_error())
-            .cloned()
-            .collect();
-        out.extend(
-            duplicate_findings(&self.resources)
-                .into_iter()
-                .filter(|f| f.resource.as_ref().is_none_or(|k| !except.contains(k))),
-        );
-        out
     }
 }
 
@@ -322,9 +333,7 @@ impl Inner {
         let revision = *self.revision.borrow();
         let _lock = self.lock(false)?;
         let current = self.read_current();
-        let mut findings = current.findings;
-        findings.extend(duplicate_findings(&current.resources));
-        let mut findings = Findings(findings);
+        let mut findings = Findings(current.findings);
         findings.sort();
         Ok(Listing {
             resources: current.resources,
@@ -333,23 +342,34 @@ impl Inner {
         })
     }
 
-    fn apply(&self, resources: Vec<Resource>, now: SystemTime) -> Result<ApplyOutcome, StoreError> {
+    fn apply(
+        &self,
+        resources: Vec<Resource>,
+        now: SystemTime,
+        check: Check,
+    ) -> Result<ApplyOutcome, StoreError> {
         if resources.is_empty() {
             return Ok(ApplyOutcome::default());
         }
-        let mut input = resources;
-        input.sort_by_cached_key(Resource::key);
-        let dups = duplicate_findings(&input);
-        if !dups.is_empty() {
-            return Err(StoreError::Invalid(Findings(dups)));
-        }
+        let input = resources;
         // Keep the caller's order for the outcome.
         let order: Vec<ResourceKey> = input.iter().map(Resource::key).collect();
         let applied_keys: BTreeSet<ResourceKey> = order.iter().cloned().collect();
 
         let _lock = self.lock(true)?;
         let current = self.read_current();
-        let mut refuse = current.blocking_errors(&applied_keys);
+        // Content that does not parse blocks every apply: it may define anything. (A
+        // resource defined twice is an error of the merged set below, unless this apply
+        // settles it.)
+        let mut refuse: Vec<Finding> = match check {
+            Check::Whole => current
+                .findings
+                .iter()
+                .filter(|f| f.is_error())
+                .cloned()
+                .collect(),
+            Check::EntryOnly => Vec::new(),
+        };
 
         // Decide what each resource becomes.
         let mut results = BTreeMap::new();
@@ -361,21 +381,23 @@ impl Inner {
                 .iter()
                 .filter(|e| e.key() == key)
                 .collect();
-            if let (Some(theirs), Some(stored)) = (
-                r.metadata.resource_version.as_deref(),
-                existing
-                    .first()
-                    .map(|e| e.metadata.resource_version.as_deref()),
-            ) {
-                if stored != Some(theirs) {
-                    return Err(StoreError::Conflict {
-                        key,
-                        reason: format!(
-                            "the object has been modified (resourceVersion is {}, the applied one is {theirs}); get the latest version and apply again",
-                            stored.unwrap_or("unset")
-                        ),
-                    });
-                }
+            // Optimistic concurrency, as the API server does it: a resourceVersion in the
+            // applied resource must be the stored one.
+            if let Some(theirs) = r.metadata.resource_version.as_deref()
+                && let Some(stored) = existing.first()
+                && stored.metadata.resource_version.as_deref() != Some(theirs)
+            {
+                return Err(StoreError::Conflict {
+                    key,
+                    reason: format!(
+                        "the object has been modified (resourceVersion is {}, the applied one is {theirs}); get the latest version and apply again",
+                        stored
+                            .metadata
+                            .resource_version
+                            .as_deref()
+                            .unwrap_or("unset")
+                    ),
+                });
             }
             let mut candidate = r;
             candidate.source = None;
@@ -415,7 +437,14 @@ impl Inner {
             .cloned()
             .collect();
         merged.extend(candidates.iter().cloned());
-        let validation = validate_all(&merged);
+        let validation = match check {
+            Check::Whole => validate_all(&merged),
+            Check::EntryOnly => {
+                let mut f = Findings(candidates.iter().flat_map(check_resource).collect());
+                f.sort();
+                f
+            }
+        };
         if !refuse.is_empty() || validation.has_errors() {
             refuse.extend(validation.0);
             let mut findings = Findings(refuse);
@@ -447,13 +476,7 @@ impl Inner {
             writes.push(self.without(file, keys)?);
         }
 
-        let changed = !writes.is_empty();
-        for w in &writes {
-            self.commit(w)?;
-        }
-        if changed {
-            self.bump();
-        }
+        self.commit_all(&writes)?;
 
         let warnings = Findings(
             validation
@@ -478,7 +501,7 @@ impl Inner {
         })
     }
 
-    fn delete(&self, key: &ResourceKey) -> Result<bool, StoreError> {
+    fn delete(&self, key: &ResourceKey, check: Check) -> Result<bool, StoreError> {
         if !self.dir.is_dir() {
             return Ok(false);
         }
@@ -487,6 +510,17 @@ impl Inner {
         let files = current.files_of(key);
         if files.is_empty() {
             return Ok(false);
+        }
+        // Refuse a deletion that breaks what was valid (registry entries are not config:
+        // nothing can depend on them being present).
+        if check == Check::EntryOnly {
+            let keys = BTreeSet::from([key.clone()]);
+            let writes = files
+                .iter()
+                .map(|file| self.without(file, &keys))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.commit_all(&writes)?;
+            return Ok(true);
         }
         // Refuse a deletion that breaks what was valid.
         let fingerprint = |f: &Finding| {
@@ -521,10 +555,7 @@ impl Inner {
         for file in &files {
             writes.push(self.without(file, &keys)?);
         }
-        for w in &writes {
-            self.commit(w)?;
-        }
-        self.bump();
+        self.commit_all(&writes)?;
         Ok(true)
     }
 
@@ -596,6 +627,21 @@ impl Inner {
         }
     }
 
+    /// Makes `changes` in order and ticks the revision if any was made (even when a later
+    /// one fails, so watchers look again).
+    fn commit_all(&self, changes: &[FileChange]) -> Result<(), StoreError> {
+        let mut made = 0;
+        let result = changes.iter().try_for_each(|c| {
+            self.commit(c)?;
+            made += 1;
+            Ok(())
+        });
+        if made > 0 {
+            self.bump();
+        }
+        result
+    }
+
     fn commit(&self, change: &FileChange) -> Result<(), StoreError> {
         match &change.contents {
             Some(text) => write_atomic(&change.path, text.as_bytes()),
@@ -608,8 +654,20 @@ impl Inner {
         }
     }
 
-    /// Removes the `<namespace>/<plural>` directories a deletion left empty.
+    /// Removes the `<namespace>/<plural>` directories a deletion left empty (only those of
+    /// the store's own layout; directories people made stay).
     fn remove_empty_parents(&self, file: &Path) {
+        let Ok(rel) = file.strip_prefix(&self.dir) else {
+            return;
+        };
+        let parts: Vec<_> = rel.components().collect();
+        let own_layout = parts.len() == 3
+            && config::Kind::ALL
+                .iter()
+                .any(|k| parts[1].as_os_str() == k.plural());
+        if !own_layout {
+            return;
+        }
         let mut dir = file.parent();
         while let Some(d) = dir {
             if d == self.dir || !d.starts_with(&self.dir) || fs::remove_dir(d).is_err() {
@@ -629,27 +687,21 @@ impl Inner {
         }
         fs::create_dir_all(&self.dir)
             .map_err(|e| StoreError::io("create directory", &self.dir, e))?;
-        let to_io = |e: notify::Error| io::Error::other(e.to_string());
-
         // notify's callback only signals; a thread debounces and ticks the revision.
         let (tx, rx) = mpsc::channel::<()>();
-        let dir = self.dir.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
-            let relevant = match res {
-                Ok(event) => relevant_event(&dir, &event),
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "config directory watch error");
-                    true
-                }
-            };
-            if relevant {
-                let _ = tx.send(());
+        let watcher = match self.native_watcher(tx.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                // inotify watches are a per-user limit that containers often exhaust; polling
+                // is slower to notice but still works.
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    error = %e,
+                    "cannot watch the config directory natively; polling it every {POLL_INTERVAL:?}"
+                );
+                self.poll_watcher(tx)?
             }
-        })
-        .map_err(|e| StoreError::io("watch", &self.dir, to_io(e)))?;
-        watcher
-            .watch(&self.dir, RecursiveMode::Recursive)
-            .map_err(|e| StoreError::io("watch", &self.dir, to_io(e)))?;
+        };
         let revision = self.revision.clone();
         std::thread::Builder::new()
             .name("mesh-config-watch".to_owned())
@@ -658,12 +710,48 @@ impl Inner {
         *guard = Some(watcher);
         Ok(())
     }
+
+    fn native_watcher(&self, tx: mpsc::Sender<()>) -> notify::Result<Box<dyn Watcher + Send>> {
+        let mut w = notify::recommended_watcher(event_handler(self.dir.clone(), tx))?;
+        w.watch(&self.dir, RecursiveMode::Recursive)?;
+        Ok(Box::new(w))
+    }
+
+    fn poll_watcher(&self, tx: mpsc::Sender<()>) -> Result<Box<dyn Watcher + Send>, StoreError> {
+        let to_io =
+            |e: notify::Error| StoreError::io("watch", &self.dir, io::Error::other(e.to_string()));
+        let config = notify::Config::default().with_poll_interval(POLL_INTERVAL);
+        let mut w =
+            notify::PollWatcher::new(event_handler(self.dir.clone(), tx), config).map_err(to_io)?;
+        w.watch(&self.dir, RecursiveMode::Recursive)
+            .map_err(to_io)?;
+        Ok(Box::new(w))
+    }
+}
+
+/// The notify callback: signals `tx` for each event that matters.
+fn event_handler(
+    dir: PathBuf,
+    tx: mpsc::Sender<()>,
+) -> impl Fn(notify::Result<Event>) + Send + 'static {
+    move |res| {
+        let relevant = match res {
+            Ok(event) => relevant_event(&dir, &event),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "config directory watch error");
+                true
+            }
+        };
+        if relevant {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Calls `tick` once per burst of signals on `rx`: after [`DEBOUNCE`] without a signal, or
 /// [`MAX_DELAY`] after the burst began if the signals never stop. Returns when the sender
 /// is dropped.
-fn debounce(rx: &mpsc::Receiver<()>, tick: impl Fn()) {
+pub(super) fn debounce(rx: &mpsc::Receiver<()>, tick: impl Fn()) {
     while rx.recv().is_ok() {
         let began = Instant::now();
         loop {
@@ -684,8 +772,8 @@ fn debounce(rx: &mpsc::Receiver<()>, tick: impl Fn()) {
     }
 }
 
-/// True for an event that may change what the store lists: not a plain read, not on the
-/// lock file or a hidden temporary file.
+/// True for an event that may change what the store lists: not a plain read, not only on
+/// the store's lock and temporary files.
 fn relevant_event(dir: &Path, event: &Event) -> bool {
     let read = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
@@ -695,17 +783,17 @@ fn relevant_event(dir: &Path, event: &Event) -> bool {
     !read && (event.paths.is_empty() || event.paths.iter().any(|p| relevant_path(dir, p)))
 }
 
-/// True unless `path` is the lock file, a hidden (temporary) file, or inside a hidden
-/// directory below `dir`.
-fn relevant_path(dir: &Path, path: &Path) -> bool {
-    let rel = path.strip_prefix(dir).unwrap_or(path);
-    let hidden = rel
-        .components()
-        .any(|c| c.as_os_str().to_string_lossy().starts_with('.') && c.as_os_str() != "..");
-    let hidden_name = path
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-    !(hidden || hidden_name)
+/// True unless `path` is the store's own lock file or one of its temporary files.
+///
+/// Other hidden paths count: a Kubernetes ConfigMap volume swaps its content by renaming
+/// the hidden `..data` symlink, and the visible files are symlinks into it.
+pub(super) fn relevant_path(dir: &Path, path: &Path) -> bool {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy()) else {
+        return true;
+    };
+    let ours = (name == LOCK_FILE && path.parent() == Some(dir))
+        || (name.starts_with('.') && name.ends_with(TMP_SUFFIX));
+    !ours
 }
 
 /// The next `resourceVersion` after `v` (a counter; an unreadable one restarts at 1).
@@ -733,7 +821,7 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreErro
         .file_name()
         .map_or_else(|| "resource".into(), |n| n.to_string_lossy());
     let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
+        ".{name}.{}.{}{TMP_SUFFIX}",
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));

@@ -57,7 +57,7 @@ pub use self::{
 };
 use crate::{
     config::{Kind, Resource, ResourceKey},
-    validate::{Finding, Findings},
+    validate::Findings,
 };
 
 /// A boxed, sendable future: what the [`Store`] methods return so the trait stays object
@@ -70,7 +70,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// once; every method is atomic with respect to the others.
 pub trait Store: Send + Sync + fmt::Debug {
     /// Every stored resource, sorted by key, with findings for stored content that could not
-    /// be read (a file with a syntax error, a resource defined twice).
+    /// be read (a file with a syntax or schema error).
+    ///
+    /// The listing is not validated: a resource defined twice, for example, is listed twice;
+    /// [`validate_all`](crate::validate::validate_all) reports it.
     fn list(&self) -> BoxFuture<'_, Result<Listing, StoreError>>;
 
     /// One resource, or `None` if the store has none with that key.
@@ -107,6 +110,24 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// what runs. Delete the referring resource first.
     fn delete<'a>(&'a self, key: &'a ResourceKey) -> BoxFuture<'a, Result<bool, StoreError>>;
 
+    /// Registers a workload: creates or replaces one WorkloadEntry, validating only the entry
+    /// itself.
+    ///
+    /// A registration is registry data, not configuration: a broken file or an invalid
+    /// VirtualService elsewhere in the store must never stop a workload from joining the
+    /// mesh, so the whole-configuration check of [`apply`](Store::apply) does not apply
+    /// here. The default implementation is `apply`.
+    fn register(&self, entry: Resource) -> BoxFuture<'_, Result<ApplyOutcome, StoreError>> {
+        self.apply(vec![entry])
+    }
+
+    /// Removes a workload's registration; `Ok(false)` if there was none. Unlike
+    /// [`delete`](Store::delete), never refused for what the rest of the configuration
+    /// says. The default implementation is `delete`.
+    fn deregister<'a>(&'a self, key: &'a ResourceKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.delete(key)
+    }
+
     /// A channel whose value is the store's revision, a counter that increases after every
     /// change to the stored configuration, however it was made.
     ///
@@ -124,8 +145,8 @@ pub trait Store: Send + Sync + fmt::Debug {
 pub struct Listing {
     /// The resources that could be read, sorted by key.
     pub resources: Vec<Resource>,
-    /// Errors for stored content that could not be read (syntax and schema errors, a resource
-    /// defined twice) and warnings (documents of kinds the mesh does not read).
+    /// Errors for stored content that could not be read (syntax and schema errors) and
+    /// warnings (documents of kinds the mesh does not read).
     pub findings: Findings,
     /// The store's revision when the listing started; the listing reflects at least every
     /// change up to it.
@@ -248,6 +269,12 @@ pub enum StoreError {
     Unsupported {
         /// The URL scheme (`etcd`).
         scheme: String,
+    },
+    /// [`Store::register`] was given something other than a WorkloadEntry.
+    #[error("only a WorkloadEntry can be registered, not {key}")]
+    NotAWorkloadEntry {
+        /// The resource given.
+        key: ResourceKey,
     },
     /// The runtime shut down while the operation was running; it may or may not have
     /// completed.
@@ -441,32 +468,4 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let y = yoe + era * 400 + i64::from(m <= 2);
     // d and m are small and positive by construction.
     (y, m as u32, d as u32)
-}
-
-/// Errors for every resource defined more than once in `resources` (sorted by key), naming
-/// where the first definition is.
-pub(crate) fn duplicate_findings(resources: &[Resource]) -> Vec<Finding> {
-    use crate::validate::{Severity, codes};
-    let mut out = Vec::new();
-    for pair in resources.windows(2) {
-        let (first, dup) = (&pair[0], &pair[1]);
-        if first.key() != dup.key() {
-            continue;
-        }
-        let first_at = first
-            .source
-            .as_ref()
-            .map_or_else(|| "another document".to_owned(), |s| s.origin.to_string());
-        out.push(Finding::about(
-            dup,
-            None,
-            codes::DUPLICATE_RESOURCE,
-            Severity::Error,
-            format!(
-                "{} is defined more than once (also at {first_at})",
-                dup.key()
-            ),
-        ));
-    }
-    out
 }

@@ -6,7 +6,7 @@ use std::{
 
 use super::{
     StoreError, StoreUrl,
-    file::{remove_documents, split_documents},
+    file::{debounce, relevant_path, remove_documents, split_documents},
     rfc3339_utc,
 };
 use crate::config::{Kind, ResourceKey};
@@ -131,4 +131,38 @@ fn rewrites_a_list_that_mixes_kept_and_removed_items() {
 fn refuses_to_split_a_list_with_foreign_items() {
     let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: s}\n- apiVersion: security.istio.io/v1\n  kind: AuthorizationPolicy\n  metadata: {name: a}\n  spec: {}\n";
     assert!(remove_documents(text, &BTreeSet::from([key("a")]), false).is_err());
+}
+
+#[test]
+fn debounces_a_burst_into_one_tick() {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    };
+    let (tx, rx) = mpsc::channel();
+    let ticks = AtomicUsize::new(0);
+    for _ in 0..20 {
+        tx.send(()).unwrap();
+    }
+    drop(tx);
+    // The sender is gone after the burst: one tick for it, then `debounce` returns.
+    debounce(&rx, || {
+        ticks.fetch_add(1, Ordering::SeqCst);
+    });
+    assert_eq!(ticks.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn ignores_only_the_stores_own_lock_and_temporary_files() {
+    let dir = std::path::Path::new("/cfg");
+    let relevant = |p: &str| relevant_path(dir, p.as_ref());
+    assert!(relevant("/cfg/default/virtualservices/a.yaml"));
+    assert!(relevant("/cfg/default"));
+    assert!(!relevant("/cfg/.mesh.lock"));
+    assert!(!relevant(
+        "/cfg/default/virtualservices/.a.yaml.1.2.mesh-tmp"
+    ));
+    // A ConfigMap volume swaps its content through hidden paths.
+    assert!(relevant("/cfg/..data"));
+    assert!(relevant("/cfg/..2024_01_01_00_00_00.1/a.yaml"));
 }

@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, watch};
 
 use super::{Store, StoreError};
 use crate::{
-    config::Resource,
+    config::{Kind, Resource},
     validate::{Findings, validate_all},
 };
 
@@ -218,6 +218,25 @@ impl<T> fmt::Debug for ConfigWatcher<T> {
     }
 }
 
+/// `good` with its WorkloadEntries replaced by the individually valid ones in `listed`.
+fn with_current_registry(good: &[Resource], listed: &[Resource]) -> Vec<Resource> {
+    let is_entry = |r: &&Resource| r.kind() == Kind::WorkloadEntry;
+    let mut out: Vec<Resource> = good.iter().filter(|r| !is_entry(r)).cloned().collect();
+    out.extend(
+        listed
+            .iter()
+            .filter(is_entry)
+            .filter(|r| {
+                !crate::validate::check_resource(r)
+                    .iter()
+                    .any(|f| f.is_error())
+            })
+            .cloned(),
+    );
+    out.sort_by_cached_key(Resource::key);
+    out
+}
+
 // === impl Shared ===
 
 impl<T> Shared<T> {
@@ -240,6 +259,30 @@ impl<T> Shared<T> {
         findings.0.extend(validate_all(&listing.resources).0);
         findings.sort();
         if findings.has_errors() {
+            // The configuration stays the last good one, but the registry (WorkloadEntries
+            // that are valid on their own) follows the store: workloads keep joining and
+            // leaving while a broken file waits to be fixed.
+            if let Some(good) = last_good.as_ref() {
+                let registry = with_current_registry(good, &listing.resources);
+                if registry != *good
+                    && !validate_all(&registry).has_errors()
+                    && let Ok(snapshot) = (self.compile)(&registry)
+                {
+                    self.current.store(Arc::new(snapshot));
+                    let generation = *self.generation.borrow() + 1;
+                    tracing::info!(
+                        store = %self.store.url(),
+                        generation,
+                        "registry updated; the rest of the config stays at the last good one"
+                    );
+                    self.status.send_modify(|s| {
+                        s.generation = generation;
+                        s.resources = registry.len();
+                    });
+                    *last_good = Some(registry);
+                    self.generation.send_replace(generation);
+                }
+            }
             self.reject(revision, findings);
             return;
         }
