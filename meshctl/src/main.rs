@@ -14,6 +14,7 @@
 
 mod analyze;
 mod apply;
+mod describe;
 mod get;
 mod input;
 
@@ -56,6 +57,9 @@ enum Command {
     Get(get::Args),
     /// Delete a resource by kind and name, or every resource in files (`-f`).
     Delete(apply::DeleteArgs),
+    /// Show which VirtualService rule a request would match and why, its destinations and
+    /// weights, endpoints, and the timeout, retry, fault and mirror policy that apply.
+    Describe(describe::Args),
 }
 
 /// Output formats shared by the commands.
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             Command::Apply(args) => apply::apply(args, store, dir).await,
             Command::Get(args) => get::run(args, store, dir).await,
             Command::Delete(args) => apply::delete(args, store, dir).await,
+            Command::Describe(args) => describe::run(args, store, dir).await,
         }
     });
     match result {

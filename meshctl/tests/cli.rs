@@ -277,3 +277,166 @@ fn usage_errors() {
         assert!(r.stdout.contains(verb));
     }
 }
+
+fn bookinfo_file(f: &str) -> String {
+    compat(f)
+}
+
+#[test]
+fn describe_explains_the_matching_rule() {
+    let dr = bookinfo_file("destination-rule-all.yaml");
+    let vs = bookinfo_file("virtual-service-reviews-test-v2.yaml");
+    let r = meshctl(
+        None,
+        &[
+            "describe",
+            "--host",
+            "reviews",
+            "-H",
+            "end-user: jason",
+            "/reviews/0",
+            "-f",
+            &dr,
+            "-f",
+            &vs,
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("Host:      reviews.default.svc.cluster.local"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("spec.http[0] MATCHED"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains(r#"[x] header end-user exact "jason" (got "jason")"#),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("subset v2 weight 100 (100.0%)"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("Retries:   mesh default"), "{}", r.stdout);
+
+    // Anyone else: rule 0 fails on the header, rule 1 sends to v1.
+    let r = meshctl(
+        None,
+        &[
+            "describe",
+            "http://reviews:9080/reviews/0",
+            "-f",
+            &dr,
+            "-f",
+            &vs,
+        ],
+        None,
+    );
+    assert!(
+        r.stdout.contains("spec.http[0] not matched"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains(r#"[ ] header end-user exact "jason" (absent)"#),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("spec.http[1] MATCHED"), "{}", r.stdout);
+    assert!(r.stdout.contains("subset v1"), "{}", r.stdout);
+}
+
+#[test]
+fn describe_shows_weights_faults_and_timeouts_as_json() {
+    let dr = bookinfo_file("destination-rule-all.yaml");
+    let split = bookinfo_file("virtual-service-reviews-80-20.yaml");
+    let r = meshctl(
+        None,
+        &[
+            "describe",
+            "http://reviews/",
+            "-f",
+            &dr,
+            "-f",
+            &split,
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["outcome"], "forward");
+    assert_eq!(v["destinations"][0]["subset"], "v1");
+    assert_eq!(v["destinations"][0]["percent"], 80.0);
+    assert_eq!(v["destinations"][1]["percent"], 20.0);
+
+    let timeout = bookinfo_file("virtual-service-reviews-timeout.yaml");
+    let r = meshctl(
+        None,
+        &[
+            "describe",
+            "http://ratings/ratings/0",
+            "-f",
+            &dr,
+            "-f",
+            &timeout,
+        ],
+        None,
+    );
+    assert!(
+        r.stdout
+            .contains("Fault:     delay 2s for 100% of requests"),
+        "{}",
+        r.stdout
+    );
+    let r = meshctl(
+        None,
+        &["describe", "http://reviews/", "-f", &dr, "-f", &timeout],
+        None,
+    );
+    assert!(r.stdout.contains("Timeout:   500ms"), "{}", r.stdout);
+}
+
+#[test]
+fn describe_reports_no_route_for_a_gateway() {
+    let gw = bookinfo_file("bookinfo-gateway.yaml");
+    let r = meshctl(
+        None,
+        &[
+            "describe",
+            "--gateway",
+            "istio=ingressgateway",
+            "http://localhost:8080/admin",
+            "-f",
+            &gw,
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("no rule matches: 404 with response flag NR"),
+        "{}",
+        r.stdout
+    );
+    let r = meshctl(
+        None,
+        &[
+            "describe",
+            "--gateway",
+            "app=nothing",
+            "http://localhost:8080/",
+            "-f",
+            &gw,
+        ],
+        None,
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no Gateway selects"), "{}", r.stderr);
+}

@@ -222,6 +222,88 @@ impl RequestMatch {
         true
     }
 
+    /// Each condition in words with whether `req` satisfies it, for `meshctl describe`.
+    /// The caller conditions (`sourceLabels`, `sourceNamespace`) come first.
+    pub fn explain(
+        &self,
+        caller: &super::Caller<'_>,
+        req: &RequestInfo<'_>,
+    ) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        for (k, v) in &self.source_labels {
+            out.push((
+                format!("source label {k}={v}"),
+                caller.labels.get(k) == Some(v),
+            ));
+        }
+        if let Some(ns) = &self.source_namespace {
+            out.push((format!("source namespace {ns}"), ns == caller.namespace));
+        }
+        let got = |v: Option<&str>| match v {
+            Some(v) => format!(" (got {v:?})"),
+            None => " (absent)".to_owned(),
+        };
+        if let Some(m) = &self.uri {
+            out.push((
+                format!("uri {}{}", m.describe(), got(Some(req.path))),
+                m.matches(req.path),
+            ));
+        }
+        if let Some(m) = &self.method {
+            let method = req.method.as_str();
+            out.push((
+                format!("method {}{}", m.describe(), got(Some(method))),
+                m.matches(method),
+            ));
+        }
+        if let Some(m) = &self.scheme {
+            out.push((
+                format!("scheme {}{}", m.describe(), got(Some(req.scheme))),
+                m.matches(req.scheme),
+            ));
+        }
+        if let Some(m) = &self.authority {
+            out.push((
+                format!("authority {}{}", m.describe(), got(Some(req.authority))),
+                m.matches(req.authority),
+            ));
+        }
+        if let Some(p) = self.port {
+            out.push((
+                format!(
+                    "port {p}{}",
+                    got(req.port.map(|p| p.to_string()).as_deref())
+                ),
+                req.port == Some(p),
+            ));
+        }
+        for (name, m) in &self.headers {
+            let v = header_value(req.headers, name);
+            let ok = v.as_deref().is_some_and(|v| m.matches(v));
+            out.push((
+                format!("header {name} {}{}", m.describe(), got(v.as_deref())),
+                ok,
+            ));
+        }
+        for (name, m) in &self.without_headers {
+            let v = header_value(req.headers, name);
+            let ok = !v.as_deref().is_some_and(|v| m.matches(v));
+            out.push((
+                format!("header {name} not {}{}", m.describe(), got(v.as_deref())),
+                ok,
+            ));
+        }
+        for (key, m) in &self.query_params {
+            let v = query_param(req.query, key);
+            let ok = v.as_deref().is_some_and(|v| m.matches(v));
+            out.push((
+                format!("query {key} {}{}", m.describe(), got(v.as_deref())),
+                ok,
+            ));
+        }
+        out
+    }
+
     /// Describes the conditions in words, for `meshctl describe`.
     pub fn describe(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -421,6 +421,28 @@ pub struct RouteMatch<'s> {
     pub match_index: Option<usize>,
 }
 
+/// Why a request goes where it goes: see [`Snapshot::explain`].
+#[derive(Clone, Debug)]
+pub struct Explanation<'s> {
+    /// The resolved host.
+    pub host: String,
+    /// The decision.
+    pub routing: Routing<'s>,
+    /// The rules tried, in order; the last one matched if the decision is a match.
+    pub tried: Vec<RuleTrace<'s>>,
+}
+
+/// One rule tried while routing.
+#[derive(Clone, Debug)]
+pub struct RuleTrace<'s> {
+    /// The rule.
+    pub route: &'s Arc<Route>,
+    /// For each match entry, each condition in words and whether it held.
+    pub matches: Vec<Vec<(String, bool)>>,
+    /// True if the rule matched.
+    pub matched: bool,
+}
+
 /// The compiled configuration.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -771,6 +793,60 @@ impl Snapshot {
         Routing::NoMatch {
             host,
             virtual_services: consulted,
+        }
+    }
+
+    /// Routes a request like [`Snapshot::route`] and explains the decision: every rule tried,
+    /// in order, with each condition and whether it held. What `meshctl describe` prints.
+    pub fn explain<'s>(&'s self, caller: &Caller<'_>, req: &RequestInfo<'_>) -> Explanation<'s> {
+        let routing = self.route(caller, req);
+        let host = match &routing {
+            Routing::Matched(m) => m.host.clone(),
+            Routing::NoMatch { host, .. }
+            | Routing::Default { host }
+            | Routing::NoRoute { host } => host.clone(),
+        };
+        let mut tried = Vec::new();
+        let sets: Vec<&RuleSet> = if caller.is_gateway() {
+            caller
+                .gateways
+                .iter()
+                .filter_map(|gw| self.gateway_routes.get(gw))
+                .filter_map(|t| t.lookup(&req.host.to_ascii_lowercase()))
+                .flatten()
+                .collect()
+        } else {
+            self.mesh_routes
+                .lookup(&host)
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        'sets: for set in sets {
+            if !set.visible_to.allows(caller.namespace) {
+                continue;
+            }
+            for route in &set.routes {
+                let matches: Vec<Vec<(String, bool)>> = route
+                    .matches
+                    .iter()
+                    .map(|m| m.explain(caller, req))
+                    .collect();
+                let matched = route.find_match(caller, req).is_some();
+                tried.push(RuleTrace {
+                    route,
+                    matches,
+                    matched,
+                });
+                if matched {
+                    break 'sets;
+                }
+            }
+        }
+        Explanation {
+            host,
+            routing,
+            tried,
         }
     }
 
