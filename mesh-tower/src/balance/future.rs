@@ -1,0 +1,101 @@
+//! The balancer's response future.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::Response;
+use mesh_core::BoxError;
+use pin_project_lite::pin_project;
+
+use super::stats::InFlight;
+use crate::{body::Body, target::PickedEndpoint};
+
+pin_project! {
+    /// The response of the chosen endpoint, with [`PickedEndpoint`] copied into its
+    /// extensions; or the balancer's own error ([`NoHealthyUpstream`]).
+    ///
+    /// The endpoint counts the request as in flight until this future completes or is
+    /// dropped.
+    ///
+    /// [`NoHealthyUpstream`]: crate::error::NoHealthyUpstream
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called {
+            #[pin]
+            future: F,
+            picked: Option<PickedEndpoint>,
+            in_flight: Option<InFlight>,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(super) fn called(
+        future: F,
+        picked: Option<PickedEndpoint>,
+        in_flight: Option<InFlight>,
+    ) -> Self {
+        Self {
+            state: State::Called {
+                future,
+                picked,
+                in_flight,
+            },
+        }
+    }
+
+    pub(super) fn failed(error: BoxError) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Called {
+                future,
+                picked,
+                in_flight,
+            } => {
+                let result = ready!(future.poll(cx));
+                // The request is no longer in flight.
+                drop(in_flight.take());
+                let mut res = result.map_err(Into::into)?;
+                if let Some(picked) = picked.take() {
+                    res.extensions_mut().insert(picked);
+                }
+                Poll::Ready(Ok(res))
+            }
+            StateProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "balance response future polled after completion".into()))),
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

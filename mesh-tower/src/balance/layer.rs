@@ -1,0 +1,47 @@
+use std::sync::Arc;
+
+use mesh_core::{policy::balance::Algorithm, snapshot::Endpoint};
+
+use super::{EndpointStats, service::Mode};
+
+/// Wraps a service (normally [`Connect`](crate::connect::Connect)) in a [`Balance`].
+///
+/// [`Balance`]: super::Balance
+#[derive(Clone, Debug)]
+pub struct BalanceLayer {
+    pub(super) stats: EndpointStats,
+    pub(super) mode: Mode,
+}
+
+// === impl BalanceLayer ===
+
+impl BalanceLayer {
+    /// Balances each request over the endpoints of its [`Target`](crate::target::Target)
+    /// with the algorithm its DestinationRule asks for; requests without a `Target` pass
+    /// through untouched. `stats` is shared with every other balancer of the mesh.
+    pub fn from_target(stats: EndpointStats) -> Self {
+        Self {
+            stats,
+            mode: Mode::Target,
+        }
+    }
+
+    /// Balances every request over a fixed list of endpoints with `algorithm`, without a
+    /// [`Target`](crate::target::Target). The port connected to is the endpoint's only port,
+    /// else the port the request addresses. Services made by this layer share one
+    /// [`EndpointStats`].
+    pub fn new(endpoints: impl IntoIterator<Item = Arc<Endpoint>>, algorithm: Algorithm) -> Self {
+        Self {
+            stats: EndpointStats::new(),
+            mode: Mode::Fixed {
+                endpoints: endpoints.into_iter().collect(),
+                algorithm,
+            },
+        }
+    }
+
+    /// The load statistics the balancers made by this layer share.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+}

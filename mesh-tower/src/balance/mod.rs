@@ -1,0 +1,118 @@
+//! Load balancing: send each request to one endpoint of its destination.
+//!
+//! Per request, [`Balance`] reads the route layer's [`Target`]: the candidates are the
+//! endpoints of the destination host (and subset) in the target's snapshot, and the
+//! algorithm is the DestinationRule's `trafficPolicy.loadBalancer.simple` for that subset and
+//! port (LEAST_REQUEST when unset, as in Istio). The pure choice is
+//! [`mesh_core::policy::balance::pick`], whose docs describe each algorithm, how weights are
+//! used and how Istio's names map (`PASSTHROUGH` and `consistentHash` fall back to
+//! LEAST_REQUEST; the latter is logged once per host at debug level).
+//!
+//! The chosen endpoint is connected to at `endpoint.address` and the port that
+//! [`Endpoint::port_for`] gives for the service port (the registry's port name and
+//! `targetPort`; services implied by WorkloadEntry labels have no ports, so the endpoint's
+//! only port or the service port). Then the balancer
+//!
+//! - rewrites the request URI to `http://<address>:<port><path?query>`, which is what
+//!   [`Connect`](crate::connect::Connect) connects to and pools by;
+//! - sets the `Host` header to the authority the caller addressed (`reviews:9080`), so the
+//!   upstream application sees the name it was called by. A request without a URI authority
+//!   keeps its `Host` header. Over HTTP/2 the `:authority` pseudo-header is the endpoint
+//!   address (hyper derives it from the URI) and `Host` carries the original name;
+//! - inserts [`PickedEndpoint`] into the request's extensions, and copies it onto the
+//!   response's (for telemetry and access logs, Envoy's `%UPSTREAM_HOST%`);
+//! - records the endpoint in the request's [`TriedEndpoints`], if the retry layer put one
+//!   there, and avoids the endpoints recorded by earlier attempts while another candidate
+//!   is left (Istio's `retryIgnorePreviousHosts`).
+//!
+//! LEAST_REQUEST needs the load of each endpoint: [`EndpointStats`] counts the requests in
+//! flight per endpoint, shared by every balancer of a mesh. A request counts from the moment
+//! it is handed to the inner service until its response future completes (response head
+//! received, or an error) or is dropped; the response body is not counted.
+//!
+//! # Without endpoints
+//!
+//! When the destination has no endpoints:
+//!
+//! - a host the registry does not know (an external name reached by the default route) is
+//!   connected to as written, at the target port: Istio's default `ALLOW_ANY` outbound
+//!   policy (`PassthroughCluster`);
+//! - a ServiceEntry without endpoints whose `resolution` is `DNS`, `DNS_ROUND_ROBIN`
+//!   or `DYNAMIC_DNS` is connected to by its host name (at the port's `targetPort`, if set),
+//!   and one with `resolution: NONE` (the default) at the port the caller addressed, as
+//!   Envoy's DNS and original-destination clusters do;
+//! - otherwise (a subset without endpoints, a service whose endpoints are all gone) the
+//!   request fails with [`NoHealthyUpstream`] (Envoy `UH`, 503).
+//!
+//! # Readiness
+//!
+//! The balancer is ready whenever the inner service is: it never waits for an endpoint
+//! (per-endpoint circuit breakers and outlier detection, which would, come later).
+//!
+//! # Errors
+//!
+//! [`NoHealthyUpstream`] as above; [`UpstreamConnectFailure`] if an endpoint address does not
+//! form a valid URI authority; otherwise the inner service's errors.
+//!
+//! # Examples
+//!
+//! A fixed list of endpoints, without the route layer:
+//!
+//! ```
+//! use std::{collections::BTreeMap, sync::Arc};
+//!
+//! use futures_util::FutureExt;
+//! use mesh_core::{policy::balance::Algorithm, snapshot::Endpoint};
+//! use mesh_tower::{balance::BalanceLayer, body, target::PickedEndpoint};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! let endpoint = |port| {
+//!     Arc::new(Endpoint {
+//!         address: "127.0.0.1".into(),
+//!         ports: BTreeMap::from([("http".to_owned(), port)]),
+//!         labels: BTreeMap::new(),
+//!         service_account: "default".into(),
+//!         namespace: "default".into(),
+//!         weight: 1,
+//!         workload: None,
+//!     })
+//! };
+//! let svc = ServiceBuilder::new()
+//!     .layer(BalanceLayer::new([endpoint(9081), endpoint(9082)], Algorithm::RoundRobin))
+//!     .service(service_fn(|req: http::Request<body::Body>| async move {
+//!         // What `Connect` would receive.
+//!         assert_eq!(req.uri(), "http://127.0.0.1:9081/reviews/1");
+//!         assert_eq!(req.headers()["host"], "reviews:9080");
+//!         Ok::<_, mesh_core::BoxError>(http::Response::new(body::empty()))
+//!     }));
+//! let req = http::Request::get("http://reviews:9080/reviews/1").body(body::empty())?;
+//! let res = svc.oneshot(req).now_or_never().expect("the mock answers at once")?;
+//! assert_eq!(res.extensions().get::<PickedEndpoint>().unwrap().authority, "127.0.0.1:9081");
+//! # Ok::<_, mesh_core::BoxError>(())
+//! ```
+//!
+//! In the mesh's outbound stack, under the route layer:
+//!
+//! ```
+//! use mesh_tower::balance::{BalanceLayer, EndpointStats};
+//! let stats = EndpointStats::new(); // once per mesh
+//! let layer = BalanceLayer::from_target(stats.clone());
+//! # let _ = layer;
+//! ```
+//!
+//! [`Target`]: crate::target::Target
+//! [`PickedEndpoint`]: crate::target::PickedEndpoint
+//! [`TriedEndpoints`]: crate::target::TriedEndpoints
+//! [`Endpoint::port_for`]: mesh_core::snapshot::Endpoint::port_for
+//! [`NoHealthyUpstream`]: crate::error::NoHealthyUpstream
+//! [`UpstreamConnectFailure`]: crate::error::UpstreamConnectFailure
+
+pub mod future;
+mod layer;
+mod service;
+mod stats;
+
+pub use self::{layer::BalanceLayer, service::Balance, stats::EndpointStats};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+//! Per-endpoint load the balancer reads: requests in flight and round-robin cursors.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    sync::{
+        Arc, Mutex, PoisonError, RwLock, RwLockReadGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+/// Requests in flight per endpoint and round-robin positions per destination, shared by every
+/// balancer of one mesh.
+///
+/// Create one per `Mesh` (or per process) and pass clones to each [`BalanceLayer`]: clones
+/// share the same counters, so LEAST_REQUEST sees the load that every stack puts on an
+/// endpoint.
+///
+/// # Concurrency
+///
+/// The counters are atomics in maps behind one [`RwLock`]. A request takes the read lock once,
+/// reads the candidates' counters, advances its round-robin cursor and clones the chosen
+/// endpoint's counter (an `Arc`), then releases it; incrementing and decrementing happen on
+/// the atomic, outside the lock. The write lock is taken only the first time an endpoint or a
+/// destination is seen. Maps are nested (`address → port → counter`, `host → subset →
+/// cursor`) so lookups borrow `&str` keys and allocate nothing.
+///
+/// # Memory
+///
+/// Entries are kept when endpoints go away, about a hundred bytes each; call
+/// [`prune_idle`](Self::prune_idle) after a configuration change to drop the counters that
+/// have nothing in flight and the cursors (round-robin then restarts at the first endpoint).
+///
+/// [`BalanceLayer`]: super::BalanceLayer
+#[derive(Clone, Default)]
+pub struct EndpointStats {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    maps: RwLock<Maps>,
+    /// Hosts whose `consistentHash` fallback was logged already.
+    consistent_hash_logged: Mutex<HashSet<String>>,
+}
+
+/// The counters, read under the lock.
+#[derive(Default)]
+pub(super) struct Maps {
+    in_flight: HashMap<String, HashMap<u16, Arc<AtomicU64>>>,
+    cursors: HashMap<String, HashMap<String, Arc<AtomicU64>>>,
+}
+
+impl Maps {
+    /// Requests in flight to `address:port`.
+    pub(super) fn in_flight(&self, address: &str, port: u16) -> u64 {
+        self.counter_ref(address, port)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The in-flight counter of `address:port`, if it exists.
+    pub(super) fn counter(&self, address: &str, port: u16) -> Option<Arc<AtomicU64>> {
+        self.counter_ref(address, port).cloned()
+    }
+
+    fn counter_ref(&self, address: &str, port: u16) -> Option<&Arc<AtomicU64>> {
+        self.in_flight.get(address)?.get(&port)
+    }
+
+    /// Advances the round-robin cursor of `host`/`subset`, returning its previous value.
+    pub(super) fn next_cursor(&self, host: &str, subset: Option<&str>) -> Option<u64> {
+        let cursor = self.cursors.get(host)?.get(subset.unwrap_or(""))?;
+        Some(cursor.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+// === impl EndpointStats ===
+
+impl EndpointStats {
+    /// Empty statistics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requests in flight to `address:port` (sent, response not yet received).
+    pub fn in_flight(&self, address: &str, port: u16) -> u64 {
+        self.read().in_flight(address, port)
+    }
+
+    /// Drops the counters with nothing in flight and every round-robin cursor.
+    pub fn prune_idle(&self) {
+        let mut maps = self
+            .inner
+            .maps
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        maps.in_flight.retain(|_, ports| {
+            // A counter only referenced by the map and at zero has no request in flight and
+            // none about to start (a request clones the Arc under the read lock).
+            ports.retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Relaxed) > 0);
+            !ports.is_empty()
+        });
+        maps.cursors.clear();
+    }
+
+    /// The read side of the maps: one short lock per request.
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, Maps> {
+        self.inner
+            .maps
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The counter of `address:port`, created if needed (takes the write lock).
+    pub(super) fn counter_or_insert(&self, address: &str, port: u16) -> Arc<AtomicU64> {
+        let mut maps = self
+            .inner
+            .maps
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        maps.in_flight
+            .entry(address.to_owned())
+            .or_default()
+            .entry(port)
+            .or_default()
+            .clone()
+    }
+
+    /// Advances the cursor of `host`/`subset`, created if needed (takes the write lock).
+    pub(super) fn next_cursor_or_insert(&self, host: &str, subset: Option<&str>) -> u64 {
+        let mut maps = self
+            .inner
+            .maps
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        maps.cursors
+            .entry(host.to_owned())
+            .or_default()
+            .entry(subset.unwrap_or("").to_owned())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// True the first time it is called for `host` (so a fallback is logged once per host).
+    pub(super) fn first_consistent_hash_fallback(&self, host: &str) -> bool {
+        let mut logged = self
+            .inner
+            .consistent_hash_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        !logged.contains(host) && logged.insert(host.to_owned())
+    }
+}
+
+impl fmt::Debug for EndpointStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let maps = self.read();
+        f.debug_struct("EndpointStats")
+            .field(
+                "endpoints",
+                &maps.in_flight.values().map(HashMap::len).sum::<usize>(),
+            )
+            .field(
+                "destinations",
+                &maps.cursors.values().map(HashMap::len).sum::<usize>(),
+            )
+            .finish()
+    }
+}
+
+/// One request in flight to an endpoint: increments the endpoint's counter when created and
+/// decrements it when dropped (response received, failed, or the future dropped).
+#[derive(Debug)]
+pub(super) struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    pub(super) fn start(counter: Arc<AtomicU64>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,454 @@
+use std::{collections::BTreeMap, sync::Arc};
+
+use http::{Request, Response};
+use mesh_core::{
+    BoxError,
+    config::load_str,
+    policy::balance::Algorithm,
+    snapshot::{Endpoint, Snapshot},
+};
+use tokio_test::assert_ready_ok;
+use tower_test::mock::{self, Handle, Spawn};
+
+use super::{Balance, BalanceLayer, EndpointStats};
+use crate::{
+    body::{self, Body},
+    error::{NoHealthyUpstream, cause_ref},
+    target::{PickedEndpoint, Target, TriedEndpoints},
+};
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+/// Two v1 endpoints and one v2 endpoint of `reviews` (a service implied by the `app` label,
+/// so it has no ports), an external ServiceEntry with a target port, a DNS ServiceEntry and
+/// a static one without endpoints.
+const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: reviews-v1a, namespace: default }
+spec: { address: 127.0.0.1, ports: { http: 9081 }, labels: { app: reviews, version: v1 } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: reviews-v1b, namespace: default }
+spec: { address: 127.0.0.2, ports: { http: 9082 }, labels: { app: reviews, version: v1 } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: reviews-v2, namespace: default }
+spec: { address: 127.0.0.3, ports: { http: 9083 }, labels: { app: reviews, version: v2 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: reviews, namespace: default }
+spec:
+  host: reviews
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - { name: v2, labels: { version: v2 } }
+  - { name: v3, labels: { version: v3 } }
+  - name: v1-rr
+    labels: { version: v1 }
+    trafficPolicy: { loadBalancer: { simple: ROUND_ROBIN } }
+  - name: v1-hash
+    labels: { version: v1 }
+    trafficPolicy: { loadBalancer: { consistentHash: { httpHeaderName: x-user } } }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: ratings-ext, namespace: default }
+spec:
+  hosts: [ratings.example.com]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: 8080 }]
+  endpoints: [{ address: 127.0.0.9 }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: api-dns, namespace: default }
+spec:
+  hosts: [api.example.com]
+  resolution: DNS
+  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: 8000 }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: empty-static, namespace: default }
+spec:
+  hosts: [empty.example.com]
+  resolution: STATIC
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+"#;
+
+fn snapshot() -> Arc<Snapshot> {
+    let loaded = load_str(MESH, None);
+    assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+    Arc::new(Snapshot::build(&loaded.resources).expect("snapshot builds"))
+}
+
+fn target(snapshot: &Arc<Snapshot>, host: &str, subset: Option<&str>, port: u16) -> Target {
+    Target {
+        snapshot: snapshot.clone(),
+        route: None,
+        match_index: None,
+        host: host.to_owned(),
+        subset: subset.map(str::to_owned),
+        port,
+    }
+}
+
+fn request(uri: &str, target: Option<Target>) -> Request<Body> {
+    let mut req = Request::get(uri)
+        .body(body::empty())
+        .expect("valid request");
+    if let Some(t) = target {
+        req.extensions_mut().insert(t);
+    }
+    req
+}
+
+type Svc = Spawn<Balance<mock::Mock<Request<Body>, Response<Body>>>>;
+type MockHandle = Handle<Request<Body>, Response<Body>>;
+
+fn from_target() -> (Svc, MockHandle, EndpointStats) {
+    let stats = EndpointStats::new();
+    let (svc, handle) = mock::spawn_layer(BalanceLayer::from_target(stats.clone()));
+    (svc, handle, stats)
+}
+
+/// Sends `req` through the balancer, answers it from the mock with 200 and returns what the
+/// inner service received and the response.
+async fn roundtrip(
+    svc: &mut Svc,
+    handle: &mut MockHandle,
+    req: Request<Body>,
+) -> (Request<Body>, Response<Body>) {
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(req);
+    let (sent, send) = handle.next_request().await.expect("request reaches inner");
+    let seen = copy(&sent);
+    send.send_response(Response::new(body::empty()));
+    let res = fut.await.expect("response");
+    (seen, res)
+}
+
+/// The parts of a request the tests look at (bodies are not `Clone`).
+fn copy(req: &Request<Body>) -> Request<Body> {
+    let mut out = Request::builder()
+        .uri(req.uri().clone())
+        .body(body::empty())
+        .expect("valid request");
+    *out.headers_mut() = req.headers().clone();
+    if let Some(p) = req.extensions().get::<PickedEndpoint>() {
+        out.extensions_mut().insert(p.clone());
+    }
+    out
+}
+
+async fn failure(svc: &mut Svc, req: Request<Body>) -> BoxError {
+    assert_ready_ok!(svc.poll_ready());
+    svc.call(req).await.expect_err("balancer fails")
+}
+
+fn endpoint(address: &str, port: u32) -> Arc<Endpoint> {
+    Arc::new(Endpoint {
+        address: address.to_owned(),
+        ports: BTreeMap::from([("http".to_owned(), port)]),
+        labels: BTreeMap::new(),
+        service_account: "default".to_owned(),
+        namespace: "default".to_owned(),
+        weight: 1,
+        workload: None,
+    })
+}
+
+#[tokio::test]
+async fn rewrites_the_uri_to_the_endpoint_and_keeps_the_original_host() {
+    let (mut svc, mut handle, _) = from_target();
+    let snap = snapshot();
+    let req = request(
+        "http://reviews:9080/reviews/1?user=jason",
+        Some(target(&snap, REVIEWS, Some("v2"), 9080)),
+    );
+    let (sent, res) = roundtrip(&mut svc, &mut handle, req).await;
+    assert_eq!(sent.uri(), "http://127.0.0.3:9083/reviews/1?user=jason");
+    assert_eq!(sent.headers()[http::header::HOST], "reviews:9080");
+    let picked = sent
+        .extensions()
+        .get::<PickedEndpoint>()
+        .expect("picked on request");
+    assert_eq!(picked.authority, "127.0.0.3:9083");
+    assert_eq!(picked.endpoint.labels["version"], "v2");
+    let picked = res
+        .extensions()
+        .get::<PickedEndpoint>()
+        .expect("picked on response");
+    assert_eq!(picked.authority, "127.0.0.3:9083");
+}
+
+#[tokio::test]
+async fn balances_over_the_whole_service_without_a_subset() {
+    let (mut svc, mut handle, _) = from_target();
+    let snap = snapshot();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let req = request(
+            "http://reviews:9080/",
+            Some(target(&snap, REVIEWS, None, 9080)),
+        );
+        let (sent, _) = roundtrip(&mut svc, &mut handle, req).await;
+        seen.insert(sent.uri().authority().expect("absolute").to_string());
+    }
+    let want = ["127.0.0.1:9081", "127.0.0.2:9082", "127.0.0.3:9083"];
+    assert_eq!(seen.iter().map(String::as_str).collect::<Vec<_>>(), want);
+}
+
+#[tokio::test]
+async fn an_empty_subset_has_no_healthy_upstream() {
+    let (mut svc, _handle, _) = from_target();
+    let snap = snapshot();
+    let req = request(
+        "http://reviews:9080/",
+        Some(target(&snap, REVIEWS, Some("v3"), 9080)),
+    );
+    let err = failure(&mut svc, req).await;
+    let uh = cause_ref::<NoHealthyUpstream>(&*err).expect("NoHealthyUpstream");
+    assert_eq!(uh.host, REVIEWS);
+    assert_eq!(uh.subset.as_deref(), Some("v3"));
+}
+
+#[tokio::test]
+async fn a_static_service_without_endpoints_has_no_healthy_upstream() {
+    let (mut svc, _handle, _) = from_target();
+    let snap = snapshot();
+    let t = target(&snap, "empty.example.com", None, 80);
+    let err = failure(&mut svc, request("http://empty.example.com/", Some(t))).await;
+    assert!(cause_ref::<NoHealthyUpstream>(&*err).is_some(), "{err}");
+}
+
+#[tokio::test]
+async fn unknown_hosts_pass_through_as_written() {
+    let (mut svc, mut handle, _) = from_target();
+    let snap = snapshot();
+    let t = target(&snap, "httpbin.org", None, 8000);
+    let req = request("http://httpbin.org:8000/get", Some(t));
+    let (sent, res) = roundtrip(&mut svc, &mut handle, req).await;
+    assert_eq!(sent.uri(), "http://httpbin.org:8000/get");
+    assert_eq!(sent.headers()[http::header::HOST], "httpbin.org:8000");
+    assert_eq!(
+        res.extensions()
+            .get::<PickedEndpoint>()
+            .expect("picked")
+            .authority,
+        "httpbin.org:8000"
+    );
+}
+
+#[tokio::test]
+async fn a_dns_service_entry_without_endpoints_connects_to_its_host_at_the_target_port() {
+    let (mut svc, mut handle, _) = from_target();
+    let snap = snapshot();
+    let req = request(
+        "http://api.example.com/v1",
+        Some(target(&snap, "api.example.com", None, 80)),
+    );
+    let (sent, _) = roundtrip(&mut svc, &mut handle, req).await;
+    assert_eq!(sent.uri(), "http://api.example.com:8000/v1");
+    assert_eq!(sent.headers()[http::header::HOST], "api.example.com");
+}
+
+#[tokio::test]
+async fn service_entry_ports_map_to_their_target_port() {
+    let (mut svc, mut handle, _) = from_target();
+    let snap = snapshot();
+    let req = request(
+        "http://ratings.example.com/ratings/0",
+        Some(target(&snap, "ratings.example.com", None, 80)),
+    );
+    let (sent, _) = roundtrip(&mut svc, &mut handle, req).await;
+    assert_eq!(sent.uri(), "http://127.0.0.9:8080/ratings/0");
+}
+
+#[tokio::test]
+async fn skips_endpoints_already_tried_and_records_the_pick() {
+    let (mut svc, mut handle, _) = from_target();
+    let snap = snapshot();
+    for _ in 0..20 {
+        let tried = TriedEndpoints::default();
+        tried.record("127.0.0.1:9081");
+        let mut req = request(
+            "http://reviews:9080/",
+            Some(target(&snap, REVIEWS, Some("v1"), 9080)),
+        );
+        req.extensions_mut().insert(tried.clone());
+        let (sent, _) = roundtrip(&mut svc, &mut handle, req).await;
+        assert_eq!(sent.uri().authority().expect("absolute"), "127.0.0.2:9082");
+        assert_eq!(tried.len(), 2);
+        assert!(tried.contains("127.0.0.2:9082"));
+    }
+}
+
+#[tokio::test]
+async fn tries_a_tried_endpoint_again_when_no_other_is_left() {
+    let (mut svc, mut handle, _) = from_target();
+    let snap = snapshot();
+    let tried = TriedEndpoints::default();
+    tried.record("127.0.0.3:9083");
+    let mut req = request(
+        "http://reviews:9080/",
+        Some(target(&snap, REVIEWS, Some("v2"), 9080)),
+    );
+    req.extensions_mut().insert(tried.clone());
+    let (sent, _) = roundtrip(&mut svc, &mut handle, req).await;
+    assert_eq!(sent.uri().authority().expect("absolute"), "127.0.0.3:9083");
+    assert_eq!(tried.len(), 2);
+}
+
+#[tokio::test]
+async fn round_robin_from_the_destination_rule_alternates() {
+    let (mut svc, mut handle, _) = from_target();
+    let snap = snapshot();
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let req = request(
+            "http://reviews:9080/",
+            Some(target(&snap, REVIEWS, Some("v1-rr"), 9080)),
+        );
+        let (sent, _) = roundtrip(&mut svc, &mut handle, req).await;
+        order.push(sent.uri().authority().expect("absolute").to_string());
+    }
+    assert_ne!(order[0], order[1]);
+    assert_eq!(order[0], order[2]);
+    assert_eq!(order[1], order[3]);
+}
+
+#[tokio::test]
+async fn least_request_sends_to_the_idle_endpoint() {
+    let (mut svc, mut handle, stats) = from_target();
+    let snap = snapshot();
+    let t = || Some(target(&snap, REVIEWS, Some("v1"), 9080));
+    // The first request stays in flight.
+    assert_ready_ok!(svc.poll_ready());
+    let first = svc.call(request("http://reviews:9080/", t()));
+    let (first_sent, first_send) = handle.next_request().await.expect("first request");
+    let busy = first_sent.uri().authority().expect("absolute").to_string();
+    assert_eq!(
+        stats.in_flight(&busy[..9], busy[10..].parse().expect("port")),
+        1
+    );
+    // With two endpoints, power of two choices compares both: the idle one wins every time.
+    for _ in 0..10 {
+        let (sent, _) =
+            roundtrip(&mut svc, &mut handle, request("http://reviews:9080/", t())).await;
+        assert_ne!(sent.uri().authority().expect("absolute").as_str(), busy);
+    }
+    first_send.send_response(Response::new(body::empty()));
+    first.await.expect("first response");
+    assert_eq!(
+        stats.in_flight(&busy[..9], busy[10..].parse().expect("port")),
+        0
+    );
+}
+
+#[tokio::test]
+async fn in_flight_ends_when_the_response_future_is_dropped() {
+    let (mut svc, mut handle, stats) = from_target();
+    let snap = snapshot();
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(request(
+        "http://reviews:9080/",
+        Some(target(&snap, REVIEWS, Some("v2"), 9080)),
+    ));
+    let _pending = handle.next_request().await.expect("request");
+    assert_eq!(stats.in_flight("127.0.0.3", 9083), 1);
+    drop(fut);
+    assert_eq!(stats.in_flight("127.0.0.3", 9083), 0);
+}
+
+#[tokio::test]
+async fn in_flight_ends_when_the_inner_service_fails() {
+    let (mut svc, mut handle, stats) = from_target();
+    let snap = snapshot();
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(request(
+        "http://reviews:9080/",
+        Some(target(&snap, REVIEWS, Some("v2"), 9080)),
+    ));
+    let (_, send) = handle.next_request().await.expect("request");
+    send.send_error("connection refused");
+    let err = fut.await.expect_err("inner error passes through");
+    assert_eq!(err.to_string(), "connection refused");
+    assert_eq!(stats.in_flight("127.0.0.3", 9083), 0);
+}
+
+#[tokio::test]
+async fn consistent_hash_falls_back_to_least_request() {
+    let (mut svc, mut handle, _) = from_target();
+    let snap = snapshot();
+    let req = request(
+        "http://reviews:9080/",
+        Some(target(&snap, REVIEWS, Some("v1-hash"), 9080)),
+    );
+    let (sent, _) = roundtrip(&mut svc, &mut handle, req).await;
+    let authority = sent.uri().authority().expect("absolute").to_string();
+    assert!(["127.0.0.1:9081", "127.0.0.2:9082"].contains(&authority.as_str()));
+}
+
+#[tokio::test]
+async fn requests_without_a_target_pass_through_untouched() {
+    let (mut svc, mut handle, _) = from_target();
+    let req = request("http://reviews:9080/x", None);
+    let (sent, res) = roundtrip(&mut svc, &mut handle, req).await;
+    assert_eq!(sent.uri(), "http://reviews:9080/x");
+    assert!(sent.headers().get(http::header::HOST).is_none());
+    assert!(sent.extensions().get::<PickedEndpoint>().is_none());
+    assert!(res.extensions().get::<PickedEndpoint>().is_none());
+}
+
+#[tokio::test]
+async fn a_fixed_list_balances_without_a_target() {
+    let layer = BalanceLayer::new(
+        [endpoint("127.0.0.1", 7001), endpoint("127.0.0.1", 7002)],
+        Algorithm::RoundRobin,
+    );
+    let (mut svc, mut handle) = mock::spawn_layer(layer);
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let (sent, _) = roundtrip(&mut svc, &mut handle, request("http://backend/p", None)).await;
+        assert_eq!(sent.headers()[http::header::HOST], "backend");
+        order.push(sent.uri().to_string());
+    }
+    assert_eq!(
+        order,
+        [
+            "http://127.0.0.1:7001/p",
+            "http://127.0.0.1:7002/p",
+            "http://127.0.0.1:7001/p"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_empty_fixed_list_has_no_healthy_upstream() {
+    let (mut svc, _handle) = mock::spawn_layer::<Request<Body>, Response<Body>, _>(
+        BalanceLayer::new([], Algorithm::LeastRequest),
+    );
+    let err = failure(&mut svc, request("http://backend:8080/", None)).await;
+    let uh = cause_ref::<NoHealthyUpstream>(&*err).expect("NoHealthyUpstream");
+    assert_eq!(uh.host, "backend");
+}
+
+#[test]
+fn pruning_keeps_counters_in_use() {
+    let stats = EndpointStats::new();
+    let counter = stats.counter_or_insert("127.0.0.1", 1);
+    let in_flight = super::stats::InFlight::start(counter);
+    drop(stats.counter_or_insert("127.0.0.1", 2));
+    stats.prune_idle();
+    assert_eq!(stats.in_flight("127.0.0.1", 1), 1);
+    assert!(format!("{stats:?}").contains("endpoints: 1"));
+    drop(in_flight);
+    stats.prune_idle();
+    assert!(format!("{stats:?}").contains("endpoints: 0"));
+}

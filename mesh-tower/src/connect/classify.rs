@@ -1,0 +1,97 @@
+//! hyper-util's client errors, mapped to the mesh's (see the table in the module docs).
+
+use std::error::Error as StdError;
+
+use hyper_util::client::legacy;
+use mesh_core::BoxError;
+
+use super::io::ConnTag;
+use crate::error::{UpstreamConnectFailure, UpstreamReset, cause_ref};
+
+/// How h2 describes a `RST_STREAM(REFUSED_STREAM)` received from the peer
+/// (`h2::Error`'s `Display`: "stream error received: " + `Reason::description`).
+const H2_REFUSED_STREAM: &str =
+    "stream error received: refused stream before processing any application logic";
+/// How h2 describes a graceful `GOAWAY(NO_ERROR)` received from the peer, reported on the
+/// streams it did not process (those above its last stream id). Debug data may follow.
+const H2_REMOTE_GOAWAY_NO_ERROR: &str = "connection error received: not a result of an error";
+
+/// Maps a client error to [`UpstreamConnectFailure`], [`UpstreamReset`] or, for the errors
+/// that are neither (a malformed response, the request body failing, an unsupported
+/// request), the error itself.
+pub(super) fn classify(err: legacy::Error, endpoint: &str) -> BoxError {
+    if err.is_connect() {
+        return UpstreamConnectFailure {
+            endpoint: endpoint.to_owned(),
+            source: err.into(),
+        }
+        .into();
+    }
+    let reused = err
+        .connect_info()
+        .and_then(ConnTag::of)
+        .is_some_and(|tag| tag.reused());
+    match reset_kind(&err, reused) {
+        Some(refused) => UpstreamReset {
+            endpoint: endpoint.to_owned(),
+            refused,
+            source: err.into(),
+        }
+        .into(),
+        None => err.into(),
+    }
+}
+
+/// `Some(refused)` if `err` means the upstream reset or closed the connection or stream
+/// before answering; `None` for other errors.
+fn reset_kind(err: &legacy::Error, reused: bool) -> Option<bool> {
+    let hyper_err = cause_ref::<hyper::Error>(err);
+    if let Some(h) = hyper_err {
+        // The request went back unsent: the connection closed before hyper wrote it.
+        if h.is_canceled() {
+            return Some(true);
+        }
+        // EOF before the response was complete. On a connection that had carried a response
+        // before, this is the keep-alive race (the server closed it as idle while the
+        // request was on its way): refused. On a new connection the server accepted and
+        // then closed it after the request was written: it may have seen the request.
+        if h.is_incomplete_message() {
+            return Some(reused);
+        }
+        // A user error (the request body failed) or a parse error is not a reset.
+        if h.is_user() || h.is_parse() {
+            return None;
+        }
+    }
+    if chain(err).any(|e| {
+        let text = e.to_string();
+        text == H2_REFUSED_STREAM || text.starts_with(H2_REMOTE_GOAWAY_NO_ERROR)
+    }) {
+        return Some(true);
+    }
+    // Any other HTTP/2 stream or connection error, or the socket failing, after the request
+    // was handed to the connection.
+    let h2 = hyper_err.is_some_and(|h| h.to_string() == "http2 error");
+    let io = cause_ref::<std::io::Error>(err).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::NotConnected
+        )
+    });
+    let closed = hyper_err.is_some_and(|h| h.is_closed());
+    (h2 || io || closed).then_some(false)
+}
+
+/// `err` and its sources.
+fn chain<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |e: &&'a (dyn StdError + 'static)| {
+        let e: &'a (dyn StdError + 'static) = *e;
+        e.source()
+    })
+}

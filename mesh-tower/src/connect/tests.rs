@@ -1,0 +1,378 @@
+//! Tests on real loopback sockets (127.0.0.1, ports chosen by the kernel).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, Version, header::HOST};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use mesh_core::BoxError;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tower::ServiceExt;
+
+use super::Connect;
+use crate::{
+    body,
+    error::{UpstreamConnectFailure, UpstreamReset, cause_ref},
+};
+
+/// A hyper server speaking HTTP/1.1 and HTTP/2 (prior knowledge) that answers with the
+/// request's version, `Host` header and URI. Returns its address and a count of accepted
+/// connections.
+async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let host = req
+                        .headers()
+                        .get(HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("-")
+                        .to_owned();
+                    let text = format!("{:?} {host} {}", req.version(), req.uri().path());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A raw TCP server: runs `handle` on each accepted connection.
+async fn raw_server<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream, usize) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(handle(stream, n));
+            n += 1;
+        }
+    });
+    addr
+}
+
+/// Reads one HTTP/1 request head (a GET without body); false on EOF.
+async fn read_head(stream: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn get(addr: SocketAddr, version: Version) -> Request<body::Body> {
+    Request::get(format!("http://{addr}/path"))
+        .version(version)
+        .header(HOST, "reviews:9080")
+        .body(body::empty())
+        .expect("valid request")
+}
+
+async fn text(res: Response<body::Body>) -> String {
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8(bytes.to_vec()).expect("utf-8")
+}
+
+/// Lets the connection tasks run (a finished HTTP/1 connection goes back to the pool from a
+/// spawned task).
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn reset(err: &BoxError) -> &UpstreamReset {
+    cause_ref::<UpstreamReset>(&**err).unwrap_or_else(|| panic!("not a reset: {err:?}"))
+}
+
+#[tokio::test]
+async fn http1_request_reaches_the_server_with_its_host_header() {
+    let (addr, _) = echo_server().await;
+    let res = Connect::new()
+        .oneshot(get(addr, Version::HTTP_11))
+        .await
+        .expect("response");
+    assert_eq!(text(res).await, "HTTP/1.1 reviews:9080 /path");
+}
+
+#[tokio::test]
+async fn http2_request_reaches_the_server_over_h2c() {
+    let (addr, _) = echo_server().await;
+    let res = Connect::new()
+        .oneshot(get(addr, Version::HTTP_2))
+        .await
+        .expect("response");
+    assert_eq!(res.version(), Version::HTTP_2);
+    assert_eq!(text(res).await, "HTTP/2.0 reviews:9080 /path");
+}
+
+#[tokio::test]
+async fn pools_connections_per_endpoint() {
+    let (addr, accepted) = echo_server().await;
+    let connect = Connect::new();
+    for _ in 0..3 {
+        let res = connect.clone().oneshot(get(addr, Version::HTTP_11)).await;
+        text(res.expect("response")).await;
+        settle().await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "HTTP/1.1 keep-alive reuses"
+    );
+    let (h2_addr, h2_accepted) = echo_server().await;
+    let requests = (0..4).map(|_| connect.clone().oneshot(get(h2_addr, Version::HTTP_2)));
+    for res in futures_util::future::join_all(requests).await {
+        text(res.expect("response")).await;
+    }
+    assert_eq!(h2_accepted.load(Ordering::SeqCst), 1, "HTTP/2 multiplexes");
+}
+
+#[tokio::test]
+async fn a_refused_port_is_an_upstream_connect_failure() {
+    // A free port nobody listens on: bind, then close the listener.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("local addr");
+    let err = Connect::new()
+        .oneshot(get(addr, Version::HTTP_11))
+        .await
+        .expect_err("nothing listens");
+    let uf = cause_ref::<UpstreamConnectFailure>(&*err).expect("UpstreamConnectFailure");
+    assert_eq!(uf.endpoint, addr.to_string());
+    let io = cause_ref::<std::io::Error>(&*err).expect("io error inside");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_not_accepted_in_time_is_an_upstream_connect_failure() {
+    // A listener whose accept queue is full drops new SYNs: connecting hangs until the
+    // timeout. Backlog 0 leaves room for one connection; fill it and check that the queue
+    // is full (this check waits 200 ms of real time).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("local addr");
+    let _listener = socket.listen(0).expect("listen");
+    let mut queued = Vec::new();
+    let full = (0..8).any(|_| {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => {
+                queued.push(s);
+                false
+            }
+            Err(_) => true,
+        }
+    });
+    assert!(full, "the accept queue never filled");
+
+    let start = tokio::time::Instant::now();
+    let sent = Connect::new().oneshot(get(addr, Version::HTTP_11));
+    let err = tokio::time::timeout(Duration::from_secs(60), sent)
+        .await
+        .expect("the connect timeout fires before 60 s")
+        .expect_err("never connects");
+    assert!(
+        cause_ref::<UpstreamConnectFailure>(&*err).is_some(),
+        "{err:?}"
+    );
+    assert_eq!(start.elapsed(), super::DEFAULT_CONNECT_TIMEOUT);
+}
+
+#[tokio::test]
+async fn a_server_that_closes_at_once_is_an_upstream_reset() {
+    let addr = raw_server(|stream, _| async move { drop(stream) }).await;
+    let err = Connect::new()
+        .oneshot(get(addr, Version::HTTP_11))
+        .await
+        .expect_err("closed");
+    let reset = reset(&err);
+    assert_eq!(reset.endpoint, addr.to_string());
+}
+
+#[tokio::test]
+async fn a_new_connection_closed_after_the_request_is_not_refused() {
+    let addr = raw_server(|mut stream, _| async move {
+        read_head(&mut stream).await;
+        // Close without answering, after reading the whole request.
+    })
+    .await;
+    let err = Connect::new()
+        .oneshot(get(addr, Version::HTTP_11))
+        .await
+        .expect_err("closed");
+    assert!(!reset(&err).refused, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_before_answering_is_refused() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let addr = raw_server(move |mut stream, _| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            // Answer the first request, then close when the next one arrives (as a server
+            // closing an idle keep-alive connection does).
+            if read_head(&mut stream).await {
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                stream.write_all(ok).await.expect("write");
+            }
+            read_head(&mut stream).await;
+        }
+    })
+    .await;
+    let connect = Connect::new();
+    let res = connect.clone().oneshot(get(addr, Version::HTTP_11)).await;
+    assert_eq!(text(res.expect("first response")).await, "ok");
+    settle().await;
+    let err = connect
+        .oneshot(get(addr, Version::HTTP_11))
+        .await
+        .expect_err("closed");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "the connection was reused"
+    );
+    assert!(reset(&err).refused, "{err:?}");
+}
+
+/// HTTP/2 frames, written by hand so a test can play a peer that refuses a stream.
+mod h2_frames {
+    pub(super) const SETTINGS: u8 = 0x4;
+    pub(super) const HEADERS: u8 = 0x1;
+
+    pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len())
+            .expect("small payload")
+            .to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    pub(super) fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
+        frame(0x3, 0, stream, &code.to_be_bytes())
+    }
+
+    pub(super) fn goaway(last_stream: u32, code: u32) -> Vec<u8> {
+        let mut payload = last_stream.to_be_bytes().to_vec();
+        payload.extend_from_slice(&code.to_be_bytes());
+        frame(0x7, 0, 0, &payload)
+    }
+}
+
+/// A raw HTTP/2 peer: sends its SETTINGS, acknowledges the client's, and answers the first
+/// HEADERS frame with `reply(stream_id)`, then keeps the connection open.
+async fn h2_peer(reply: fn(u32) -> Vec<u8>) -> SocketAddr {
+    raw_server(move |mut stream, _| async move {
+        let mut preface = [0; 24];
+        if stream.read_exact(&mut preface).await.is_err() {
+            return;
+        }
+        let settings = h2_frames::frame(h2_frames::SETTINGS, 0, 0, &[]);
+        let _ = stream.write_all(&settings).await;
+        let mut header = [0; 9];
+        while stream.read_exact(&mut header).await.is_ok() {
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0; len];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+            match header[3] {
+                h2_frames::SETTINGS if header[4] & 0x1 == 0 => {
+                    let ack = h2_frames::frame(h2_frames::SETTINGS, 0x1, 0, &[]);
+                    let _ = stream.write_all(&ack).await;
+                }
+                h2_frames::HEADERS => {
+                    let _ = stream.write_all(&reply(id)).await;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_http2_refused_stream_is_refused() {
+    let addr = h2_peer(|id| h2_frames::rst_stream(id, 0x7)).await;
+    let err = Connect::new()
+        .oneshot(get(addr, Version::HTTP_2))
+        .await
+        .expect_err("refused");
+    assert!(reset(&err).refused, "{err:?}");
+}
+
+#[tokio::test]
+async fn an_http2_stream_reset_for_another_reason_is_not_refused() {
+    // INTERNAL_ERROR: the server may have processed the request.
+    let addr = h2_peer(|id| h2_frames::rst_stream(id, 0x2)).await;
+    let err = Connect::new()
+        .oneshot(get(addr, Version::HTTP_2))
+        .await
+        .expect_err("reset");
+    assert!(!reset(&err).refused, "{err:?}");
+}
+
+#[tokio::test]
+async fn an_http2_stream_above_a_graceful_goaway_is_refused() {
+    // GOAWAY(last stream 0, NO_ERROR): stream 1 was not processed.
+    let addr = h2_peer(|_| h2_frames::goaway(0, 0)).await;
+    let err = Connect::new()
+        .oneshot(get(addr, Version::HTTP_2))
+        .await
+        .expect_err("going away");
+    assert!(reset(&err).refused, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_request_without_an_authority_fails_without_a_reset() {
+    let req = Request::get("/relative")
+        .body(body::empty())
+        .expect("valid request");
+    let err = Connect::new()
+        .oneshot(req)
+        .await
+        .expect_err("needs an absolute URI");
+    assert!(cause_ref::<UpstreamReset>(&*err).is_none());
+    assert!(cause_ref::<UpstreamConnectFailure>(&*err).is_none());
+}

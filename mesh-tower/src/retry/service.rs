@@ -1,0 +1,110 @@
+//! [`Retry`]: the service.
+
+use std::{
+    mem,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use mesh_core::{BoxError, policy::retry::RetryPolicy};
+use tower::{Layer, Service};
+
+use super::{
+    future::{PolicyRef, ResponseFuture, run},
+    layer::{PolicySource, RetryLayer, Shared},
+};
+use crate::{body::Body, target::Target};
+
+/// Retries failed requests; see the [module docs](super).
+///
+/// # Clone
+/// `call` clones the inner service: the clone that was polled ready sends the first try and
+/// later tries of that request, the fresh clone stays for the next request.
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+// === impl Retry ===
+
+impl<S> Retry<S> {
+    /// Retries requests to `inner` under one static `policy`
+    /// (see [`RetryLayer::new`]).
+    pub fn new(inner: S, policy: RetryPolicy) -> Self {
+        RetryLayer::new(policy).layer(inner)
+    }
+
+    /// A layer with one static `policy`; the same as [`RetryLayer::new`].
+    pub fn layer(policy: RetryPolicy) -> RetryLayer {
+        RetryLayer::new(policy)
+    }
+
+    pub(super) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> Service<Request<Body>> for Retry<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let target = req.extensions().get::<Target>();
+        let policy = match (&self.shared.source, target) {
+            (PolicySource::Static(p), _) => PolicyRef::Static(p.clone()),
+            (PolicySource::FromTarget, Some(t)) => match &t.route {
+                Some(route) => PolicyRef::Route(route.clone()),
+                None => PolicyRef::MeshDefault,
+            },
+            (PolicySource::FromTarget, None) => {
+                return ResponseFuture::once(self.inner.call(req), None);
+            }
+        };
+        let budget = match target {
+            Some(t) => self.shared.budgets.host(&t.host),
+            None => self.shared.budgets.standalone().clone(),
+        };
+        let active = budget.start_request();
+        let p = policy.get();
+        if p.max_retries() == 0 && p.per_try_timeout().is_none() {
+            return ResponseFuture::once(self.inner.call(req), Some(active));
+        }
+        let clone = self.inner.clone();
+        let svc = mem::replace(&mut self.inner, clone);
+        ResponseFuture::retrying(Box::pin(run(
+            svc,
+            req,
+            policy,
+            self.shared.clone(),
+            budget,
+            active,
+        )))
+    }
+}
