@@ -25,7 +25,9 @@ fn bench(c: &mut Criterion) {
     assert_eq!(routes, 10_000);
     let mut group = c.benchmark_group("snapshot_10000_routes");
     group.sample_size(10);
-    group.bench_function("parse_yaml", |b| b.iter(|| load_str(black_box(&yaml), None)));
+    group.bench_function("parse_yaml", |b| {
+        b.iter(|| load_str(black_box(&yaml), None))
+    });
     group.bench_function("validate_all", |b| {
         b.iter(|| validate_all(black_box(&loaded.resources)))
     });

@@ -82,7 +82,11 @@ where
 
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Body(Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync())
+    Body(
+        Full::new(bytes.into())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    )
 }
 
 /// An empty body.
@@ -100,6 +104,11 @@ mod tests {
         assert_eq!(b.size_hint().exact(), Some(3));
         let bytes = b.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"abc");
-        assert_eq!(boxed(Full::new(Bytes::from_static(b"x"))).size_hint().exact(), Some(1));
+        assert_eq!(
+            boxed(Full::new(Bytes::from_static(b"x")))
+                .size_hint()
+                .exact(),
+            Some(1)
+        );
     }
 }

@@ -100,7 +100,10 @@ impl ResponseFlags {
 
     /// The flags of `res` (empty when none were set).
     pub fn of<B>(res: &http::Response<B>) -> ResponseFlags {
-        res.extensions().get::<ResponseFlags>().cloned().unwrap_or_default()
+        res.extensions()
+            .get::<ResponseFlags>()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 

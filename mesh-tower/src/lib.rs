@@ -2,8 +2,8 @@
 //! for it under Istio, configured from Istio's YAML through [`mesh_core`].
 //!
 //! ```text
-//! outbound: rescue → route → cors → respond (redirect, direct response) → headers/rewrite
-//!           → mirror → timeout (route) → fault → retry (budget, per-try timeout)
+//! outbound: rescue → route → cors → respond (redirect, direct response) → rewrite/headers
+//!           → timeout (route) → fault → mirror → retry (budget, per-try timeout)
 //!           → balance → connect
 //! inbound:  accept → (telemetry, authz) → app
 //! ```
@@ -16,12 +16,14 @@ pub mod error;
 pub mod fault;
 pub mod flags;
 pub mod headers;
+pub mod mesh;
 pub mod mirror;
-pub mod respond;
 pub mod rescue;
+pub mod respond;
+pub mod retry;
 pub mod route;
 pub mod server;
-pub mod retry;
+pub mod stack;
 pub mod target;
 pub mod timeout;
 

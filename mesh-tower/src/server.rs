@@ -138,7 +138,11 @@ type BoxedResponse =
 
 /// Calls the application; an application error becomes a 500 (hyper would close the
 /// connection).
-async fn handle<S, B>(app: S, req: http::Request<Body>, peer: SocketAddr) -> Result<http::Response<Body>, Infallible>
+async fn handle<S, B>(
+    app: S,
+    req: http::Request<Body>,
+    peer: SocketAddr,
+) -> Result<http::Response<Body>, Infallible>
 where
     S: Service<http::Request<Body>, Response = http::Response<B>> + Send + 'static,
     S::Error: Into<BoxError>,

@@ -57,7 +57,9 @@ impl TriedEndpoints {
 
     /// True if the endpoint was tried already.
     pub fn contains(&self, authority: &str) -> bool {
-        self.0.lock().is_ok_and(|v| v.iter().any(|a| a == authority))
+        self.0
+            .lock()
+            .is_ok_and(|v| v.iter().any(|a| a == authority))
     }
 
     /// How many tries were recorded.

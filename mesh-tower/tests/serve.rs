@@ -12,15 +12,27 @@ use mesh_tower::{
 use tokio::{net::TcpListener, sync::oneshot};
 
 async fn app(req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
-    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip().to_string());
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0.ip().to_string());
     if req.uri().path() == "/slow" {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let text = format!("{:?} {} {}", req.version(), req.uri().path(), peer.unwrap_or_default());
+    let text = format!(
+        "{:?} {} {}",
+        req.version(),
+        req.uri().path(),
+        peer.unwrap_or_default()
+    );
     Ok(http::Response::new(body::full(text)))
 }
 
-async fn start() -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<mesh_tower::server::ServeSummary>) {
+async fn start() -> (
+    String,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<mesh_tower::server::ServeSummary>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -54,11 +66,17 @@ async fn get(
 async fn serves_http1_and_http2_with_the_peer_address() {
     let (base, stop, task) = start().await;
     let h1 = Client::builder(TokioExecutor::new()).build_http();
-    assert_eq!(get(&h1, &format!("{base}/a")).await.unwrap(), "HTTP/1.1 /a 127.0.0.1");
+    assert_eq!(
+        get(&h1, &format!("{base}/a")).await.unwrap(),
+        "HTTP/1.1 /a 127.0.0.1"
+    );
     let h2 = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
-    assert_eq!(get(&h2, &format!("{base}/b")).await.unwrap(), "HTTP/2.0 /b 127.0.0.1");
+    assert_eq!(
+        get(&h2, &format!("{base}/b")).await.unwrap(),
+        "HTTP/2.0 /b 127.0.0.1"
+    );
     stop.send(()).unwrap();
     let summary = task.await.unwrap();
     assert!(summary.drained);
@@ -77,7 +95,10 @@ async fn shutdown_finishes_requests_in_flight_and_refuses_new_connections() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop.send(()).unwrap();
     // The slow request started before shutdown completes normally.
-    assert_eq!(in_flight.await.unwrap().unwrap(), "HTTP/1.1 /slow 127.0.0.1");
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        "HTTP/1.1 /slow 127.0.0.1"
+    );
     let summary = task.await.unwrap();
     assert!(summary.drained);
     // The listener is closed: a new connection is refused.

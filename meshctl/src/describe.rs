@@ -346,10 +346,10 @@ fn describe_route(w: &mut String, json: &mut serde_json::Value, snapshot: &Snaps
                     d.weight
                 );
                 describe_endpoints(w, snapshot, &d.host, d.subset.as_deref());
-                if let Some(policy) = snapshot.traffic_policy(&d.host, d.subset.as_deref()) {
-                    if let Ok(p) = serde_json::to_string(&policy) {
-                        let _ = writeln!(w, "             traffic policy {p}");
-                    }
+                if let Some(policy) = snapshot.traffic_policy(&d.host, d.subset.as_deref())
+                    && let Ok(p) = serde_json::to_string(&policy)
+                {
+                    let _ = writeln!(w, "             traffic policy {p}");
                 }
                 jd.push(serde_json::json!({"host": d.host, "subset": d.subset, "port": d.port, "weight": d.weight, "percent": share}));
             }

@@ -45,16 +45,16 @@ pub(crate) async fn run(
         .filter(|r| args.all_namespaces || r.namespace() == args.namespace)
         .filter(|r| args.name.as_ref().is_none_or(|n| *n == r.metadata.name))
         .collect();
-    if let Some(name) = &args.name {
-        if items.is_empty() {
-            eprintln!(
-                "error: {}.{} {name:?} not found in namespace {:?}",
-                kind.plural(),
-                kind.group(),
-                args.namespace
-            );
-            return Ok(ExitCode::FAILURE);
-        }
+    if let Some(name) = &args.name
+        && items.is_empty()
+    {
+        eprintln!(
+            "error: {}.{} {name:?} not found in namespace {:?}",
+            kind.plural(),
+            kind.group(),
+            args.namespace
+        );
+        return Ok(ExitCode::FAILURE);
     }
     match args.output {
         Output::Yaml => {

@@ -483,10 +483,12 @@ pub fn jittered(ceiling: Duration, draw: f64) -> Duration {
     } else {
         draw.clamp(0.0, 1.0)
     };
-    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    // Whole milliseconds, as Envoy's back-off: tokio's timer rounds a deadline up to the
+    // next millisecond anyway, so a finer draw could sleep as long as the ceiling.
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     // `as` saturates; `min` keeps the bound exclusive when `draw` rounds up to 1.
-    let pick = ((nanos as f64) * draw) as u64;
-    Duration::from_nanos(pick.min(nanos.saturating_sub(1)))
+    let pick = ((millis as f64) * draw) as u64;
+    Duration::from_millis(pick.min(millis.saturating_sub(1)))
 }
 
 // === retry budget ===

@@ -11,7 +11,11 @@ use mesh_core::BoxError;
 use pin_project_lite::pin_project;
 
 use super::stats::InFlight;
-use crate::{body::Body, target::PickedEndpoint};
+use crate::{
+    body::Body,
+    error::{UpstreamConnectFailure, cause_ref},
+    target::PickedEndpoint,
+};
 
 pin_project! {
     /// The response of the chosen endpoint, with [`PickedEndpoint`] copied into its
@@ -78,10 +82,19 @@ where
                 picked,
                 in_flight,
             } => {
-                let result = ready!(future.poll(cx));
-                // The request is no longer in flight.
-                drop(in_flight.take());
-                let mut res = result.map_err(Into::into)?;
+                let result = ready!(future.poll(cx)).map_err(Into::into);
+                // The request is no longer in flight; a connect failure makes the balancer
+                // avoid the endpoint for a while, a response clears that.
+                if let Some(load) = in_flight.take() {
+                    match &result {
+                        Ok(_) => load.load().responded(),
+                        Err(e) if cause_ref::<UpstreamConnectFailure>(&**e).is_some() => {
+                            load.load().connect_failed();
+                        }
+                        Err(_) => {}
+                    }
+                }
+                let mut res = result?;
                 if let Some(picked) = picked.take() {
                     res.extensions_mut().insert(picked);
                 }

@@ -1,6 +1,6 @@
 use std::{
     collections::BTreeMap,
-    sync::{Arc, atomic::AtomicU64},
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -21,7 +21,7 @@ use tower::{Layer, Service};
 use super::{
     BalanceLayer, EndpointStats,
     future::ResponseFuture,
-    stats::{InFlight, Maps},
+    stats::{EndpointLoad, InFlight, Maps},
 };
 use crate::{
     body::Body,
@@ -59,7 +59,7 @@ pub(super) enum Mode {
 struct Decision {
     endpoint: Arc<Endpoint>,
     port: u16,
-    counter: Arc<AtomicU64>,
+    counter: Arc<EndpointLoad>,
 }
 
 // === impl Balance ===
@@ -132,7 +132,9 @@ impl<S> Balance<S> {
         let service = snapshot.service(host);
         let endpoints = snapshot.endpoints(host, subset);
         if endpoints.is_empty() {
-            let Some(endpoint) = unlisted_endpoint(service, host, subset) else {
+            let Some(endpoint) =
+                unlisted_endpoint(service, host, subset, &snapshot.settings().domain)
+            else {
                 return Err(NoHealthyUpstream {
                     host: target.host.clone(),
                     subset: target.subset.clone(),
@@ -188,19 +190,21 @@ impl<S> Balance<S> {
         let tried: Option<Vec<String>> = tried
             .filter(|t| !t.is_empty())
             .and_then(|t| t.0.lock().ok().map(|v| v.clone()));
-        let excluded: Vec<bool> = match &tried {
-            Some(tried) => endpoints
-                .iter()
-                .zip(&ports)
-                .map(|(e, p)| {
-                    let authority = authority(&e.address, *p);
-                    tried.contains(&authority)
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-
+        let now_ms = self.stats.now_ms();
         let mut maps = self.stats.read();
+        // Avoid endpoints already tried for this request and endpoints that recently refused
+        // connections (only while some other candidate is left: the pure pick guarantees it).
+        let excluded: Vec<bool> = endpoints
+            .iter()
+            .zip(&ports)
+            .map(|(e, p)| {
+                maps.is_down(&e.address, *p, now_ms)
+                    || tried
+                        .as_ref()
+                        .is_some_and(|t| t.contains(&authority(&e.address, *p)))
+            })
+            .collect();
+
         let cursor = match algorithm {
             Algorithm::RoundRobin => match maps.next_cursor(host, subset) {
                 Some(c) => c,
@@ -268,8 +272,14 @@ fn unlisted_endpoint(
     service: Option<&Arc<MeshService>>,
     host: &str,
     subset: Option<&str>,
+    domain: &str,
 ) -> Option<Arc<Endpoint>> {
     if subset.is_some() {
+        return None;
+    }
+    // A cluster-local name the registry does not know (`ratings.default.svc.cluster.local`
+    // before any ratings workload registered) has no one to pass through to.
+    if service.is_none() && mesh_core::host::namespace_of(host, domain).is_some() {
         return None;
     }
     if let Some(svc) = service {

@@ -5,9 +5,12 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex, PoisonError, RwLock, RwLockReadGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 /// Requests in flight per endpoint and round-robin positions per destination, shared by every
 /// balancer of one mesh.
@@ -37,33 +40,101 @@ pub struct EndpointStats {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     maps: RwLock<Maps>,
+    /// Time zero for [`EndpointLoad`]'s down-until marks.
+    epoch: Instant,
     /// Hosts whose `consistentHash` fallback was logged already.
     consistent_hash_logged: Mutex<HashSet<String>>,
+}
+
+/// What the balancer tracks per endpoint: requests in flight, and whether connecting to it
+/// failed recently.
+#[derive(Debug)]
+pub(super) struct EndpointLoad {
+    /// The stats' time zero.
+    epoch: Instant,
+    in_flight: AtomicU64,
+    /// Consecutive connect failures.
+    connect_failures: AtomicU32,
+    /// Until when (milliseconds since the stats were created) the endpoint is avoided; 0 when
+    /// it is not.
+    down_until_ms: AtomicU64,
+}
+
+/// The first pause after a connect failure; it doubles with each consecutive failure.
+pub(super) const CONNECT_BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// The longest pause.
+pub(super) const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl EndpointLoad {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            in_flight: AtomicU64::new(0),
+            connect_failures: AtomicU32::new(0),
+            down_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests in flight.
+    pub(super) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// True while the endpoint is avoided after connect failures.
+    pub(super) fn is_down(&self, now_ms: u64) -> bool {
+        now_ms < self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records a connect failure: the endpoint is avoided for a backoff that doubles with
+    /// each consecutive failure (0.5 s, 1 s, 2 s … 30 s).
+    pub(super) fn connect_failed(&self) {
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2);
+        let n = self
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .min(16);
+        let backoff = CONNECT_BACKOFF_BASE
+            .saturating_mul(1 << n)
+            .min(CONNECT_BACKOFF_MAX);
+        let until = now_ms + u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX / 2);
+        self.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Records a response: the endpoint is healthy again.
+    pub(super) fn responded(&self) {
+        if self.connect_failures.swap(0, Ordering::Relaxed) > 0 {
+            self.down_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The counters, read under the lock.
 #[derive(Default)]
 pub(super) struct Maps {
-    in_flight: HashMap<String, HashMap<u16, Arc<AtomicU64>>>,
+    in_flight: HashMap<String, HashMap<u16, Arc<EndpointLoad>>>,
     cursors: HashMap<String, HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl Maps {
     /// Requests in flight to `address:port`.
     pub(super) fn in_flight(&self, address: &str, port: u16) -> u64 {
-        self.counter_ref(address, port)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        self.counter_ref(address, port).map_or(0, |c| c.in_flight())
     }
 
-    /// The in-flight counter of `address:port`, if it exists.
-    pub(super) fn counter(&self, address: &str, port: u16) -> Option<Arc<AtomicU64>> {
+    /// True while `address:port` is avoided after connect failures.
+    pub(super) fn is_down(&self, address: &str, port: u16, now_ms: u64) -> bool {
+        self.counter_ref(address, port)
+            .is_some_and(|c| c.is_down(now_ms))
+    }
+
+    /// The load of `address:port`, if it exists.
+    pub(super) fn counter(&self, address: &str, port: u16) -> Option<Arc<EndpointLoad>> {
         self.counter_ref(address, port).cloned()
     }
 
-    fn counter_ref(&self, address: &str, port: u16) -> Option<&Arc<AtomicU64>> {
+    fn counter_ref(&self, address: &str, port: u16) -> Option<&Arc<EndpointLoad>> {
         self.in_flight.get(address)?.get(&port)
     }
 
@@ -71,6 +142,16 @@ impl Maps {
     pub(super) fn next_cursor(&self, host: &str, subset: Option<&str>) -> Option<u64> {
         let cursor = self.cursors.get(host)?.get(subset.unwrap_or(""))?;
         Some(cursor.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            maps: RwLock::default(),
+            epoch: Instant::now(),
+            consistent_hash_logged: Mutex::default(),
+        }
     }
 }
 
@@ -87,6 +168,16 @@ impl EndpointStats {
         self.read().in_flight(address, port)
     }
 
+    /// Milliseconds since these statistics were created (tokio time, so tests can pause it).
+    pub(super) fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+    }
+
+    /// True while `address:port` is avoided after connect failures.
+    pub fn is_down(&self, address: &str, port: u16) -> bool {
+        self.read().is_down(address, port, self.now_ms())
+    }
+
     /// Drops the counters with nothing in flight and every round-robin cursor.
     pub fn prune_idle(&self) {
         let mut maps = self
@@ -97,7 +188,7 @@ impl EndpointStats {
         maps.in_flight.retain(|_, ports| {
             // A counter only referenced by the map and at zero has no request in flight and
             // none about to start (a request clones the Arc under the read lock).
-            ports.retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Relaxed) > 0);
+            ports.retain(|_, c| Arc::strong_count(c) > 1 || c.in_flight() > 0);
             !ports.is_empty()
         });
         maps.cursors.clear();
@@ -112,17 +203,18 @@ impl EndpointStats {
     }
 
     /// The counter of `address:port`, created if needed (takes the write lock).
-    pub(super) fn counter_or_insert(&self, address: &str, port: u16) -> Arc<AtomicU64> {
+    pub(super) fn counter_or_insert(&self, address: &str, port: u16) -> Arc<EndpointLoad> {
         let mut maps = self
             .inner
             .maps
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let epoch = self.inner.epoch;
         maps.in_flight
             .entry(address.to_owned())
             .or_default()
             .entry(port)
-            .or_default()
+            .or_insert_with(|| Arc::new(EndpointLoad::new(epoch)))
             .clone()
     }
 
@@ -171,17 +263,22 @@ impl fmt::Debug for EndpointStats {
 /// One request in flight to an endpoint: increments the endpoint's counter when created and
 /// decrements it when dropped (response received, failed, or the future dropped).
 #[derive(Debug)]
-pub(super) struct InFlight(Arc<AtomicU64>);
+pub(super) struct InFlight(Arc<EndpointLoad>);
 
 impl InFlight {
-    pub(super) fn start(counter: Arc<AtomicU64>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn start(counter: Arc<EndpointLoad>) -> Self {
+        counter.in_flight.fetch_add(1, Ordering::Relaxed);
         Self(counter)
+    }
+
+    /// The endpoint's load.
+    pub(super) fn load(&self) -> &EndpointLoad {
+        &self.0
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

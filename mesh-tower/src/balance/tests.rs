@@ -452,3 +452,74 @@ fn pruning_keeps_counters_in_use() {
     stats.prune_idle();
     assert!(format!("{stats:?}").contains("endpoints: 0"));
 }
+
+#[tokio::test]
+async fn an_unknown_cluster_local_host_has_no_healthy_upstream() {
+    let (mut svc, _handle, _) = from_target();
+    let snap = snapshot();
+    let t = target(&snap, "ratings.default.svc.cluster.local", None, 9080);
+    let err = failure(&mut svc, request("http://ratings:9080/", Some(t))).await;
+    assert!(cause_ref::<NoHealthyUpstream>(&*err).is_some(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_that_refused_a_connection_is_avoided_for_a_backoff() {
+    use crate::error::UpstreamConnectFailure;
+    let (mut svc, mut handle, stats) = from_target();
+    let snap = snapshot();
+    let v1 = || {
+        request(
+            "http://reviews:9080/",
+            Some(target(&snap, REVIEWS, Some("v1"), 9080)),
+        )
+    };
+    // Fail the first request's connection, whichever v1 endpoint it went to.
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(v1());
+    let (sent, send) = handle.next_request().await.unwrap();
+    let dead = sent.uri().authority().unwrap().to_string();
+    send.send_error(UpstreamConnectFailure {
+        endpoint: dead.clone(),
+        source: "connection refused".into(),
+    });
+    assert!(fut.await.is_err());
+    let (addr, port) = dead.split_once(':').unwrap();
+    assert!(stats.is_down(addr, port.parse().unwrap()));
+    // For the backoff (500 ms after a first failure), every request goes to the other one.
+    for _ in 0..20 {
+        let (sent, _) = roundtrip(&mut svc, &mut handle, v1()).await;
+        assert_ne!(sent.uri().authority().unwrap().as_str(), dead);
+    }
+    // Afterwards the endpoint is tried again.
+    tokio::time::advance(std::time::Duration::from_millis(501)).await;
+    assert!(!stats.is_down(addr, port.parse().unwrap()));
+    let mut seen_again = false;
+    for _ in 0..40 {
+        let (sent, _) = roundtrip(&mut svc, &mut handle, v1()).await;
+        seen_again |= sent.uri().authority().unwrap().as_str() == dead;
+    }
+    assert!(seen_again);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_only_endpoint_is_used_even_while_it_is_avoided() {
+    use crate::error::UpstreamConnectFailure;
+    let (mut svc, mut handle, _) = from_target();
+    let snap = snapshot();
+    let v2 = || {
+        request(
+            "http://reviews:9080/",
+            Some(target(&snap, REVIEWS, Some("v2"), 9080)),
+        )
+    };
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(v2());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(UpstreamConnectFailure {
+        endpoint: "127.0.0.3:9083".into(),
+        source: "connection refused".into(),
+    });
+    assert!(fut.await.is_err());
+    let (sent, _) = roundtrip(&mut svc, &mut handle, v2()).await;
+    assert_eq!(sent.uri().authority().unwrap().as_str(), "127.0.0.3:9083");
+}

@@ -97,7 +97,12 @@ pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
 fn classify(err: &BoxError) -> (StatusCode, Option<ResponseFlag>, &'static str, u8) {
     let e: &(dyn std::error::Error + 'static) = &**err;
     if cause_ref::<NoRoute>(e).is_some() {
-        (StatusCode::NOT_FOUND, Some(ResponseFlag::NoRouteFound), "", 12)
+        (
+            StatusCode::NOT_FOUND,
+            Some(ResponseFlag::NoRouteFound),
+            "",
+            12,
+        )
     } else if cause_ref::<NoHealthyUpstream>(e).is_some() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -142,7 +147,11 @@ pub fn error_response(err: &BoxError, grpc: bool) -> http::Response<Body> {
             HeaderValue::from_static("application/grpc"),
         );
         h.insert("grpc-status", HeaderValue::from(u16::from(grpc_code)));
-        let msg = if text.is_empty() { status.as_str() } else { text };
+        let msg = if text.is_empty() {
+            status.as_str()
+        } else {
+            text
+        };
         if let Ok(v) = HeaderValue::from_str(msg) {
             h.insert("grpc-message", v);
         }
@@ -226,8 +235,18 @@ mod tests {
                 "UF",
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
             ),
-            (RouteTimeout(()).into(), 504, "UT", "upstream request timeout"),
-            (PerTryTimeout(()).into(), 504, "UT", "upstream request timeout"),
+            (
+                RouteTimeout(()).into(),
+                504,
+                "UT",
+                "upstream request timeout",
+            ),
+            (
+                PerTryTimeout(()).into(),
+                504,
+                "UT",
+                "upstream request timeout",
+            ),
             ("something else".into(), 503, "-", "upstream error"),
         ];
         for (err, status, flag, body) in cases {
@@ -255,8 +274,10 @@ mod tests {
             Err::<http::Response<Body>, BoxError>(NoRoute { host: "x".into() }.into())
         });
         let mut req = http::Request::new(());
-        req.headers_mut()
-            .insert(http::header::CONTENT_TYPE, "application/grpc+proto".parse().unwrap());
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            "application/grpc+proto".parse().unwrap(),
+        );
         let res = RescueLayer::new().layer(svc).oneshot(req).await.unwrap();
         assert_eq!(res.headers()["grpc-status"], "12");
     }

@@ -87,6 +87,10 @@ where
                 return ResponseFuture::once(self.inner.call(req), None);
             }
         };
+        // A mirrored copy is best effort: never retried, never counted against the budget.
+        if req.extensions().get::<crate::mirror::Mirrored>().is_some() {
+            return ResponseFuture::once(self.inner.call(req), None);
+        }
         let budget = match target {
             Some(t) => self.shared.budgets.host(&t.host),
             None => self.shared.budgets.standalone().clone(),

@@ -58,7 +58,10 @@ fn decides_target_from_the_matching_rule() {
     let (t, h) = decide(&s, &caller, &r, 0).unwrap();
     assert_eq!(t.host, "reviews.default.svc.cluster.local");
     assert_eq!(t.subset.as_deref(), Some("v2"));
-    assert_eq!(t.port, 9080, "the request's port when the destination names none");
+    assert_eq!(
+        t.port, 9080,
+        "the request's port when the destination names none"
+    );
     assert_eq!(t.route.as_ref().unwrap().index, 0);
     assert_eq!(h.unwrap().0.request_set[0].0, "x-version");
 
@@ -75,7 +78,10 @@ fn no_matching_rule_is_no_route_and_unknown_hosts_take_the_default_route() {
     let err = decide(&s, &caller, &req("http://reviews:9080/other"), 0).unwrap_err();
     assert_eq!(err.host, "reviews.default.svc.cluster.local");
     let (t, _) = decide(&s, &caller, &req("http://httpbin.org/get"), 0).unwrap();
-    assert_eq!((t.host.as_str(), t.port, t.route.is_none()), ("httpbin.org", 80, true));
+    assert_eq!(
+        (t.host.as_str(), t.port, t.route.is_none()),
+        ("httpbin.org", 80, true)
+    );
     let (t, _) = decide(&s, &caller, &req("https://httpbin.org/get"), 0).unwrap();
     assert_eq!(t.port, 443);
 }
@@ -84,7 +90,8 @@ fn no_matching_rule_is_no_route_and_unknown_hosts_take_the_default_route() {
 fn host_header_is_used_when_the_uri_has_no_authority() {
     let s = snapshot(CONFIG);
     let mut r = req("/reviews/1");
-    r.headers_mut().insert(http::header::HOST, "reviews:9080".parse().unwrap());
+    r.headers_mut()
+        .insert(http::header::HOST, "reviews:9080".parse().unwrap());
     let (t, _) = decide(&s, &Caller::new("default"), &r, 0).unwrap();
     assert_eq!(t.subset.as_deref(), Some("v1"));
 }
@@ -127,7 +134,11 @@ spec:
 async fn layer_inserts_the_target_and_fails_fast_without_route() {
     let s = snapshot(CONFIG);
     let svc = tower::service_fn(|req: http::Request<()>| async move {
-        let t = req.extensions().get::<Target>().cloned().expect("target set");
+        let t = req
+            .extensions()
+            .get::<Target>()
+            .cloned()
+            .expect("target set");
         Ok::<_, std::convert::Infallible>(t.subset)
     });
     let mut svc = RouteLayer::new(s, Caller::new("default")).layer(svc);
@@ -157,7 +168,27 @@ async fn a_swapped_snapshot_applies_to_the_next_request() {
     });
     let mut svc = RouteLayer::from_shared(swap.clone(), Caller::new("default")).layer(svc);
     let r = || req("http://reviews:9080/reviews/0");
-    assert_eq!(svc.ready().await.unwrap().call(r()).await.unwrap().as_deref(), Some("v1"));
-    swap.store(snapshot(&CONFIG.replace("subset: v1, port", "subset: v2, port")));
-    assert_eq!(svc.ready().await.unwrap().call(r()).await.unwrap().as_deref(), Some("v2"));
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(r())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v1")
+    );
+    swap.store(snapshot(
+        &CONFIG.replace("subset: v1, port", "subset: v2, port"),
+    ));
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(r())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v2")
+    );
 }

@@ -1,0 +1,404 @@
+//! The [`Mesh`] handle: one per workload process, what a sidecar and its agent are under
+//! Istio.
+//!
+//! A `Mesh` is built from a [`Store`] and the workload's identity ([`Workload`]: name,
+//! namespace, labels, service account, listen address). Starting it loads and watches the
+//! configuration (a [`ConfigWatcher`] keeps an immutable [`Snapshot`] up to date) and
+//! registers the workload's own WorkloadEntry, so other workloads find it. From it the
+//! application gets:
+//!
+//! - [`Mesh::http_client`]: a cloneable tower service that sends `http://reviews:9080/…`
+//!   through the outbound stack (routing, faults, timeouts, retries, load balancing);
+//! - [`Mesh::serve`]: serves the application's tower service on a listener (HTTP/1.1 and
+//!   HTTP/2), deregisters first on shutdown so callers move away, then drains;
+//! - [`Mesh::ready`]: resolves once the first configuration is loaded, so the application
+//!   never serves or calls before the mesh is ready (no start-up race, no
+//!   `holdApplicationUntilProxyStarts`).
+//!
+//! # Examples
+//! ```no_run
+//! # async fn run() -> Result<(), mesh_core::BoxError> {
+//! use mesh_tower::mesh::{Mesh, Workload};
+//! use tower::ServiceExt;
+//! let store = mesh_core::store::open("file:/tmp/mesh")?;
+//! let mesh = Mesh::builder(store, Workload::new("productpage-v1", "default").label("app", "productpage"))
+//!     .start()
+//!     .await?;
+//! mesh.ready().await;
+//! let req = http::Request::get("http://reviews:9080/reviews/0").body(http_body_util::Empty::<bytes::Bytes>::new())?;
+//! let res = mesh.http_client().oneshot(req).await?;
+//! println!("{}", res.status());
+//! # Ok(()) }
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use mesh_core::{
+    BoxError,
+    config::{
+        Kind, ObjectMeta, Resource, ResourceKey, Spec, networking::workload_entry::WorkloadEntry,
+    },
+    snapshot::{MeshSettings, Snapshot},
+    store::{ConfigStatus, ConfigWatcher, Store, StoreError},
+    validate::{Finding, Findings, Severity, codes},
+};
+use tokio::net::TcpListener;
+use tower::{Service, util::BoxCloneSyncService};
+
+use crate::{
+    body::{self, Body},
+    route::Caller,
+    server::{self, ServeSummary, ShutdownOptions},
+    stack::{self, StackParts},
+};
+
+/// The workload a [`Mesh`] runs for: its identity and where it listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// The workload instance's name (its WorkloadEntry's name), e.g. `reviews-v2`.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its labels (`app`, `version`, …): subsets select on them, and a label `app: X` makes it
+    /// an endpoint of `X.<namespace>.svc.cluster.local`.
+    pub labels: BTreeMap<String, String>,
+    /// Its service account (identity).
+    pub service_account: String,
+    /// The address to register (`127.0.0.1:9080`). `None` for a client-only workload; set
+    /// from the listener by [`Mesh::serve`] when unset.
+    pub address: Option<SocketAddr>,
+}
+
+impl Workload {
+    /// A workload `name` in `namespace`, service account `default`, no labels.
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            labels: BTreeMap::new(),
+            service_account: "default".to_owned(),
+            address: None,
+        }
+    }
+
+    /// Adds a label.
+    #[must_use]
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the service account.
+    #[must_use]
+    pub fn service_account(mut self, sa: impl Into<String>) -> Self {
+        self.service_account = sa.into();
+        self
+    }
+
+    /// Sets the address to register.
+    #[must_use]
+    pub fn address(mut self, addr: SocketAddr) -> Self {
+        self.address = Some(addr);
+        self
+    }
+
+    /// The key of this workload's WorkloadEntry.
+    pub fn key(&self) -> ResourceKey {
+        ResourceKey::new(Kind::WorkloadEntry, &self.namespace, &self.name)
+    }
+
+    /// The WorkloadEntry that registers this workload at `addr`.
+    pub fn entry(&self, addr: SocketAddr) -> Resource {
+        let spec = WorkloadEntry {
+            address: addr.ip().to_string(),
+            ports: [("http".to_owned(), u32::from(addr.port()))].into(),
+            labels: self.labels.clone(),
+            service_account: self.service_account.clone(),
+            ..WorkloadEntry::default()
+        };
+        let metadata = ObjectMeta {
+            name: self.name.clone(),
+            namespace: Some(self.namespace.clone()),
+            labels: [("mesh.io/registered".to_owned(), "true".to_owned())].into(),
+            ..ObjectMeta::default()
+        };
+        Resource::new(metadata, Spec::WorkloadEntry(Box::new(spec)))
+    }
+}
+
+/// Starting or running the mesh failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// The store failed.
+    #[error("config store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Builds a [`Mesh`].
+#[derive(Debug)]
+#[must_use]
+pub struct MeshBuilder {
+    store: Arc<dyn Store>,
+    workload: Workload,
+    settings: MeshSettings,
+    gateway: bool,
+    drain_delay: Duration,
+    shutdown: ShutdownOptions,
+    connect_timeout: Duration,
+}
+
+impl MeshBuilder {
+    /// Mesh-wide settings (domain, root namespace, trust domain).
+    pub fn settings(mut self, settings: MeshSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Makes this workload a gateway: its client routes with the rules of the Gateways
+    /// whose selector matches its labels instead of the `mesh` rules.
+    pub fn gateway(mut self, gateway: bool) -> Self {
+        self.gateway = gateway;
+        self
+    }
+
+    /// How long [`Mesh::serve`] keeps accepting after deregistering, so callers see the
+    /// workload leave before it stops (default 1 s; the file store's watch reacts within
+    /// ~150 ms).
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
+    }
+
+    /// How long requests in flight may take to finish on shutdown (default 5 s, Istio's
+    /// `terminationDrainDuration`).
+    pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
+        self.shutdown.deadline = deadline;
+        self
+    }
+
+    /// The upstream connect timeout (default 10 s, Istio's `connectTimeout`).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Starts the mesh: loads and watches the configuration, and registers the workload if
+    /// it has an address.
+    ///
+    /// # Errors
+    /// The store cannot be read or watched, or the registration is refused.
+    pub async fn start(self) -> Result<Mesh, MeshError> {
+        let settings = self.settings.clone();
+        let watcher = ConfigWatcher::start(self.store.clone(), move |rs: &[Resource]| {
+            Snapshot::build_with(rs, settings.clone()).map_err(|e| {
+                let mut f = Finding::new(
+                    codes::SCHEMA_VALIDATION_ERROR,
+                    Severity::Error,
+                    e.message.clone(),
+                );
+                f.resource = Some(e.resource);
+                Findings(vec![f])
+            })
+        })
+        .await?;
+        let caller = Caller::new(self.workload.namespace.clone())
+            .labels(self.workload.labels.clone())
+            .gateway(self.gateway);
+        let parts = StackParts::new(self.connect_timeout);
+        let mesh = Mesh {
+            inner: Arc::new(Inner {
+                store: self.store,
+                workload: tokio::sync::Mutex::new(self.workload.clone()),
+                name: self.workload.key(),
+                watcher,
+                caller,
+                parts,
+                drain_delay: self.drain_delay,
+                shutdown: self.shutdown,
+            }),
+        };
+        if let Some(addr) = self.workload.address {
+            mesh.register(addr).await?;
+        }
+        Ok(mesh)
+    }
+}
+
+/// A workload's handle on the mesh; see the [module docs](self). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    workload: tokio::sync::Mutex<Workload>,
+    name: ResourceKey,
+    watcher: ConfigWatcher<Snapshot>,
+    caller: Caller,
+    parts: StackParts,
+    drain_delay: Duration,
+    shutdown: ShutdownOptions,
+}
+
+impl Mesh {
+    /// A builder for the mesh of `workload`, configured from `store`.
+    pub fn builder(store: Arc<dyn Store>, workload: Workload) -> MeshBuilder {
+        MeshBuilder {
+            store,
+            workload,
+            settings: MeshSettings::default(),
+            gateway: false,
+            drain_delay: Duration::from_secs(1),
+            shutdown: ShutdownOptions::default(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Resolves once the first good configuration is loaded.
+    pub async fn ready(&self) {
+        self.inner.watcher.ready().await;
+    }
+
+    /// The live snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.watcher.current()
+    }
+
+    /// The configuration status (generation, last error…), for an admin endpoint.
+    pub fn status(&self) -> ConfigStatus {
+        self.inner.watcher.status()
+    }
+
+    /// A receiver that changes whenever a new snapshot goes live.
+    pub fn changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watcher.changed()
+    }
+
+    /// The store the mesh reads.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The key of this workload's WorkloadEntry.
+    pub fn workload_key(&self) -> &ResourceKey {
+        &self.inner.name
+    }
+
+    /// The outbound client: send any `http::Request` for a mesh host through the mesh.
+    ///
+    /// Cloning is cheap; clones share connection pools, retry budgets and load balancing
+    /// state.
+    pub fn http_client(&self) -> HttpClient {
+        HttpClient {
+            inner: stack::outbound(
+                self.inner.watcher.handle(),
+                self.inner.caller.clone(),
+                &self.inner.parts,
+            ),
+        }
+    }
+
+    /// Registers (or moves) this workload's WorkloadEntry at `addr`.
+    ///
+    /// # Errors
+    /// The store refuses or fails.
+    pub async fn register(&self, addr: SocketAddr) -> Result<(), MeshError> {
+        let mut workload = self.inner.workload.lock().await;
+        workload.address = Some(addr);
+        self.inner.store.register(workload.entry(addr)).await?;
+        tracing::info!(workload = %self.inner.name, %addr, "registered");
+        Ok(())
+    }
+
+    /// Removes this workload's WorkloadEntry; `Ok(false)` if it was not registered.
+    ///
+    /// # Errors
+    /// The store fails.
+    pub async fn deregister(&self) -> Result<bool, MeshError> {
+        let removed = self.inner.store.deregister(&self.inner.name).await?;
+        if removed {
+            tracing::info!(workload = %self.inner.name, "deregistered");
+        }
+        Ok(removed)
+    }
+
+    /// Serves `app` on `listener` through the inbound stack until `shutdown` completes.
+    ///
+    /// Registers the workload at the listener's address unless it has an address already.
+    /// On shutdown: deregisters, keeps serving for the drain delay so callers move away,
+    /// stops accepting, closes connections gracefully (HTTP/2 GOAWAY, `Connection: close`)
+    /// and waits for requests in flight up to the deadline.
+    ///
+    /// # Errors
+    /// Registration fails, or the listener fails.
+    pub async fn serve<S, B>(
+        &self,
+        listener: TcpListener,
+        app: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<ServeSummary, BoxError>
+    where
+        S: Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let local = listener.local_addr()?;
+        let registered = self.inner.workload.lock().await.address;
+        self.register(registered.unwrap_or(local)).await?;
+        let this = self.clone();
+        let stop = async move {
+            shutdown.await;
+            if let Err(e) = this.deregister().await {
+                tracing::warn!(error = %e, "could not deregister; callers will find out by failing");
+            }
+            tokio::time::sleep(this.inner.drain_delay).await;
+        };
+        Ok(server::serve(listener, app, stop, self.inner.shutdown).await?)
+    }
+}
+
+/// The outbound client of a [`Mesh`]: a cloneable tower service for any request body.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<http::Request<B>> for HttpClient
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future =
+        <BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError> as Service<
+            http::Request<Body>,
+        >>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.inner.call(req.map(body::boxed))
+    }
+}
