@@ -25,3 +25,43 @@ pub fn virtual_service_yaml(name: &str, host: &str, rules: usize) -> String {
     );
     y
 }
+
+/// Bookinfo's reviews service as the layer benches route it: three endpoints in two subsets,
+/// a header match for `end-user: jason` and an 80/20 split.
+pub const BOOKINFO_REVIEWS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: reviews-v1-a }
+spec: { address: 127.0.0.1, ports: { http: 20001 }, labels: { app: reviews, version: v1 } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: reviews-v1-b }
+spec: { address: 127.0.0.1, ports: { http: 20002 }, labels: { app: reviews, version: v1 } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: reviews-v2 }
+spec: { address: 127.0.0.1, ports: { http: 20003 }, labels: { app: reviews, version: v2 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: reviews }
+spec:
+  host: reviews
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - { name: v2, labels: { version: v2 } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{ headers: { end-user: { exact: jason } } }]
+    route:
+    - { destination: { host: reviews, subset: v1 }, weight: 80 }
+    - { destination: { host: reviews, subset: v2 }, weight: 20 }
+  - route: [{ destination: { host: reviews, subset: v1 } }]
+"#;

@@ -72,6 +72,26 @@ pub fn outbound(
     caller: Caller,
     parts: &StackParts,
 ) -> BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError> {
+    outbound_over(source, caller, parts, parts.connect.clone())
+}
+
+/// The outbound stack over another leaf service than the connection pools (for tests and
+/// benchmarks: the leaf receives requests addressed to the chosen endpoint).
+pub fn outbound_over<S>(
+    source: Arc<ArcSwap<Snapshot>>,
+    caller: Caller,
+    parts: &StackParts,
+    leaf: S,
+) -> BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
     let svc = ServiceBuilder::new()
         .layer(RescueLayer::new())
         .layer(RouteLayer::from_shared(source, caller))
@@ -88,6 +108,6 @@ pub fn outbound(
                 .with_stats(parts.retry_stats.clone()),
         )
         .layer(BalanceLayer::from_target(parts.endpoint_stats.clone()))
-        .service(parts.connect.clone());
+        .service(leaf);
     BoxCloneSyncService::new(svc)
 }

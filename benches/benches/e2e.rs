@@ -1,0 +1,278 @@
+//! End to end on loopback: a hyper client calling a hyper server, bare and with the mesh on
+//! both ends (the mesh's outbound stack in the client, `Mesh::serve` in the server), in one
+//! process so the process's CPU time covers both ends.
+//!
+//! Reports requests per second, CPU microseconds per request (user + system, from
+//! `/proc/self/stat`) and p50/p99 latency (HDR histogram), each also as a ratio to bare hyper
+//! from the same run. 1 KB responses, HTTP/1.1, 4 concurrent callers.
+//!
+//! `cargo bench -p benches --bench e2e` runs the full measurement (~40,000 requests per
+//! mode); with `-- --test` (what CI runs) it only checks that both paths work.
+
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use mesh_core::store::{FileStore, Store};
+use mesh_tower::{
+    body::{self, Body},
+    mesh::{Mesh, Workload},
+};
+use tokio::net::TcpListener;
+use tower::{Service, ServiceExt};
+
+const BODY: &[u8] = &[b'x'; 1024];
+const CONCURRENCY: usize = 4;
+
+struct Run {
+    mode: &'static str,
+    requests: usize,
+    elapsed: Duration,
+    cpu: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn cpu_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.requests as f64
+    }
+    fn p(&self, q: f64) -> u64 {
+        self.latency.value_at_quantile(q)
+    }
+}
+
+/// User + system CPU time of this process, from `/proc/self/stat` (clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime is field 14, stime 15 (1-based); `rest` starts at field 3.
+    let total = ticks(11) + ticks(12);
+    Duration::from_millis(total * 10)
+}
+
+async fn app(_req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
+    Ok(http::Response::new(body::full(Bytes::from_static(BODY))))
+}
+
+/// A bare hyper server (hyper-util's auto builder, as an application would write it).
+async fn bare_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                        Bytes::from_static(BODY),
+                    )))
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn drive<S>(mode: &'static str, svc: S, uri: String, requests: usize) -> Run
+where
+    S: Service<http::Request<Empty<Bytes>>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug + Send,
+    S::Future: Send,
+{
+    // Warm up: connections, pools, caches.
+    for _ in 0..200 {
+        let req = http::Request::get(&uri).body(Empty::new()).unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        let _ = res.into_body().collect().await;
+    }
+    let per_task = requests / CONCURRENCY;
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let svc = svc.clone();
+        let uri = uri.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            for _ in 0..per_task {
+                let start = Instant::now();
+                let req = http::Request::get(&uri).body(Empty::new()).unwrap();
+                let res = svc.clone().oneshot(req).await.unwrap();
+                assert_eq!(res.status(), 200);
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body.len(), BODY.len());
+                let _ = h.record(start.elapsed().as_micros() as u64);
+            }
+            h
+        }));
+    }
+    let mut latency = Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        latency.add(t.await.unwrap()).unwrap();
+    }
+    Run {
+        mode,
+        requests: per_task * CONCURRENCY,
+        elapsed: t0.elapsed(),
+        cpu: cpu_time().saturating_sub(cpu0),
+        latency,
+    }
+}
+
+async fn bare(requests: usize) -> Run {
+    let addr = bare_server().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let svc = tower::service_fn(move |req: http::Request<Empty<Bytes>>| {
+        let client = client.clone();
+        async move {
+            client
+                .request(req)
+                .await
+                .map(|res| res.map(body::boxed))
+        }
+    });
+    drive("bare", svc, format!("http://{addr}/"), requests).await
+}
+
+/// Attribution: bare hyper client, the mesh's inbound server (`mesh_tower::server::serve`).
+async fn serve_only(requests: usize) -> Run {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = mesh_tower::server::serve(
+            listener,
+            tower::service_fn(app),
+            std::future::pending(),
+            mesh_tower::server::ShutdownOptions::default(),
+        )
+        .await;
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let svc = tower::service_fn(move |req: http::Request<Empty<Bytes>>| {
+        let client = client.clone();
+        async move { client.request(req).await.map(|res| res.map(body::boxed)) }
+    });
+    drive("serve", svc, format!("http://{addr}/"), requests).await
+}
+
+/// Attribution: the mesh's connection pools (`mesh_tower::connect::Connect`) alone, against
+/// the bare server.
+async fn connect_only(requests: usize) -> Run {
+    let addr = bare_server().await;
+    let connect = mesh_tower::connect::Connect::new();
+    let svc = tower::service_fn(move |req: http::Request<Empty<Bytes>>| {
+        let mut connect = connect.clone();
+        async move { connect.call(req.map(body::boxed)).await }
+    });
+    drive("connect", svc, format!("http://{addr}/"), requests).await
+}
+
+async fn mesh(requests: usize) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.path()));
+    let server = Mesh::builder(store.clone(), Workload::new("bench-v1", "default").label("app", "bench"))
+        .start()
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(async move {
+        let _ = server
+            .serve(listener, tower::service_fn(app), std::future::pending())
+            .await;
+    });
+    let client = Mesh::builder(store, Workload::new("caller-v1", "default").label("app", "caller"))
+        .start()
+        .await
+        .unwrap();
+    client.ready().await;
+    let mut changed = client.changed();
+    while client
+        .snapshot()
+        .endpoints("bench.default.svc.cluster.local", None)
+        .is_empty()
+    {
+        tokio::time::timeout(Duration::from_secs(10), changed.changed())
+            .await
+            .expect("the server registers")
+            .unwrap();
+    }
+    let run = drive("mesh", client.http_client(), "http://bench:8080/".to_owned(), requests).await;
+    drop(dir);
+    run
+}
+
+fn main() {
+    let test_mode = std::env::args().any(|a| a == "--test" || a == "--list");
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let requests = if test_mode { 400 } else { 20_000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runs = rt.block_on(async {
+        // Alternate, so drift in machine load affects both alike.
+        let mut runs = Vec::new();
+        for _ in 0..if test_mode { 1 } else { 2 } {
+            runs.push(bare(requests).await);
+            runs.push(mesh(requests).await);
+            runs.push(serve_only(requests).await);
+            runs.push(connect_only(requests).await);
+        }
+        runs
+    });
+    let best = |mode: &str| {
+        runs.iter()
+            .filter(|r| r.mode == mode)
+            .min_by(|a, b| a.cpu_us().total_cmp(&b.cpu_us()))
+            .unwrap()
+    };
+    let (b, m) = (best("bare"), best("mesh"));
+    println!("e2e loopback, HTTP/1.1, 1 KB responses, {CONCURRENCY} callers, {} requests per run (best of {} runs per mode)", b.requests, runs.len() / 4);
+    println!("{:<6} {:>9} {:>12} {:>9} {:>9}", "path", "req/s", "CPU us/req", "p50 us", "p99 us");
+    for r in [b, m, best("serve"), best("connect")] {
+        println!(
+            "{:<6} {:>9.0} {:>12.1} {:>9} {:>9}",
+            r.mode,
+            r.rps(),
+            r.cpu_us(),
+            r.p(0.5),
+            r.p(0.99)
+        );
+    }
+    println!("(serve: bare client, mesh server; connect: the mesh's connection pools, bare server)");
+    println!(
+        "ratio  {:>9.2} {:>12.2} {:>9.2} {:>9.2}   (mesh / bare)",
+        m.rps() / b.rps(),
+        m.cpu_us() / b.cpu_us(),
+        m.p(0.5) as f64 / b.p(0.5).max(1) as f64,
+        m.p(0.99) as f64 / b.p(0.99).max(1) as f64
+    );
+    if test_mode {
+        println!("test mode: both paths answered every request");
+    }
+}

@@ -1,0 +1,120 @@
+//! The cost of each outbound layer, and of the whole outbound stack, against a bare
+//! `service_fn` that answers at once (no network: this isolates the mesh's own work).
+//!
+//! Every case sends `GET http://reviews:9080/reviews/0` with `end-user: jason`, routed by a
+//! VirtualService with a header match and an 80/20 split to two subsets of three endpoints.
+
+use std::{convert::Infallible, hint::black_box, sync::Arc};
+
+use arc_swap::ArcSwap;
+use criterion::{Criterion, criterion_group, criterion_main};
+use mesh_core::{config::load_str, policy::retry::RetryPolicy, snapshot::Snapshot};
+use mesh_tower::{
+    balance::{BalanceLayer, EndpointStats},
+    body::{self, Body},
+    fault::FaultLayer,
+    rescue::RescueLayer,
+    retry::RetryLayer,
+    route::{Caller, RouteLayer},
+    stack::{StackParts, outbound_over},
+    timeout::RouteTimeoutLayer,
+};
+use tower::{ServiceBuilder, ServiceExt};
+
+fn snapshot() -> Arc<Snapshot> {
+    let loaded = load_str(benches::BOOKINFO_REVIEWS, None);
+    assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+    Arc::new(Snapshot::build(&loaded.resources).unwrap())
+}
+
+fn request() -> http::Request<Body> {
+    http::Request::get("http://reviews:9080/reviews/0")
+        .header("end-user", "jason")
+        .body(body::empty())
+        .unwrap()
+}
+
+async fn leaf(_req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
+    Ok(http::Response::new(body::empty()))
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let snap = snapshot();
+    let caller = Caller::new("default");
+    let mut group = c.benchmark_group("outbound_layers");
+
+    macro_rules! case {
+        ($name:literal, $svc:expr) => {{
+            let svc = $svc;
+            group.bench_function($name, |b| {
+                b.to_async(&rt).iter(|| {
+                    let svc = svc.clone();
+                    async move { black_box(svc.oneshot(request()).await.unwrap()) }
+                })
+            });
+        }};
+    }
+
+    case!("bare_service_fn", tower::service_fn(leaf));
+    case!(
+        "route",
+        ServiceBuilder::new()
+            .layer(RouteLayer::new(snap.clone(), caller.clone()))
+            .service_fn(leaf)
+    );
+    // The layers below route read the Target the route layer inserts; each case is route +
+    // that layer, so subtract `route` to get the layer's own cost.
+    case!(
+        "route+timeout",
+        ServiceBuilder::new()
+            .layer(RouteLayer::new(snap.clone(), caller.clone()))
+            .layer(RouteTimeoutLayer::from_target())
+            .service_fn(leaf)
+    );
+    case!(
+        "route+fault",
+        ServiceBuilder::new()
+            .layer(RouteLayer::new(snap.clone(), caller.clone()))
+            .layer(FaultLayer::from_target())
+            .service_fn(leaf)
+    );
+    case!(
+        "route+retry(mesh default)",
+        ServiceBuilder::new()
+            .layer(RouteLayer::new(snap.clone(), caller.clone()))
+            .layer(RetryLayer::from_target())
+            .service_fn(leaf)
+    );
+    case!(
+        "route+retry(disabled)",
+        ServiceBuilder::new()
+            .layer(RouteLayer::new(snap.clone(), caller.clone()))
+            .layer(RetryLayer::new(RetryPolicy::Disabled))
+            .service_fn(leaf)
+    );
+    case!(
+        "route+balance",
+        ServiceBuilder::new()
+            .layer(RouteLayer::new(snap.clone(), caller.clone()))
+            .layer(BalanceLayer::from_target(EndpointStats::new()))
+            .service_fn(leaf)
+    );
+    case!(
+        "rescue",
+        ServiceBuilder::new().layer(RescueLayer::new()).service_fn(leaf)
+    );
+    let parts = StackParts::new(std::time::Duration::from_secs(10));
+    let source = Arc::new(ArcSwap::from(snap.clone()));
+    case!(
+        "whole_outbound_stack",
+        outbound_over(source, caller.clone(), &parts, tower::service_fn(leaf))
+    );
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
