@@ -60,7 +60,12 @@ fn cpu_time() -> Duration {
     // Fields after the command name (which is in parentheses and may contain spaces).
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime is field 14, stime 15 (1-based); `rest` starts at field 3.
     let total = ticks(11) + ticks(12);
     Duration::from_millis(total * 10)
@@ -81,11 +86,13 @@ async fn bare_server() -> std::net::SocketAddr {
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
-                        Bytes::from_static(BODY),
-                    )))
-                });
+                let svc = hyper::service::service_fn(
+                    |_req: http::Request<hyper::body::Incoming>| async {
+                        Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                            Bytes::from_static(BODY),
+                        )))
+                    },
+                );
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -97,7 +104,10 @@ async fn bare_server() -> std::net::SocketAddr {
 
 async fn drive<S>(mode: &'static str, svc: S, uri: String, requests: usize) -> Run
 where
-    S: Service<http::Request<Empty<Bytes>>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S: Service<http::Request<Empty<Bytes>>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Error: std::fmt::Debug + Send,
     S::Future: Send,
 {
@@ -146,12 +156,7 @@ async fn bare(requests: usize) -> Run {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let svc = tower::service_fn(move |req: http::Request<Empty<Bytes>>| {
         let client = client.clone();
-        async move {
-            client
-                .request(req)
-                .await
-                .map(|res| res.map(body::boxed))
-        }
+        async move { client.request(req).await.map(|res| res.map(body::boxed)) }
     });
     drive("bare", svc, format!("http://{addr}/"), requests).await
 }
@@ -192,20 +197,26 @@ async fn connect_only(requests: usize) -> Run {
 async fn mesh(requests: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.path()));
-    let server = Mesh::builder(store.clone(), Workload::new("bench-v1", "default").label("app", "bench"))
-        .start()
-        .await
-        .unwrap();
+    let server = Mesh::builder(
+        store.clone(),
+        Workload::new("bench-v1", "default").label("app", "bench"),
+    )
+    .start()
+    .await
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     tokio::spawn(async move {
         let _ = server
             .serve(listener, tower::service_fn(app), std::future::pending())
             .await;
     });
-    let client = Mesh::builder(store, Workload::new("caller-v1", "default").label("app", "caller"))
-        .start()
-        .await
-        .unwrap();
+    let client = Mesh::builder(
+        store,
+        Workload::new("caller-v1", "default").label("app", "caller"),
+    )
+    .start()
+    .await
+    .unwrap();
     client.ready().await;
     let mut changed = client.changed();
     while client
@@ -218,7 +229,13 @@ async fn mesh(requests: usize) -> Run {
             .expect("the server registers")
             .unwrap();
     }
-    let run = drive("mesh", client.http_client(), "http://bench:8080/".to_owned(), requests).await;
+    let run = drive(
+        "mesh",
+        client.http_client(),
+        "http://bench:8080/".to_owned(),
+        requests,
+    )
+    .await;
     drop(dir);
     run
 }
@@ -252,8 +269,15 @@ fn main() {
             .unwrap()
     };
     let (b, m) = (best("bare"), best("mesh"));
-    println!("e2e loopback, HTTP/1.1, 1 KB responses, {CONCURRENCY} callers, {} requests per run (best of {} runs per mode)", b.requests, runs.len() / 4);
-    println!("{:<6} {:>9} {:>12} {:>9} {:>9}", "path", "req/s", "CPU us/req", "p50 us", "p99 us");
+    println!(
+        "e2e loopback, HTTP/1.1, 1 KB responses, {CONCURRENCY} callers, {} requests per run (best of {} runs per mode)",
+        b.requests,
+        runs.len() / 4
+    );
+    println!(
+        "{:<6} {:>9} {:>12} {:>9} {:>9}",
+        "path", "req/s", "CPU us/req", "p50 us", "p99 us"
+    );
     for r in [b, m, best("serve"), best("connect")] {
         println!(
             "{:<6} {:>9.0} {:>12.1} {:>9} {:>9}",
@@ -264,7 +288,9 @@ fn main() {
             r.p(0.99)
         );
     }
-    println!("(serve: bare client, mesh server; connect: the mesh's connection pools, bare server)");
+    println!(
+        "(serve: bare client, mesh server; connect: the mesh's connection pools, bare server)"
+    );
     println!(
         "ratio  {:>9.2} {:>12.2} {:>9.2} {:>9.2}   (mesh / bare)",
         m.rps() / b.rps(),

@@ -105,7 +105,9 @@ fn bench(c: &mut Criterion) {
     );
     case!(
         "rescue",
-        ServiceBuilder::new().layer(RescueLayer::new()).service_fn(leaf)
+        ServiceBuilder::new()
+            .layer(RescueLayer::new())
+            .service_fn(leaf)
     );
     let parts = StackParts::new(std::time::Duration::from_secs(10));
     let source = Arc::new(ArcSwap::from(snap.clone()));

@@ -201,15 +201,12 @@ impl RequestMatch {
             return false;
         }
         for (name, m) in &self.headers {
-            match header_value(req.headers, name) {
-                Some(v) if m.matches(&v) => {}
-                _ => return false,
+            if !header_matches(req.headers, name, m) {
+                return false;
             }
         }
         for (name, m) in &self.without_headers {
-            if let Some(v) = header_value(req.headers, name)
-                && m.matches(&v)
-            {
+            if req.headers.contains_key(name) && header_matches(req.headers, name, m) {
                 return false;
             }
         }
@@ -339,6 +336,20 @@ impl RequestMatch {
         }
         out
     }
+}
+
+/// True if the header is present and matches; without allocating for a single value.
+fn header_matches(headers: &http::HeaderMap, name: &http::HeaderName, m: &StringMatcher) -> bool {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return false;
+    };
+    if values.next().is_none()
+        && let Ok(v) = first.to_str()
+    {
+        return m.matches(v);
+    }
+    header_value(headers, name).is_some_and(|v| m.matches(&v))
 }
 
 /// The header's value; several values are joined with `,` as Envoy does.

@@ -453,7 +453,8 @@ pub struct Snapshot {
     services: HashMap<String, Arc<Service>>,
     destination_rules: HashMap<String, Arc<DestinationPolicy>>,
     wildcard_destination_rules: Vec<Arc<DestinationPolicy>>,
-    subset_endpoints: HashMap<(String, String), Arc<[Arc<Endpoint>]>>,
+    /// host → subset → endpoints (nested so lookups borrow `&str` keys).
+    subset_endpoints: HashMap<String, HashMap<String, Arc<[Arc<Endpoint>]>>>,
     gateways: Vec<(ResourceKey, Gateway)>,
 }
 
@@ -613,7 +614,9 @@ impl Snapshot {
                         .cloned()
                         .collect();
                     subset_endpoints
-                        .entry((svc.host.clone(), name.clone()))
+                        .entry(svc.host.clone())
+                        .or_insert_with(HashMap::new)
+                        .entry(name.clone())
                         .or_insert(eps);
                 }
             }
@@ -728,14 +731,23 @@ impl Snapshot {
     /// namespace `ns`: the first name on the DNS search path that the mesh knows (a service,
     /// a VirtualService host or a DestinationRule host), else the host as written.
     pub fn resolve_host(&self, requested: &str, ns: &str) -> String {
+        let known = |h: &str| {
+            self.services.contains_key(h)
+                || self.mesh_routes.has(h)
+                || self.destination_rules.contains_key(h)
+        };
+        // The common case without the list: a short name in the caller's namespace.
+        let requested = requested.trim_end_matches('.');
+        if !requested.contains('.') && !requested.bytes().any(|b| b.is_ascii_uppercase()) {
+            let fqdn = format!("{requested}.{ns}.svc.{}", self.settings.domain);
+            if known(&fqdn) {
+                return fqdn;
+            }
+        }
         host::search_path(requested, ns, &self.settings.domain)
             .into_iter()
-            .find(|h| {
-                self.services.contains_key(h)
-                    || self.mesh_routes.has(h)
-                    || self.destination_rules.contains_key(h)
-            })
-            .unwrap_or_else(|| requested.trim_end_matches('.').to_ascii_lowercase())
+            .find(|h| known(h))
+            .unwrap_or_else(|| requested.to_ascii_lowercase())
     }
 
     /// Routes a request: which VirtualService rule applies, or the default route.
@@ -745,38 +757,62 @@ impl Snapshot {
     /// to its gateways. Rules are tried in order and the first match wins; several
     /// VirtualServices for one host are tried in creation order.
     pub fn route<'s>(&'s self, caller: &Caller<'_>, req: &RequestInfo<'_>) -> Routing<'s> {
-        let sets: Vec<(&RuleSet, String)> = if caller.is_gateway() {
+        if caller.is_gateway() {
             let host = req.host.to_ascii_lowercase();
-            let sets: Vec<(&RuleSet, String)> = caller
+            let tables = caller
                 .gateways
                 .iter()
                 .filter_map(|gw| self.gateway_routes.get(gw))
-                .filter_map(|t| t.lookup(&host))
-                .flatten()
-                .map(|s| (s, host.clone()))
-                .collect();
-            if sets.is_empty() {
+                .filter_map(|t| t.lookup(&host));
+            let mut found = false;
+            let mut consulted = Vec::new();
+            for sets in tables {
+                found = true;
+                if let Some(m) = Self::first_match(sets, caller, req, &host, &mut consulted) {
+                    return Routing::Matched(m);
+                }
+            }
+            if !found {
                 return Routing::NoRoute { host };
             }
-            sets
-        } else {
-            let host = self.resolve_host(req.host, caller.namespace);
-            match self.mesh_routes.lookup(&host) {
-                Some(sets) => sets.iter().map(|s| (s, host.clone())).collect(),
-                None => return Routing::Default { host },
-            }
+            return Routing::NoMatch {
+                host,
+                virtual_services: consulted,
+            };
+        }
+        let host = self.resolve_host(req.host, caller.namespace);
+        let Some(sets) = self.mesh_routes.lookup(&host) else {
+            return Routing::Default { host };
         };
+        if !sets.iter().any(|s| s.visible_to.allows(caller.namespace)) {
+            return Routing::Default { host };
+        }
         let mut consulted = Vec::new();
-        let mut visible_any = false;
-        for (set, host) in &sets {
+        match Self::first_match(sets, caller, req, &host, &mut consulted) {
+            Some(m) => Routing::Matched(m),
+            None => Routing::NoMatch {
+                host,
+                virtual_services: consulted,
+            },
+        }
+    }
+
+    /// The first rule of `sets` (visible to the caller) that matches.
+    fn first_match<'s>(
+        sets: &'s [RuleSet],
+        caller: &Caller<'_>,
+        req: &RequestInfo<'_>,
+        host: &str,
+        consulted: &mut Vec<Arc<ResourceKey>>,
+    ) -> Option<RouteMatch<'s>> {
+        for set in sets {
             if !set.visible_to.allows(caller.namespace) {
                 continue;
             }
-            visible_any = true;
             for route in &set.routes {
                 if let Some(match_index) = route.find_match(caller, req) {
-                    return Routing::Matched(RouteMatch {
-                        host: host.clone(),
+                    return Some(RouteMatch {
+                        host: host.to_owned(),
                         route,
                         match_index,
                     });
@@ -786,14 +822,7 @@ impl Snapshot {
                 }
             }
         }
-        let host = sets.first().map(|(_, h)| h.clone()).unwrap_or_default();
-        if !visible_any && !caller.is_gateway() {
-            return Routing::Default { host };
-        }
-        Routing::NoMatch {
-            host,
-            virtual_services: consulted,
-        }
+        None
     }
 
     /// Routes a request like [`Snapshot::route`] and explains the decision: every rule tried,
@@ -875,18 +904,14 @@ impl Snapshot {
     }
 
     /// The endpoints of a host, or of one of its subsets. An unknown subset has none.
-    pub fn endpoints(&self, host: &str, subset: Option<&str>) -> Vec<Arc<Endpoint>> {
+    pub fn endpoints(&self, host: &str, subset: Option<&str>) -> &[Arc<Endpoint>] {
         match subset {
             Some(s) => self
                 .subset_endpoints
-                .get(&(host.to_owned(), s.to_owned()))
-                .map(|e| e.to_vec())
-                .unwrap_or_default(),
-            None => self
-                .services
                 .get(host)
-                .map(|s| s.endpoints.clone())
-                .unwrap_or_default(),
+                .and_then(|subsets| subsets.get(s))
+                .map_or(&[], |e| &e[..]),
+            None => self.services.get(host).map_or(&[], |s| &s.endpoints[..]),
         }
     }
 
