@@ -214,6 +214,15 @@ impl MeshBuilder {
             .labels(self.workload.labels.clone())
             .gateway(self.gateway);
         let parts = StackParts::new(self.connect_timeout);
+        // Endpoints that left the registry leave their load counters behind; drop the idle
+        // ones on each new snapshot. The task ends with the watcher (its channel closes).
+        let stats = parts.endpoint_stats.clone();
+        let mut changes = watcher.changed();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                stats.prune_idle();
+            }
+        });
         let mesh = Mesh {
             inner: Arc::new(Inner {
                 store: self.store,
