@@ -253,6 +253,17 @@ fn main() {
         .unwrap();
     let runs = rt.block_on(async {
         // Alternate, so drift in machine load affects both alike.
+        // `E2E_ONLY=mesh` runs one path (for profiling with `perf record`).
+        if let Ok(only) = std::env::var("E2E_ONLY") {
+            let run = match only.as_str() {
+                "bare" => bare(requests).await,
+                "serve" => serve_only(requests).await,
+                "connect" => connect_only(requests).await,
+                _ => mesh(requests).await,
+            };
+            println!("{}: {:.1} CPU us/req, {:.0} req/s", run.mode, run.cpu_us(), run.rps());
+            std::process::exit(0);
+        }
         let mut runs = Vec::new();
         for _ in 0..if test_mode { 1 } else { 2 } {
             runs.push(bare(requests).await);
