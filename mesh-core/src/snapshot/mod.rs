@@ -443,6 +443,9 @@ pub struct RuleTrace<'s> {
     pub matched: bool,
 }
 
+/// A shared, immutable list of endpoints.
+type EndpointList = Arc<[Arc<Endpoint>]>;
+
 /// The compiled configuration.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -454,7 +457,7 @@ pub struct Snapshot {
     destination_rules: HashMap<String, Arc<DestinationPolicy>>,
     wildcard_destination_rules: Vec<Arc<DestinationPolicy>>,
     /// host → subset → endpoints (nested so lookups borrow `&str` keys).
-    subset_endpoints: HashMap<String, HashMap<String, Arc<[Arc<Endpoint>]>>>,
+    subset_endpoints: HashMap<String, HashMap<String, EndpointList>>,
     gateways: Vec<(ResourceKey, Gateway)>,
 }
 
@@ -602,7 +605,7 @@ impl Snapshot {
             };
             for svc in services {
                 for (name, subset) in &policy.subsets {
-                    let eps: Arc<[Arc<Endpoint>]> = svc
+                    let eps: EndpointList = svc
                         .endpoints
                         .iter()
                         .filter(|e| {
