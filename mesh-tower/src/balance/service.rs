@@ -172,7 +172,7 @@ impl<S> Balance<S> {
             Some(svc) => service_port_for(svc, e, target.port),
             None => e.port_for(target.port, None, None),
         };
-        Ok(self.choose(&endpoints, algorithm, (host, subset), port_of, tried))
+        Ok(self.choose(endpoints, algorithm, (host, subset), port_of, tried))
     }
 
     /// Chooses one of `endpoints` (not empty) and takes its in-flight counter, with one
