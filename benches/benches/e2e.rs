@@ -261,7 +261,12 @@ fn main() {
                 "connect" => connect_only(requests).await,
                 _ => mesh(requests).await,
             };
-            println!("{}: {:.1} CPU us/req, {:.0} req/s", run.mode, run.cpu_us(), run.rps());
+            println!(
+                "{}: {:.1} CPU us/req, {:.0} req/s",
+                run.mode,
+                run.cpu_us(),
+                run.rps()
+            );
             std::process::exit(0);
         }
         let mut runs = Vec::new();
