@@ -393,12 +393,14 @@ fn service_entry_selects_workload_entries_as_endpoints() {
 fn short_names_resolve_in_the_callers_namespace() {
     let s = snapshot(&["virtual-service-all-v1.yaml"]);
     let labels = no_labels();
-    // From another namespace, `reviews` is reviews.other…, which the mesh does not know.
+    // From another namespace, `reviews` is reviews.other…, which the mesh does not know: it
+    // stays cluster-local (no healthy upstream later), it is not passed to outside DNS.
     let r = req("reviews:9080", "/");
     let Routing::Default { host } = s.route(&Caller::mesh("other", &labels), &r.info()) else {
         panic!("default expected");
     };
-    assert_eq!(host, "reviews");
+    assert_eq!(host, "reviews.other.svc.cluster.local");
+    assert!(s.service(&host).is_none());
     // `reviews.default` follows the search path to the service.
     let r = req("reviews.default:9080", "/");
     assert!(matches!(

@@ -732,7 +732,9 @@ impl Snapshot {
 
     /// Resolves a requested host (`reviews`, `reviews.default`, an FQDN) for a caller in
     /// namespace `ns`: the first name on the DNS search path that the mesh knows (a service,
-    /// a VirtualService host or a DestinationRule host), else the host as written.
+    /// a VirtualService host or a DestinationRule host); else, for a short name, the name in
+    /// the caller's namespace (`reviews.ns.svc.cluster.local`), and for any other name the
+    /// name as written (passed through, Istio's ALLOW_ANY).
     pub fn resolve_host(&self, requested: &str, ns: &str) -> String {
         let known = |h: &str| {
             self.services.contains_key(h)
@@ -747,10 +749,18 @@ impl Snapshot {
                 return fqdn;
             }
         }
-        host::search_path(requested, ns, &self.settings.domain)
-            .into_iter()
-            .find(|h| known(h))
-            .unwrap_or_else(|| requested.to_ascii_lowercase())
+        let path = host::search_path(requested, ns, &self.settings.domain);
+        if let Some(h) = path.iter().find(|h| known(h)) {
+            return h.clone();
+        }
+        // Unknown: a short name can only mean a service of the caller's namespace (Kubernetes
+        // DNS would not resolve it anywhere else), so it stays cluster-local and gets "no
+        // healthy upstream" instead of an outside DNS lookup; other names pass through.
+        if requested.contains('.') {
+            requested.to_ascii_lowercase()
+        } else {
+            path.into_iter().next().unwrap_or_default()
+        }
     }
 
     /// Routes a request: which VirtualService rule applies, or the default route.

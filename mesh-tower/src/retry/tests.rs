@@ -788,7 +788,7 @@ async fn from_target_reads_each_routes_policy() {
 
     // Budgets are per destination host.
     let reviews = budgets.get("reviews.default.svc.cluster.local").unwrap();
-    let details = budgets.get("details").unwrap();
+    let details = budgets.get("details.default.svc.cluster.local").unwrap();
     assert!(!Arc::ptr_eq(&reviews, &details));
     assert_eq!(budgets.standalone().active_requests(), 0);
 }
