@@ -282,8 +282,12 @@ fn fmt_labels(l: &BTreeMap<String, String>) -> String {
 fn describe_endpoints(w: &mut String, snapshot: &Snapshot, host: &str, subset: Option<&str>) {
     let eps = snapshot.endpoints(host, subset);
     if eps.is_empty() {
-        let why = if snapshot.service(host).is_none() {
+        let cluster_local =
+            mesh_core::host::namespace_of(host, &snapshot.settings().domain).is_some();
+        let why = if snapshot.service(host).is_none() && !cluster_local {
             "the registry does not know the host: passthrough to it as addressed"
+        } else if snapshot.service(host).is_none() {
+            "none (no workload of this service is registered): requests fail with 503 (UH)"
         } else {
             "none: requests fail with 503 (UH)"
         };
