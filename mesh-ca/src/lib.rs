@@ -1,1 +1,39 @@
-//! Placeholder.
+//! A small certificate authority for the mesh: istiod's Citadel role.
+//!
+//! CA files in Istio's `cacerts` layout ([`files`]), signing of workload certificates that
+//! carry exactly one SPIFFE URI SAN ([`CertificateAuthority::sign`]), bootstrap tokens bound to
+//! one identity ([`token`]), and a plain-words certificate inspector ([`inspect`]). The
+//! `mesh-ca` binary wraps them: `root`, `intermediate`, `issue`, `inspect`, `token`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mesh_ca::{CaOptions, CertificateAuthority, identity::Identity, key::{KeyAlgorithm, KeyPair}};
+//!
+//! // istiod's self-signed mode: an in-memory root signs directly.
+//! let ca = CertificateAuthority::self_signed(&CaOptions::root())?;
+//! let id: Identity = "spiffe://cluster.local/ns/default/sa/reviews".parse()?;
+//! let key = KeyPair::generate(KeyAlgorithm::EcdsaP256)?; // stays in this process
+//! let bundle = ca.issue(&id, &key, Duration::from_secs(3600))?;
+//! assert_eq!(bundle.chain.len(), 2); // leaf, root
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Crypto is ring's (through rcgen and x509-parser). ring cannot generate RSA keys, so RSA
+//! CA keys are loaded from files made with OpenSSL (see [`key`]); CSRs with RSA keys are
+//! signed either way.
+//!
+//! Not here yet (issue 5): the gRPC `IstioCertificateService` server and the workload-side
+//! `CertManager` that rotates certificates.
+
+pub mod authority;
+pub mod csr;
+pub mod error;
+pub mod files;
+pub mod identity;
+pub mod inspect;
+pub mod key;
+pub mod pem;
+pub mod token;
+
+pub use authority::{CaOptions, Cacerts, CertBundle, CertificateAuthority, RootCa};
+pub use error::Error;
