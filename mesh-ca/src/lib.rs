@@ -22,10 +22,15 @@
 //! CA keys are loaded from files made with OpenSSL (see [`key`]); CSRs with RSA keys are
 //! signed either way.
 //!
-//! Not here yet (issue 5): the gRPC `IstioCertificateService` server and the workload-side
-//! `CertManager` that rotates certificates.
+//! The workload side: [`rotation::CertManager`] keeps a workload's certificate fresh (key made
+//! in memory, CSR, signed through a [`client::CaClient`], renewed at half life with jitter,
+//! backoff while the CA is down, the old certificate served until a new one arrives), with
+//! [`client::LocalCa`] as the embedded, in-process CA.
+//!
+//! Not here yet (issue 5): the gRPC `IstioCertificateService` server and its client.
 
 pub mod authority;
+pub mod client;
 pub mod csr;
 pub mod error;
 pub mod files;
@@ -33,6 +38,7 @@ pub mod identity;
 pub mod inspect;
 pub mod key;
 pub mod pem;
+pub mod rotation;
 pub mod token;
 
 pub use authority::{CaOptions, Cacerts, CertBundle, CertificateAuthority, RootCa};
