@@ -1,0 +1,184 @@
+//! What `bookinfo up` and the workload processes it starts agree on.
+//!
+//! - **Ready line.** Once its mesh is ready and its listeners are bound, a workload started
+//!   with `--supervised` prints one JSON line on stdout: `{"ready": {"name": …, "app": …,
+//!   "version": …, "address": "127.0.0.1:41234", "admin": "http://127.0.0.1:41235/", …}}`.
+//!   The supervisor reads it to fill its table. Without `--supervised` the same facts are
+//!   printed for a person.
+//! - **Stop signal.** A supervised workload stops gracefully (deregister, drain, exit 0) when
+//!   its stdin reaches end of file. The supervisor holds the write end of each child's stdin
+//!   pipe and closes it to stop the child; if the supervisor dies, even by `SIGKILL`, the
+//!   kernel closes the pipes and every child stops on its own, so no process is left behind.
+//!   Children also stop on `SIGTERM` and Ctrl-C (`SIGINT`), like any server.
+
+use std::{future::Future, io::Read, time::Duration};
+
+use mesh_tower::mesh::Mesh;
+use serde::{Deserialize, Serialize};
+
+/// What a ready workload reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Ready {
+    /// The workload instance's name (its WorkloadEntry's name).
+    pub(crate) name: String,
+    /// Its `app` label.
+    pub(crate) app: String,
+    /// Its `version` label (empty for the gateway).
+    pub(crate) version: String,
+    /// Its namespace.
+    pub(crate) namespace: String,
+    /// Where it serves, `host:port`.
+    pub(crate) address: String,
+    /// Its admin listener, as a URL.
+    pub(crate) admin: String,
+    /// Its process id.
+    pub(crate) pid: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReadyMessage {
+    ready: Ready,
+}
+
+impl Ready {
+    /// Prints the ready line (supervised) or a sentence (for a person) on stdout.
+    pub(crate) fn announce(&self, supervised: bool) {
+        use std::io::Write;
+        let line = if supervised {
+            let msg = ReadyMessage {
+                ready: self.clone(),
+            };
+            serde_json::to_string(&msg).unwrap_or_default()
+        } else {
+            format!(
+                "{} ({} {}) serving on http://{} (admin {})",
+                self.name, self.app, self.version, self.address, self.admin
+            )
+        };
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (the supervisor went away) is not a reason to stop serving.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+
+    /// Parses a ready line; `None` for any other line.
+    pub(crate) fn parse(line: &str) -> Option<Ready> {
+        serde_json::from_str::<ReadyMessage>(line.trim())
+            .ok()
+            .map(|m| m.ready)
+    }
+}
+
+/// Resolves when the process should stop: Ctrl-C, `SIGTERM`, or (when `watch_stdin`) end of
+/// file on stdin. Returns what happened, for the log.
+pub(crate) fn shutdown_signal(watch_stdin: bool) -> impl Future<Output = &'static str> {
+    // A plain thread, not `tokio::io::stdin`: a blocking read cannot be cancelled, and the
+    // runtime would wait for it on shutdown; a detached thread ends with the process.
+    let stdin_closed = watch_stdin.then(|| {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("stdin-watch".to_owned())
+            .spawn(move || {
+                let mut stdin = std::io::stdin().lock();
+                let mut buf = [0u8; 256];
+                loop {
+                    match stdin.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = tx.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot watch stdin; stop this workload with SIGTERM");
+        }
+        rx
+    });
+    async move {
+        let stdin = async {
+            match stdin_closed {
+                // A dropped sender (the thread could not start) never resolves.
+                Some(rx) => {
+                    if rx.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = stdin => "stdin closed",
+            () = ctrl_c() => "interrupt",
+            () = terminate() => "SIGTERM",
+        }
+    }
+}
+
+/// Resolves on Ctrl-C (`SIGINT`); never if the handler cannot be installed.
+pub(crate) async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves on `SIGTERM`; never if the handler cannot be installed (or off Unix).
+pub(crate) async fn terminate() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut s) = signal(SignalKind::terminate()) {
+            s.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+/// Waits until `mesh` has loaded a good configuration, logging why every few seconds while
+/// it has not (a broken file in the config directory at start-up keeps a workload waiting:
+/// it never serves with a configuration it could not read).
+pub(crate) async fn wait_ready(mesh: &Mesh) {
+    let ready = mesh.ready();
+    tokio::pin!(ready);
+    loop {
+        tokio::select! {
+            () = &mut ready => return,
+            () = tokio::time::sleep(Duration::from_secs(3)) => {
+                let status = mesh.status();
+                match (&status.last_error, &status.store_error) {
+                    (_, Some(e)) => tracing::warn!(store = %status.store, error = %e,
+                        "waiting for the config store"),
+                    (Some(findings), None) => tracing::warn!(store = %status.store,
+                        "waiting for a good configuration; the stored one is refused:\n{findings}"),
+                    (None, None) => tracing::warn!(store = %status.store,
+                        "waiting for the configuration"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_round_trips() {
+        let r = Ready {
+            name: "reviews-v2-3fa2c".into(),
+            app: "reviews".into(),
+            version: "v2".into(),
+            namespace: "default".into(),
+            address: "127.0.0.1:41234".into(),
+            admin: "http://127.0.0.1:41235/".into(),
+            pid: 42,
+        };
+        let line = serde_json::to_string(&ReadyMessage { ready: r.clone() }).unwrap();
+        assert!(line.starts_with(r#"{"ready":{"#), "{line}");
+        assert_eq!(Ready::parse(&line), Some(r));
+        assert_eq!(Ready::parse("2024-01-01 INFO registered"), None);
+        assert_eq!(Ready::parse(""), None);
+    }
+}

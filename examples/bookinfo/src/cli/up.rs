@@ -1,0 +1,872 @@
+//! `bookinfo up`: every Bookinfo workload and the ingress gateway, as supervised child
+//! processes of this same binary.
+//!
+//! # What it does
+//! 1. Prints and prepares the config directory (`$TMPDIR/bookinfo-mesh` unless `--config-dir`
+//!    says otherwise) and seeds it, through the store's `apply`, with the resources of Istio's
+//!    `destination-rule-all.yaml` and `bookinfo-gateway.yaml` it lacks.
+//! 2. Removes stale registrations: WorkloadEntries registered by a workload on this machine
+//!    whose port refuses connections (a workload killed before it could deregister).
+//! 3. Starts productpage v1, details v1, reviews v1/v2/v3, ratings v1 (`bookinfo service …`)
+//!    and the gateway (`bookinfo gateway …`), each with `--supervised`.
+//! 4. Reads each child's ready line (see [`super::child`]), prints the table of
+//!    workloads once all are ready, and serves it as JSON at
+//!    `http://127.0.0.1:<admin-port>/workloads`, with the status of the configuration.
+//! 5. Restarts a child that exits when it was not asked to, with exponential back-off (250 ms
+//!    doubling to 10 s, reset once a child has run for 10 s); its registration is removed
+//!    while it is down. A restarted child keeps its name (as a pod does).
+//! 6. Watches the configuration like a workload does and logs a warning when a change is
+//!    refused (the workloads keep the last good configuration).
+//! 7. On Ctrl-C or `SIGTERM`: closes every child's stdin (children stop gracefully on end of
+//!    file: deregister, drain, exit), waits up to 10 s, then kills what is left; a second
+//!    Ctrl-C kills at once. Children run in their own process group, so a terminal's Ctrl-C
+//!    reaches the supervisor only and the stop is orderly; and if the supervisor itself is
+//!    killed, the kernel closes the pipes and the children stop on their own.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use axum::{Json, Router, routing::get};
+use mesh_core::{
+    config::{Kind, Resource, ResourceKey, Spec},
+    snapshot::{MeshSettings, Snapshot},
+    store::{self, ConfigStatus, ConfigWatcher, Store},
+    validate::{Finding, Findings, Severity, codes},
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    net::TcpListener,
+    process::Command,
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
+
+use super::{
+    GoDuration, child, default_config_dir, gateway, random_suffix, seed, service::AppTimeouts,
+};
+
+/// `println!` that ignores a closed stdout (`bookinfo up | head` must not panic the
+/// supervisor and leave its children to be killed).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// First delay before restarting a child that exited.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest delay between restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A child that ran this long before exiting restarts after the initial delay again.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How long children get to stop after their stdin is closed before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for every child to be ready before printing the table anyway.
+const READY_PATIENCE: Duration = Duration::from_secs(30);
+/// The namespace of the Bookinfo workloads.
+const NAMESPACE: &str = "default";
+/// The namespace of the gateway (Istio's).
+const GATEWAY_NAMESPACE: &str = "istio-system";
+
+/// Flags of `bookinfo up`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The config directory: the mesh's file store, watched by every workload; apply Istio
+    /// YAML to it with `meshctl --config-dir DIR apply -f FILE` [default: $TMPDIR/bookinfo-mesh].
+    #[arg(long, env = "MESH_CONFIG_DIR", value_name = "DIR")]
+    pub(crate) config_dir: Option<PathBuf>,
+
+    /// The ingress gateway's port, on 127.0.0.1.
+    #[arg(long, default_value_t = 8080, value_name = "PORT")]
+    pub(crate) gateway_port: u16,
+
+    /// The supervisor's admin port, on 127.0.0.1 (`/workloads`).
+    #[arg(long, default_value_t = 15000, value_name = "PORT")]
+    pub(crate) admin_port: u16,
+
+    /// Ports of the workloads: productpage N, details N+1, reviews v1, v2, v3 N+2..N+4,
+    /// ratings N+5; 0 picks free ports (the workloads find each other through the store, so
+    /// their ports do not matter).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) base_port: u16,
+
+    #[command(flatten)]
+    pub(crate) timeouts: AppTimeouts,
+
+    /// How long each workload keeps serving after deregistering when it stops.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub(crate) drain_delay: GoDuration,
+}
+
+/// Where a child stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum State {
+    /// Started, not ready yet.
+    Starting,
+    /// Ready line received: registered and serving.
+    Ready,
+    /// Exited unexpectedly; waiting to restart.
+    Restarting,
+    /// Asked to stop.
+    Stopping,
+    /// Stopped.
+    Stopped,
+}
+
+/// One row of the table of workloads.
+#[derive(Clone, Debug, Serialize)]
+struct Row {
+    name: String,
+    app: String,
+    version: String,
+    namespace: String,
+    /// `host:port`, once the child reported it.
+    address: Option<String>,
+    /// The child's admin listener, as a URL.
+    admin: Option<String>,
+    pid: Option<u32>,
+    state: State,
+    restarts: u32,
+}
+
+/// How a child is started.
+#[derive(Clone, Debug)]
+struct ChildSpec {
+    name: String,
+    namespace: String,
+    args: Vec<String>,
+}
+
+/// What the supervisor tells its children's tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Running,
+    Graceful,
+    Force,
+}
+
+type Rows = Arc<Mutex<Vec<Row>>>;
+
+fn lock(rows: &Rows) -> std::sync::MutexGuard<'_, Vec<Row>> {
+    rows.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs Bookinfo until Ctrl-C or `SIGTERM`.
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = args.config_dir.clone().unwrap_or_else(default_config_dir);
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    say!("config dir: {}", dir.display());
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the config dir {}", dir.display()))?;
+    let store = store::open(&format!("file:{}", dir.display()))?;
+    match seed::seed(&*store).await {
+        Ok(lines) => {
+            for l in lines {
+                say!("seeded {l}");
+            }
+        }
+        Err(e) => tracing::warn!("could not seed the config dir: {e:#}"),
+    }
+
+    // Ports: fail now, with a clear message, rather than in a child that restarts forever.
+    let gateway_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.gateway_port));
+    std::net::TcpListener::bind(gateway_addr).with_context(|| {
+        format!("the gateway port {gateway_addr} is not free (choose another with --gateway-port)")
+    })?;
+    let admin_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, args.admin_port))
+        .await
+        .with_context(|| {
+            format!(
+                "the admin port 127.0.0.1:{} is not free (choose another with --admin-port)",
+                args.admin_port
+            )
+        })?;
+    let admin_addr = admin_listener.local_addr()?;
+    let specs = specs(&args, &dir, gateway_addr)?;
+
+    let watcher = ConfigWatcher::start(store.clone(), compile)
+        .await
+        .context("cannot watch the config dir")?;
+    tokio::spawn(log_config_changes(watcher.clone()));
+    prune_stale(&*store).await;
+
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let rows: Rows = Arc::new(Mutex::new(specs.iter().map(Row::from).collect()));
+    let (stop_tx, stop_rx) = watch::channel(Stop::Running);
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<usize>();
+    let mut slots = JoinSet::new();
+    for (i, spec) in specs.into_iter().enumerate() {
+        slots.spawn(supervise(Slot {
+            index: i,
+            spec,
+            exe: exe.clone(),
+            rows: rows.clone(),
+            store: store.clone(),
+            stop: stop_rx.clone(),
+            ready: ready_tx.clone(),
+        }));
+    }
+    drop(ready_tx);
+
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(super::admin::serve(
+        admin_listener,
+        admin_router(rows.clone(), watcher.clone(), dir.clone(), gateway_addr),
+        async move {
+            let _ = admin_stopped.await;
+        },
+    ));
+
+    // Until told to stop: the table once every child is ready, then a line per restart.
+    let signal = async {
+        tokio::select! {
+            () = child::ctrl_c() => "interrupt",
+            () = child::terminate() => "SIGTERM",
+        }
+    };
+    tokio::pin!(signal);
+    let patience = tokio::time::sleep(READY_PATIENCE);
+    tokio::pin!(patience);
+    let mut announced = false;
+    let why = loop {
+        tokio::select! {
+            why = &mut signal => break why,
+            () = &mut patience, if !announced => {
+                announced = true;
+                tracing::warn!("not every workload is ready after {READY_PATIENCE:?}:");
+                say!("{}", table(&lock(&rows)));
+            }
+            ready = ready_rx.recv() => {
+                let Some(i) = ready else { continue };
+                let rows = lock(&rows);
+                if !announced && rows.iter().all(|r| r.state == State::Ready) {
+                    announced = true;
+                    say!("{}", table(&rows));
+                    say!("Bookinfo: http://{gateway_addr}/productpage");
+                    say!("workloads: http://{admin_addr}/workloads");
+                    say!(
+                        "apply Istio's tasks: cargo run -p meshctl -- --config-dir {} apply -f examples/bookinfo/istio/virtual-service-all-v1.yaml",
+                        dir.display()
+                    );
+                } else if announced && let Some(r) = rows.get(i) {
+                    say!(
+                        "{} is back (restart {}): pid {}, {}",
+                        r.name,
+                        r.restarts,
+                        r.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                        r.address.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+    };
+
+    say!("{why}: stopping {} workloads", lock(&rows).len());
+    let _ = stop_tx.send(Stop::Graceful);
+    let again = async {
+        tokio::select! {
+            () = child::ctrl_c() => {}
+            () = child::terminate() => {}
+        }
+    };
+    tokio::pin!(again);
+    let mut forced = false;
+    loop {
+        tokio::select! {
+            joined = slots.join_next() => {
+                match joined {
+                    None => break,
+                    Some(Err(e)) => tracing::warn!(error = %e, "a supervisor task failed"),
+                    Some(Ok(())) => {}
+                }
+            }
+            () = &mut again, if !forced => {
+                forced = true;
+                say!("stopping now: killing the workloads left");
+                let _ = stop_tx.send(Stop::Force);
+            }
+        }
+    }
+    let _ = admin_stop.send(());
+    let _ = admin.await;
+    say!("stopped");
+    Ok(())
+}
+
+/// The children to run, in table order.
+fn specs(
+    args: &Args,
+    dir: &std::path::Path,
+    gateway: SocketAddr,
+) -> anyhow::Result<Vec<ChildSpec>> {
+    let workloads = [
+        ("productpage", "v1"),
+        ("details", "v1"),
+        ("reviews", "v1"),
+        ("reviews", "v2"),
+        ("reviews", "v3"),
+        ("ratings", "v1"),
+    ];
+    let dir = dir.display().to_string();
+    let mut out = Vec::new();
+    for (i, (app, version)) in workloads.into_iter().enumerate() {
+        let port = match args.base_port {
+            0 => 0,
+            base => u16::try_from(i)
+                .ok()
+                .and_then(|i| base.checked_add(i))
+                .with_context(|| format!("--base-port {base} leaves no room for 6 ports"))?,
+        };
+        let name = format!("{app}-{version}-{}", random_suffix());
+        let mut a: Vec<String> = [
+            "service",
+            app,
+            "--version",
+            version,
+            "--name",
+            &name,
+            "--namespace",
+            NAMESPACE,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config-dir",
+            &dir,
+            "--drain-delay",
+            &args.drain_delay.to_string(),
+            "--supervised",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        a.extend(args.timeouts.to_args());
+        out.push(ChildSpec {
+            name,
+            namespace: NAMESPACE.to_owned(),
+            args: a,
+        });
+    }
+    let name = format!("{}-{}", gateway::APP, random_suffix());
+    let a = [
+        "gateway",
+        "--name",
+        &name,
+        "--namespace",
+        GATEWAY_NAMESPACE,
+        "--listen",
+        &gateway.to_string(),
+        "--config-dir",
+        &dir,
+        "--drain-delay",
+        &args.drain_delay.to_string(),
+        "--supervised",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    out.push(ChildSpec {
+        name,
+        namespace: GATEWAY_NAMESPACE.to_owned(),
+        args: a,
+    });
+    Ok(out)
+}
+
+impl From<&ChildSpec> for Row {
+    fn from(spec: &ChildSpec) -> Self {
+        // `service <app> --version <v> …` or `gateway …`.
+        let (app, version) = match spec.args.first().map(String::as_str) {
+            Some("service") => (
+                spec.args.get(1).cloned().unwrap_or_default(),
+                spec.args.get(3).cloned().unwrap_or_default(),
+            ),
+            _ => (gateway::APP.to_owned(), String::new()),
+        };
+        Row {
+            name: spec.name.clone(),
+            app,
+            version,
+            namespace: spec.namespace.clone(),
+            address: None,
+            admin: None,
+            pid: None,
+            state: State::Starting,
+            restarts: 0,
+        }
+    }
+}
+
+/// The table of workloads, for a person.
+fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<28} {:<22} {:<8} {:<22} {:<8} {}\n",
+        "NAME", "APP", "VERSION", "ADDRESS", "PID", "ADMIN"
+    );
+    for r in rows {
+        let dash = |s: Option<&str>| s.filter(|s| !s.is_empty()).unwrap_or("-").to_owned();
+        out.push_str(&format!(
+            "{:<28} {:<22} {:<8} {:<22} {:<8} {}\n",
+            r.name,
+            r.app,
+            dash(Some(&r.version)),
+            dash(r.address.as_deref()),
+            r.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            dash(r.admin.as_deref()),
+        ));
+    }
+    out.pop();
+    out
+}
+
+/// Compiles the configuration exactly as every workload's mesh does, so the supervisor's
+/// verdict on a change is theirs.
+fn compile(rs: &[Resource]) -> Result<Snapshot, Findings> {
+    Snapshot::build_with(rs, MeshSettings::default()).map_err(|e| {
+        let mut f = Finding::new(
+            codes::SCHEMA_VALIDATION_ERROR,
+            Severity::Error,
+            e.message.clone(),
+        );
+        f.resource = Some(e.resource);
+        Findings(vec![f])
+    })
+}
+
+/// Logs refused configuration changes (the workloads keep the last good configuration) and
+/// recoveries.
+async fn log_config_changes(watcher: ConfigWatcher<Snapshot>) {
+    let mut rx = watcher.status_changes();
+    let (mut rejected, mut broken) = {
+        let s = rx.borrow_and_update();
+        if let Some(findings) = &s.last_error {
+            tracing::warn!(
+                "the stored configuration is refused; workloads wait for a good one:\n{findings}"
+            );
+        }
+        (s.rejected_count, s.last_error.is_some())
+    };
+    while rx.changed().await.is_ok() {
+        let s = rx.borrow_and_update().clone();
+        if s.rejected_count > rejected
+            && let Some(findings) = &s.last_error
+        {
+            tracing::warn!(
+                "config change refused, routing unchanged (the workloads keep the last good config; see /workloads):\n{findings}"
+            );
+        } else if broken && s.last_error.is_none() {
+            tracing::info!(
+                generation = s.generation,
+                "configuration accepted again: {} resources",
+                s.resources
+            );
+        }
+        if let Some(e) = &s.store_error {
+            tracing::warn!(error = %e, "cannot read the config dir");
+        }
+        rejected = s.rejected_count;
+        broken = s.last_error.is_some();
+    }
+}
+
+/// Removes WorkloadEntries registered by workloads on this machine (loopback address) whose
+/// port refuses connections: workloads killed before they could deregister.
+async fn prune_stale(store: &dyn Store) {
+    let listing = match store.list().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the registrations");
+            return;
+        }
+    };
+    for r in listing.resources {
+        let Spec::WorkloadEntry(we) = &r.spec else {
+            continue;
+        };
+        if r.metadata
+            .labels
+            .get("mesh.io/registered")
+            .map(String::as_str)
+            != Some("true")
+        {
+            continue;
+        }
+        let Ok(ip) = we.address.parse::<IpAddr>() else {
+            continue;
+        };
+        let Some(port) = we
+            .ports
+            .values()
+            .next()
+            .and_then(|p| u16::try_from(*p).ok())
+        else {
+            continue;
+        };
+        if !ip.is_loopback() {
+            continue;
+        }
+        let probe = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect((ip, port)),
+        )
+        .await;
+        if let Ok(Err(e)) = probe
+            && e.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            match store.deregister(&r.key()).await {
+                Ok(_) => tracing::info!(
+                    workload = %r.metadata.name,
+                    address = %SocketAddr::from((ip, port)),
+                    "removed a stale registration: nothing listens there"
+                ),
+                Err(e) => tracing::warn!(workload = %r.metadata.name, error = %e,
+                    "cannot remove a stale registration"),
+            }
+        }
+    }
+}
+
+/// The supervisor's admin endpoint.
+fn admin_router(
+    rows: Rows,
+    watcher: ConfigWatcher<Snapshot>,
+    dir: PathBuf,
+    gateway: SocketAddr,
+) -> Router {
+    let list = {
+        let rows = rows.clone();
+        let watcher = watcher.clone();
+        move || {
+            let rows = rows.clone();
+            let watcher = watcher.clone();
+            async move { Json(workloads_json(&lock(&rows), &watcher.status())) }
+        }
+    };
+    let config = {
+        let watcher = watcher.clone();
+        move || {
+            let watcher = watcher.clone();
+            async move { Json(watcher.status()) }
+        }
+    };
+    let index = move || {
+        let rows = rows.clone();
+        let watcher = watcher.clone();
+        let dir = dir.clone();
+        async move {
+            let status = watcher.status();
+            Json(json!({
+                "configDir": dir,
+                "productpage": format!("http://{gateway}/productpage"),
+                "config": status,
+                "workloads": workloads_json(&lock(&rows), &status),
+            }))
+        }
+    };
+    Router::new()
+        .route("/", get(index))
+        .route("/workloads", get(list))
+        .route("/config", get(config))
+}
+
+/// The table as JSON: one object per workload (`name`, `app`, `version`, `namespace`,
+/// `address`, `admin`, `pid`, `state`, `restarts`) with the configuration status (`config`:
+/// generation, `lastError` findings…) as the supervisor's own watcher sees it. All workloads
+/// read the same directory with the same validation, so its verdict is theirs.
+fn workloads_json(rows: &[Row], status: &ConfigStatus) -> Value {
+    let status = serde_json::to_value(status).unwrap_or(Value::Null);
+    Value::Array(
+        rows.iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+                if let Value::Object(m) = &mut v {
+                    m.insert("config".to_owned(), status.clone());
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// One supervised child and what its task needs.
+struct Slot {
+    index: usize,
+    spec: ChildSpec,
+    exe: PathBuf,
+    rows: Rows,
+    store: Arc<dyn Store>,
+    stop: watch::Receiver<Stop>,
+    ready: mpsc::UnboundedSender<usize>,
+}
+
+impl Slot {
+    fn update(&self, f: impl FnOnce(&mut Row)) {
+        if let Some(r) = lock(&self.rows).get_mut(self.index) {
+            f(r);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow() != Stop::Running
+    }
+
+    /// Resolves once the supervisor asks for `at_least` (Graceful or Force).
+    async fn wait_stop(stop: &mut watch::Receiver<Stop>, force: bool) {
+        let wanted = |s: &Stop| {
+            if force {
+                *s == Stop::Force
+            } else {
+                *s != Stop::Running
+            }
+        };
+        if stop.wait_for(wanted).await.is_err() {
+            // The supervisor is gone: stop.
+            if !force {
+                return;
+            }
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn deregister(&self) {
+        let key = ResourceKey::new(Kind::WorkloadEntry, &self.spec.namespace, &self.spec.name);
+        if let Err(e) = self.store.deregister(&key).await {
+            tracing::warn!(workload = %self.spec.name, error = %e, "cannot remove the registration");
+        }
+    }
+}
+
+/// How a child's run ended.
+enum Ended {
+    /// It exited by itself.
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// The supervisor asked it to stop.
+    Stop,
+}
+
+/// Runs one child until the supervisor stops, restarting it when it exits.
+async fn supervise(mut slot: Slot) {
+    let mut backoff = INITIAL_BACKOFF;
+    let name = slot.spec.name.clone();
+    loop {
+        if slot.stopping() {
+            break;
+        }
+        let started = Instant::now();
+        let mut cmd = Command::new(&slot.exe);
+        cmd.args(&slot.spec.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        #[cfg(unix)]
+        cmd.process_group(0);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(workload = %name, error = %e, "cannot start; retrying in {backoff:?}");
+                slot.update(|r| r.state = State::Restarting);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = Slot::wait_stop(&mut slot.stop, false) => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let pid = child.id();
+        slot.update(|r| {
+            r.pid = pid;
+            r.state = State::Starting;
+        });
+        // Closing this pipe is how the child is asked to stop.
+        let stdin = child.stdin.take();
+        let mut io = JoinSet::new();
+        if let Some(out) = child.stdout.take() {
+            let rows = slot.rows.clone();
+            let ready = slot.ready.clone();
+            let (index, name) = (slot.index, name.clone());
+            io.spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match child::Ready::parse(&line) {
+                        Some(r) => {
+                            if let Some(row) = lock(&rows).get_mut(index) {
+                                row.address = Some(r.address);
+                                row.admin = Some(r.admin);
+                                row.pid = Some(r.pid);
+                                row.state = State::Ready;
+                            }
+                            let _ = ready.send(index);
+                        }
+                        None => say!("{name:<28} | {line}"),
+                    }
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let name = name.clone();
+            io.spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    say_err!("{name:<28} | {line}");
+                }
+            });
+        }
+
+        let ended = tokio::select! {
+            status = child.wait() => Ended::Exited(status),
+            () = Slot::wait_stop(&mut slot.stop, false) => Ended::Stop,
+        };
+        match ended {
+            Ended::Exited(status) => {
+                drop(stdin);
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                while io.join_next().await.is_some() {}
+                slot.update(|r| {
+                    r.pid = None;
+                    r.state = State::Restarting;
+                });
+                if slot.stopping() {
+                    break;
+                }
+                if started.elapsed() >= STABLE_AFTER {
+                    backoff = INITIAL_BACKOFF;
+                }
+                tracing::warn!(workload = %name, pid = ?pid, %status,
+                    "exited unexpectedly; restarting in {backoff:?}");
+                // Callers must not be sent to a port nothing listens on while it is down.
+                slot.deregister().await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = Slot::wait_stop(&mut slot.stop, false) => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                slot.update(|r| r.restarts += 1);
+            }
+            Ended::Stop => {
+                slot.update(|r| r.state = State::Stopping);
+                drop(stdin);
+                let mut killed = false;
+                let why = tokio::select! {
+                    _ = child.wait() => None,
+                    () = tokio::time::sleep(STOP_GRACE) => Some("did not stop in time"),
+                    () = Slot::wait_stop(&mut slot.stop, true) => Some("asked twice"),
+                };
+                if let Some(why) = why {
+                    tracing::warn!(workload = %name, pid = ?pid, "{why}; killing it");
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    killed = true;
+                }
+                while io.join_next().await.is_some() {}
+                if killed {
+                    slot.deregister().await;
+                }
+                slot.update(|r| {
+                    r.pid = None;
+                    r.state = State::Stopped;
+                });
+                break;
+            }
+        }
+    }
+    // A child that was never asked to stop (the loop ended between runs) has no process.
+    slot.update(|r| {
+        r.pid = None;
+        r.state = State::Stopped;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(base: u16) -> Args {
+        Args {
+            config_dir: None,
+            gateway_port: 8080,
+            admin_port: 15000,
+            base_port: base,
+            timeouts: AppTimeouts {
+                reviews_timeout: Some("1s".parse().unwrap()),
+                ..AppTimeouts::default()
+            },
+            drain_delay: "1s".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn specs_cover_bookinfo_and_the_gateway() {
+        let gw = "127.0.0.1:8080".parse().unwrap();
+        let s = specs(&args(9080), std::path::Path::new("/tmp/x"), gw).unwrap();
+        let rows: Vec<Row> = s.iter().map(Row::from).collect();
+        let apps: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.app.as_str(), r.version.as_str()))
+            .collect();
+        assert_eq!(
+            apps,
+            [
+                ("productpage", "v1"),
+                ("details", "v1"),
+                ("reviews", "v1"),
+                ("reviews", "v2"),
+                ("reviews", "v3"),
+                ("ratings", "v1"),
+                ("istio-ingressgateway", "")
+            ]
+        );
+        assert!(s[3].args.contains(&"127.0.0.1:9083".to_owned()));
+        assert!(s[0].args.contains(&"--reviews-timeout".to_owned()));
+        assert!(s[6].args.contains(&"127.0.0.1:8080".to_owned()));
+        assert!(
+            s.iter()
+                .all(|s| s.args.contains(&"--supervised".to_owned()))
+        );
+        assert!(rows[3].name.starts_with("reviews-v2-"));
+        assert!(specs(&args(65533), std::path::Path::new("/x"), gw).is_err());
+    }
+
+    #[test]
+    fn table_and_json_have_every_workload() {
+        let mut row = Row {
+            name: "reviews-v2-3fa2c".into(),
+            app: "reviews".into(),
+            version: "v2".into(),
+            namespace: "default".into(),
+            address: Some("127.0.0.1:41234".into()),
+            admin: Some("http://127.0.0.1:41235/".into()),
+            pid: Some(42),
+            state: State::Ready,
+            restarts: 0,
+        };
+        let t = table(std::slice::from_ref(&row));
+        assert!(
+            t.contains("reviews-v2-3fa2c") && t.contains("127.0.0.1:41234"),
+            "{t}"
+        );
+        row.version = String::new();
+        let j = workloads_json(&[row], &ConfigStatus::default());
+        assert_eq!(j[0]["address"], "127.0.0.1:41234");
+        assert_eq!(j[0]["admin"], "http://127.0.0.1:41235/");
+        assert_eq!(j[0]["state"], "ready");
+        assert!(j[0]["config"].is_object());
+    }
+}

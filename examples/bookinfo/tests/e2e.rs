@@ -1,0 +1,762 @@
+//! End to end: the real `bookinfo` binary (`bookinfo up`: seven processes) on loopback,
+//! driven through its ingress gateway with Istio's own YAML applied live, reproducing the
+//! outcomes of Istio's Bookinfo tasks.
+//!
+//! One `bookinfo up` serves every check of [`istio_tasks_through_the_gateway`] in turn, so the
+//! processes start once. Ports are free ones picked at start; the config directory is a temp
+//! dir; a guard kills every process the test saw if it fails half-way.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use serde_json::Value;
+
+const REVIEWS_UNAVAILABLE: &str = "Sorry, product reviews are currently unavailable for this book.";
+const RATINGS_UNAVAILABLE: &str = "Ratings service is currently unavailable";
+/// How long a configuration change may take to change routing.
+const LIVE_CONFIG: Duration = Duration::from_secs(2);
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Sends `signal` (`TERM`, `KILL`, `0`) to `pid`; true if it was delivered.
+fn kill(signal: &str, pid: u32) -> bool {
+    Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn alive(pid: u32) -> bool {
+    kill("0", pid)
+}
+
+/// Which reviews version served a product page: from "Reviews served by: reviews-vN-…",
+/// else from the stars (none: v1, black: v2, red: v3).
+fn version(page: &str) -> Option<&'static str> {
+    for v in ["v1", "v2", "v3"] {
+        if page.contains(&format!("served by: reviews-{v}-")) {
+            return Some(v);
+        }
+    }
+    if !page.contains("Book Reviews") || page.contains(REVIEWS_UNAVAILABLE) {
+        return None;
+    }
+    if page.contains("color: red") || page.contains("color=\"red\"") {
+        Some("v3")
+    } else if page.contains("color: black") || page.contains("color=\"black\"") {
+        Some("v2")
+    } else {
+        Some("v1")
+    }
+}
+
+/// A running `bookinfo up`; dropping it kills every process it started.
+struct Up {
+    child: Child,
+    dir: tempfile::TempDir,
+    gateway: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+    seen_pids: Vec<u32>,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        for pid in &self.seen_pids {
+            if alive(*pid) {
+                kill("KILL", *pid);
+            }
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("---- last lines of bookinfo up ----");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Up {
+    /// Starts `bookinfo up` with `extra` flags, on a config dir holding the Istio `files`.
+    async fn start(extra: &[&str], files: &[&str]) -> Up {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if !files.is_empty() {
+            apply(&dir.path().join("config"), files).await;
+        }
+        let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = dir.path().join("up.log");
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let config = dir.path().join("config");
+        let child = Command::new(env!("CARGO_BIN_EXE_bookinfo"))
+            .arg("up")
+            .arg("--config-dir")
+            .arg(&config)
+            .args(["--gateway-port", &gateway.port().to_string()])
+            .args(["--admin-port", &admin.port().to_string()])
+            .args(["--drain-delay", "200ms"])
+            .args(extra)
+            .env_remove("MESH_CONFIG_DIR")
+            .env_remove("MESH_STORE")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("bookinfo up starts");
+        Up {
+            child,
+            dir,
+            gateway,
+            admin,
+            log,
+            seen_pids: Vec::new(),
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    async fn request(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<(u16, http::HeaderMap, String), String> {
+        let res = tokio::time::timeout(Duration::from_secs(20), self.http.request(req))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// GET through the gateway, with the session cookie if given.
+    async fn get(&self, path: &str, cookie: Option<&str>) -> (u16, String) {
+        let mut req = http::Request::get(format!("http://{}{path}", self.gateway));
+        if let Some(c) = cookie {
+            req = req.header(http::header::COOKIE, c);
+        }
+        match self.request(req.body(Full::default()).unwrap()).await {
+            Ok((status, _, body)) => (status, body),
+            Err(e) => (0, e),
+        }
+    }
+
+    /// The product page: which reviews version served it, the page, and how long it took.
+    async fn page(&self, cookie: Option<&str>) -> (Option<&'static str>, String, Duration) {
+        let t = Instant::now();
+        let (status, body) = self.get("/productpage", cookie).await;
+        let took = t.elapsed();
+        assert!(
+            status == 200,
+            "GET /productpage: {status} {}",
+            &body[..body.len().min(300)]
+        );
+        (version(&body), body, took)
+    }
+
+    /// Logs in through the gateway as Istio's task does; returns the cookie to send.
+    async fn login(&self, user: &str) -> String {
+        let req = http::Request::post(format!("http://{}/login", self.gateway))
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(Full::from(format!("username={user}&passwd=x")))
+            .unwrap();
+        let (status, headers, _) = self.request(req).await.expect("POST /login");
+        assert!(status < 400, "login answered {status}");
+        let cookie = headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(!cookie.is_empty(), "login set no cookie");
+        cookie
+    }
+
+    /// `/workloads` of the supervisor, or `None` while it does not answer.
+    async fn workloads(&self) -> Option<Vec<Value>> {
+        let req = http::Request::get(format!("http://{}/workloads", self.admin))
+            .body(Full::default())
+            .unwrap();
+        let (status, _, body) = self.request(req).await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        match serde_json::from_str(&body).ok()? {
+            Value::Array(rows) => Some(rows),
+            _ => None,
+        }
+    }
+
+    /// Waits until every workload is ready and the page answers; records the pids.
+    async fn wait_ready(&mut self) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "bookinfo up did not become ready"
+            );
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("bookinfo up exited: {status}");
+            }
+            if let Some(rows) = self.workloads().await
+                && rows.len() == 7
+                && rows.iter().all(|r| r["state"] == "ready")
+            {
+                self.remember(&rows);
+                // Every workload learns of the others through the store: wait for a page
+                // with reviews.
+                let (status, page) = self.get("/productpage", None).await;
+                if status == 200 && version(&page).is_some() {
+                    return rows;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn remember(&mut self, rows: &[Value]) {
+        for r in rows {
+            if let Some(pid) = r["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+                && !self.seen_pids.contains(&pid)
+            {
+                self.seen_pids.push(pid);
+            }
+        }
+    }
+
+    /// Applies Istio files to the running mesh; returns when the store has them.
+    async fn apply(&self, files: &[&str]) -> Instant {
+        apply(&self.config_dir(), files).await;
+        Instant::now()
+    }
+
+    /// Loads the page until `n` loads in a row satisfy `ok`; returns when the streak began.
+    async fn until_streak(
+        &self,
+        what: &str,
+        cookie: Option<&str>,
+        n: usize,
+        patience: Duration,
+        ok: impl Fn(Option<&str>, &str) -> bool,
+    ) -> Instant {
+        let deadline = Instant::now() + patience;
+        let mut streak = 0;
+        let mut began = Instant::now();
+        loop {
+            let t = Instant::now();
+            let (v, page, _) = self.page(cookie).await;
+            if ok(v, &page) {
+                if streak == 0 {
+                    began = t;
+                }
+                streak += 1;
+                if streak == n {
+                    return began;
+                }
+            } else {
+                streak = 0;
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: not seen within {patience:?} (last: {v:?})"
+                );
+            }
+        }
+    }
+}
+
+/// Applies Istio files from `examples/bookinfo/istio/` to the store in `dir` through the
+/// store API, as `meshctl apply` does.
+async fn apply(dir: &Path, files: &[&str]) {
+    let mut resources = Vec::new();
+    for f in files {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("istio").join(f);
+        let text = std::fs::read_to_string(&path).expect("istio file");
+        let loaded = mesh_core::config::load_str(&text, Some(&path));
+        assert!(loaded.findings.is_empty(), "{f}: {:?}", loaded.findings);
+        resources.extend(loaded.resources);
+    }
+    let store = mesh_core::store::open(&format!("file:{}", dir.display())).expect("store");
+    store.apply(resources).await.expect("apply");
+}
+
+/// Counts reviews versions over 200 anonymous loads, four at a time.
+async fn census(up: &Up) -> BTreeMap<&'static str, usize> {
+    let worker = || async {
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            out.push(up.page(None).await.0);
+        }
+        out
+    };
+    let (a, b, c, d) = tokio::join!(worker(), worker(), worker(), worker());
+    let mut counts = BTreeMap::new();
+    for v in a.into_iter().chain(b).chain(c).chain(d) {
+        *counts.entry(v.unwrap_or("none")).or_default() += 1;
+    }
+    counts
+}
+
+fn pids(rows: &[Value]) -> BTreeMap<String, u64> {
+    rows.iter()
+        .filter_map(|r| Some((r["name"].as_str()?.to_owned(), r["pid"].as_u64()?)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_tasks_through_the_gateway() {
+    let t0 = Instant::now();
+    // Shortened application timeouts so the fault-injection task takes seconds, not
+    // minutes: productpage gives reviews 1 s and retries once (Istio: 3 s, once).
+    let mut up = Up::start(&["--reviews-timeout", "1s"], &[]).await;
+    let rows = up.wait_ready().await;
+    eprintln!("ready after {:?}", t0.elapsed());
+
+    // The table: every workload, with host:port addresses and admin URLs that answer.
+    let apps: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["app"].as_str().unwrap_or(""),
+                r["version"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    for want in [
+        ("productpage", "v1"),
+        ("details", "v1"),
+        ("reviews", "v1"),
+        ("reviews", "v2"),
+        ("reviews", "v3"),
+        ("ratings", "v1"),
+    ] {
+        assert!(apps.contains(&want), "{want:?} missing from {apps:?}");
+    }
+    assert!(apps.iter().any(|(a, _)| *a == "istio-ingressgateway"));
+    for r in &rows {
+        let addr: SocketAddr = r["address"].as_str().unwrap().parse().expect("host:port");
+        assert!(addr.ip().is_loopback());
+        let admin = r["admin"].as_str().unwrap();
+        let url = format!("{admin}health");
+        let (status, _, _) = up
+            .request(http::Request::get(url).body(Full::default()).unwrap())
+            .await
+            .expect("admin answers");
+        assert_eq!(status, 200, "{admin}");
+        assert!(r["config"]["lastError"].is_null());
+    }
+    let before = pids(&rows);
+
+    // A path the gateway has no rule for: the mesh's 404 (NR).
+    let (status, _) = up.get("/nothing-here", None).await;
+    assert_eq!(status, 404);
+
+    // No VirtualService for reviews: the page rotates over v1 (no stars), v2 (black), v3 (red).
+    let mut seen = BTreeMap::new();
+    for _ in 0..90 {
+        let (v, _, _) = up.page(None).await;
+        *seen.entry(v).or_insert(0) += 1;
+        if ["v1", "v2", "v3"]
+            .iter()
+            .all(|v| seen.contains_key(&Some(*v)))
+        {
+            break;
+        }
+    }
+    assert!(!seen.contains_key(&None), "pages without reviews: {seen:?}");
+    for v in ["v1", "v2", "v3"] {
+        assert!(seen.contains_key(&Some(v)), "{v} never served: {seen:?}");
+    }
+    eprintln!("rotation {seen:?} after {:?}", t0.elapsed());
+
+    // Request routing, all v1: within 2 s, only v1, and no process restarted.
+    let applied = up.apply(&["virtual-service-all-v1.yaml"]).await;
+    let began = up
+        .until_streak("all-v1", None, 12, Duration::from_secs(10), |v, _| {
+            v == Some("v1")
+        })
+        .await;
+    assert!(
+        began.saturating_duration_since(applied) < LIVE_CONFIG,
+        "all-v1 took {:?}",
+        began - applied
+    );
+    for _ in 0..20 {
+        assert_eq!(up.page(None).await.0, Some("v1"));
+    }
+    let rows = up.workloads().await.expect("workloads");
+    assert_eq!(pids(&rows), before, "a process restarted");
+    eprintln!(
+        "all-v1 live after {:?}",
+        began.saturating_duration_since(applied)
+    );
+
+    // Request routing by user: jason sees v2, everyone else v1.
+    let jason = up.login("jason").await;
+    let applied = up.apply(&["virtual-service-reviews-test-v2.yaml"]).await;
+    let began = up
+        .until_streak(
+            "jason on v2",
+            Some(&jason),
+            8,
+            Duration::from_secs(10),
+            |v, _| v == Some("v2"),
+        )
+        .await;
+    assert!(
+        began.saturating_duration_since(applied) < LIVE_CONFIG,
+        "test-v2 took {:?}",
+        began - applied
+    );
+    for _ in 0..8 {
+        assert_eq!(up.page(None).await.0, Some("v1"));
+        let (v, page, _) = up.page(Some(&jason)).await;
+        assert_eq!(v, Some("v2"));
+        assert!(page.contains("jason"), "the page names the user");
+    }
+    let other = up.login("alice").await;
+    assert_eq!(up.page(Some(&other)).await.0, Some("v1"));
+
+    // Traffic shifting 80/20: 200 loads, v2's share within [10 %, 30 %].
+    up.apply(&["virtual-service-reviews-80-20.yaml"]).await;
+    up.until_streak(
+        "a v2 page under 80/20",
+        None,
+        1,
+        Duration::from_secs(10),
+        |v, _| v == Some("v2"),
+    )
+    .await;
+    let counts = census(&up).await;
+    let v2 = counts.get("v2").copied().unwrap_or(0);
+    assert_eq!(
+        counts.get("v1").copied().unwrap_or(0) + v2,
+        200,
+        "only v1 and v2: {counts:?}"
+    );
+    assert!((20..=60).contains(&v2), "v2 share {v2}/200: {counts:?}");
+    eprintln!("80/20: {counts:?} after {:?}", t0.elapsed());
+
+    // Fault injection, delay: ratings delayed 7 s for jason. productpage gives reviews 1 s and
+    // retries once, so after ~2 s the page says reviews are unavailable (Istio: ~6 s with its
+    // 3 s); other users are unaffected.
+    up.apply(&[
+        "virtual-service-reviews-test-v2.yaml",
+        "virtual-service-ratings-test-delay.yaml",
+    ])
+    .await;
+    up.until_streak(
+        "the delay for jason",
+        Some(&jason),
+        1,
+        Duration::from_secs(20),
+        |_, p| p.contains(REVIEWS_UNAVAILABLE),
+    )
+    .await;
+    let (_, page, took) = up.page(Some(&jason)).await;
+    assert!(page.contains(REVIEWS_UNAVAILABLE));
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(5000),
+        "reviews gave up after {took:?}"
+    );
+    let (v, page, took) = up.page(None).await;
+    assert_eq!(v, Some("v1"));
+    assert!(!page.contains(REVIEWS_UNAVAILABLE));
+    assert!(
+        took < Duration::from_millis(1500),
+        "anonymous page took {took:?}"
+    );
+    eprintln!("delay: jason waited ~2 s, after {:?}", t0.elapsed());
+
+    // Fault injection, abort: ratings answers 500 for jason; reviews v2 says so.
+    up.apply(&["virtual-service-ratings-test-abort.yaml"]).await;
+    up.until_streak(
+        "the abort for jason",
+        Some(&jason),
+        3,
+        Duration::from_secs(10),
+        |v, p| v == Some("v2") && p.contains(RATINGS_UNAVAILABLE),
+    )
+    .await;
+    let (v, page, _) = up.page(None).await;
+    assert_eq!(v, Some("v1"));
+    assert!(!page.contains(RATINGS_UNAVAILABLE));
+
+    // A broken file changes nothing, and its error shows in /workloads.
+    let reviews_file = up.config_dir().join("default/virtualservices/reviews.yaml");
+    let good = std::fs::read_to_string(&reviews_file).expect("the stored reviews VS");
+    std::fs::write(
+        &reviews_file,
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\n\
+         spec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v3}}]\n    \
+         timeout: banana\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        let rows = up.workloads().await.expect("workloads");
+        let e = &rows[0]["config"]["lastError"];
+        if !e.is_null() {
+            break e.to_string();
+        }
+        assert!(Instant::now() < deadline, "the broken file is not reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(error.contains("reviews"), "{error}");
+    for _ in 0..5 {
+        assert_eq!(up.page(None).await.0, Some("v1"), "routing changed");
+        let (v, page, _) = up.page(Some(&jason)).await;
+        assert_eq!(v, Some("v2"), "routing changed for jason");
+        assert!(page.contains(RATINGS_UNAVAILABLE));
+    }
+    let log = std::fs::read_to_string(&up.log).unwrap_or_default();
+    assert!(log.contains("config change refused"), "no warning logged");
+    std::fs::write(&reviews_file, good).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !up.workloads().await.expect("workloads")[0]["config"]["lastError"].is_null() {
+        assert!(Instant::now() < deadline, "the fixed file is not accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("broken file refused, after {:?}", t0.elapsed());
+
+    // A crashed workload comes back: kill reviews v1, the supervisor restarts it under the
+    // same name, and anonymous users get v1 reviews again.
+    let rows = up.workloads().await.expect("workloads");
+    let victim = rows
+        .iter()
+        .find(|r| r["app"] == "reviews" && r["version"] == "v1")
+        .expect("reviews v1");
+    let name = victim["name"].as_str().unwrap().to_owned();
+    let old = u32::try_from(victim["pid"].as_u64().unwrap()).unwrap();
+    assert!(kill("KILL", old));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "{name} was not restarted");
+        if let Some(rows) = up.workloads().await {
+            up.remember(&rows);
+            if let Some(r) = rows.iter().find(|r| r["name"] == name.as_str())
+                && r["state"] == "ready"
+                && r["pid"].as_u64().is_some_and(|p| p != u64::from(old))
+            {
+                assert!(r["restarts"].as_u64() >= Some(1));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!alive(old));
+    up.until_streak(
+        "reviews v1 back",
+        None,
+        3,
+        Duration::from_secs(10),
+        |v, p| v == Some("v1") && p.contains(&format!("served by: {name}")),
+    )
+    .await;
+    eprintln!("restart seen, after {:?}", t0.elapsed());
+
+    // SIGTERM stops everything: `up` exits 0 and no process is left; registrations are gone.
+    let rows = up.workloads().await.expect("workloads");
+    up.remember(&rows);
+    let children: Vec<u32> = rows
+        .iter()
+        .filter_map(|r| r["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+        .collect();
+    assert_eq!(children.len(), 7);
+    assert!(kill("TERM", up.child.id()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = up.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "bookinfo up did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "bookinfo up exited with {status}");
+    for pid in &children {
+        assert!(!alive(*pid), "child {pid} is still running");
+    }
+    let entries = registered(&up.config_dir()).await;
+    assert!(entries.is_empty(), "left registered: {entries:?}");
+    eprintln!("stopped cleanly, total {:?}", t0.elapsed());
+}
+
+/// Istio's own application timeouts, unshortened: the delay task gives up after ~6 s (3 s and
+/// one retry), and the request-timeout task answers in ~1 s (0.5 s and one retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_timeouts_with_istio_defaults() {
+    let t0 = Instant::now();
+    let mut up = Up::start(
+        &[],
+        &[
+            "destination-rule-all.yaml",
+            "virtual-service-reviews-test-v2.yaml",
+            "virtual-service-ratings-test-delay.yaml",
+        ],
+    )
+    .await;
+    up.wait_ready().await;
+    let jason = up.login("jason").await;
+    let (_, page, took) = up.page(Some(&jason)).await;
+    assert!(page.contains(REVIEWS_UNAVAILABLE), "{page}");
+    assert!(
+        took >= Duration::from_millis(5800) && took < Duration::from_secs(9),
+        "reviews gave up after {took:?} (Istio: ~6 s)"
+    );
+    let (v, _, took) = up.page(None).await;
+    assert_eq!(v, Some("v1"));
+    assert!(
+        took < Duration::from_millis(1500),
+        "anonymous page took {took:?}"
+    );
+    eprintln!(
+        "delay with Istio's timeouts checked, after {:?}",
+        t0.elapsed()
+    );
+
+    // Request timeouts: reviews v2 behind a 2 s ratings delay, with a 0.5 s route timeout.
+    up.apply(&["virtual-service-reviews-timeout.yaml"]).await;
+    up.until_streak(
+        "the reviews timeout",
+        None,
+        1,
+        Duration::from_secs(20),
+        |_, p| p.contains(REVIEWS_UNAVAILABLE),
+    )
+    .await;
+    let (_, page, took) = up.page(None).await;
+    assert!(page.contains(REVIEWS_UNAVAILABLE));
+    eprintln!("request timeout: page after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "page after {took:?} (Istio: ~1 s)"
+    );
+
+    // Even a supervisor killed outright leaves nothing behind: its children see their stdin
+    // close, deregister and exit.
+    let rows = up.workloads().await.expect("workloads");
+    up.remember(&rows);
+    let children: Vec<u32> = rows
+        .iter()
+        .filter_map(|r| r["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+        .collect();
+    assert_eq!(children.len(), 7);
+    up.child.kill().expect("SIGKILL");
+    let _ = up.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "children outlived a killed supervisor"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(registered(&up.config_dir()).await.is_empty());
+    eprintln!("total {:?}", t0.elapsed());
+}
+
+/// The names of the WorkloadEntries in the store in `dir`.
+async fn registered(dir: &Path) -> Vec<String> {
+    let store = mesh_core::store::open(&format!("file:{}", dir.display())).unwrap();
+    store
+        .list()
+        .await
+        .unwrap()
+        .resources
+        .iter()
+        .filter(|r| r.kind() == mesh_core::config::Kind::WorkloadEntry)
+        .map(|r| r.metadata.name.clone())
+        .collect()
+}
+
+/// Usage errors exit 2 with clap's message; bad values exit 1 with ours; `--help` exits 0.
+#[test]
+fn command_line_errors() {
+    let bin = env!("CARGO_BIN_EXE_bookinfo");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .args(args)
+            .env_remove("MESH_CONFIG_DIR")
+            .env_remove("MESH_STORE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, _, out) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("up") && out.contains("service") && out.contains("gateway"));
+    let (code, err, _) = run(&["service", "frontend"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err, _) = run(&["service", "reviews", "--reviews-timeout", "soon"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid duration"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err, _) = run(&[
+        "service",
+        "reviews",
+        "--version",
+        "v4",
+        "--config-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.starts_with("error: reviews has versions"), "{err}");
+    // A busy port is refused up front rather than crash-looping a child.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let (code, err, _) = run(&[
+        "up",
+        "--config-dir",
+        dir.path().to_str().unwrap(),
+        "--gateway-port",
+        &port,
+        "--admin-port",
+        &free_port().to_string(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--gateway-port"), "{err}");
+}
