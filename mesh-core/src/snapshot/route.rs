@@ -378,19 +378,25 @@ fn convert_backrefs(s: &str) -> String {
     out
 }
 
-/// Decodes standard base64 (with or without padding).
+/// Decodes base64, standard or URL-safe alphabet, with or without padding.
 pub(crate) fn decode_base64(s: &str) -> Option<Vec<u8>> {
     let val = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => u32::from(c - b'A'),
             b'a'..=b'z' => u32::from(c - b'a') + 26,
             b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
             _ => return None,
         })
     };
-    let s = s.trim().trim_end_matches('=');
+    let s = s.trim();
+    let data = s.trim_end_matches('=');
+    let padding = s.len() - data.len();
+    if padding > 2 || (padding > 0 && !s.len().is_multiple_of(4)) {
+        return None;
+    }
+    let s = data;
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let mut buf = 0u32;
     let mut bits = 0;
@@ -514,7 +520,16 @@ mod tests {
     fn base64() {
         assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
         assert_eq!(decode_base64("aGVsbG8").unwrap(), b"hello");
-        assert!(decode_base64("a").is_none());
-        assert!(decode_base64("@@@@").is_none());
+        assert_eq!(decode_base64("").unwrap(), b"");
+        assert_eq!(decode_base64("aGVsbA==").unwrap(), b"hell");
+        assert_eq!(
+            decode_base64("-_8=").unwrap(),
+            [0xfb, 0xff],
+            "URL-safe alphabet"
+        );
+        assert_eq!(decode_base64("+/8=").unwrap(), [0xfb, 0xff]);
+        for bad in ["a", "@@@@", "aGVs bG8=", "aGVsbG8==", "a==="] {
+            assert!(decode_base64(bad).is_none(), "{bad}");
+        }
     }
 }

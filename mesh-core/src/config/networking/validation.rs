@@ -520,7 +520,7 @@ impl Validate for HttpDirectResponse {
         }
         let mut size = body.string.as_ref().map_or(0, String::len);
         if let Some(bytes) = &body.bytes {
-            match base64_decoded_len(bytes) {
+            match crate::snapshot::route::decode_base64(bytes).map(|b| b.len()) {
                 Some(n) => size = size.max(n),
                 None => c.at("bytes").error(
                     "bytes must be base64 (standard or URL-safe alphabet, optional '=' padding)",
@@ -535,30 +535,6 @@ impl Validate for HttpDirectResponse {
             ));
         }
     }
-}
-
-/// The decoded length of base64 text (standard or URL-safe alphabet, padding optional), or
-/// `None` if it is not base64.
-fn base64_decoded_len(s: &str) -> Option<usize> {
-    let data = s.trim_end_matches('=');
-    let padding = s.len() - data.len();
-    if padding > 2 {
-        return None;
-    }
-    if !data
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
-    {
-        return None;
-    }
-    if padding > 0 && !s.len().is_multiple_of(4) {
-        return None;
-    }
-    let rem = data.len() % 4;
-    if rem == 1 {
-        return None;
-    }
-    Some(data.len() / 4 * 3 + rem.saturating_sub(1))
 }
 
 impl Validate for Delegate {
@@ -728,26 +704,7 @@ impl Validate for Delay {
     }
 }
 
-/// gRPC status code names, as `grpcStatus` must spell them.
-const GRPC_CODES: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+use crate::policy::fault::GRPC_CODES;
 
 impl Validate for Abort {
     fn validate(&self, cx: &mut Checker<'_>) {
@@ -2380,18 +2337,6 @@ mod tests {
         assert!(hosts_overlap("*.foo.com", "*.com"));
         assert!(!hosts_overlap("*.foo.com", "foo.com"));
         assert!(hosts_overlap("Reviews", "reviews"));
-    }
-
-    #[test]
-    fn base64() {
-        assert_eq!(base64_decoded_len("aGVsbG8="), Some(5));
-        assert_eq!(base64_decoded_len("aGVsbG8"), Some(5));
-        assert_eq!(base64_decoded_len(""), Some(0));
-        assert_eq!(base64_decoded_len("aGVsbA=="), Some(4));
-        assert_eq!(base64_decoded_len("a"), None);
-        assert_eq!(base64_decoded_len("aGVs bG8="), None);
-        assert_eq!(base64_decoded_len("aGVsbG8=="), None);
-        assert_eq!(base64_decoded_len("a==="), None);
     }
 
     #[test]
