@@ -160,6 +160,73 @@ pub(crate) async fn wait_ready(mesh: &Mesh) {
     }
 }
 
+/// Runs a started, ready workload until `shutdown`: serves its admin listener, registers it,
+/// announces it (a `ready` line when supervised), then serves `app` through the mesh, which
+/// deregisters and drains on shutdown. `what` names it in logs ("workload", "gateway").
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_workload<S, B>(
+    what: &'static str,
+    mesh: Mesh,
+    me: Ready,
+    listener: tokio::net::TcpListener,
+    admin_listener: tokio::net::TcpListener,
+    service_account: String,
+    app: S,
+    shutdown: impl Future<Output = &'static str>,
+    supervised: bool,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<http::Request<mesh_tower::body::Body>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: Into<mesh_core::BoxError>,
+    S::Future: Send + 'static,
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<mesh_core::BoxError>,
+{
+    use anyhow::Context as _;
+    let address: std::net::SocketAddr = me
+        .address
+        .parse()
+        .context("the workload address is not host:port")?;
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(super::admin::serve(
+        admin_listener,
+        super::admin::router(mesh.clone(), me.clone(), service_account),
+        async move {
+            let _ = admin_stopped.await;
+        },
+    ));
+    mesh.register(address)
+        .await
+        .with_context(|| format!("cannot register the {what}"))?;
+    me.announce(supervised);
+
+    let name = me.name.clone();
+    let stop = async move {
+        let why = shutdown.await;
+        tracing::info!(
+            what,
+            name,
+            why,
+            "shutting down: deregistering, then draining"
+        );
+    };
+    let served = mesh.serve(listener, app, stop).await;
+    let _ = admin_stop.send(());
+    let _ = admin_task.await;
+    let summary = served.map_err(|e| anyhow::anyhow!("serving failed: {e}"))?;
+    tracing::info!(
+        what,
+        name = %me.name,
+        connections = summary.connections,
+        drained = summary.drained,
+        "stopped"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

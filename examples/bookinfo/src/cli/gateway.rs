@@ -23,7 +23,7 @@ use mesh_tower::{
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use super::{GoDuration, StoreArgs, admin, child, random_suffix, service::registrable};
+use super::{GoDuration, StoreArgs, child, random_suffix, service::registrable};
 
 /// Flags of `bookinfo gateway`.
 #[derive(Debug, clap::Args)]
@@ -112,35 +112,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         admin: format!("http://{admin_address}/"),
         pid: std::process::id(),
     };
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = tokio::spawn(admin::serve(
+    child::serve_workload(
+        "gateway",
+        mesh,
+        me,
+        listener,
         admin_listener,
-        admin::router(mesh.clone(), me.clone(), service_account),
-        async move {
-            let _ = admin_stopped.await;
-        },
-    ));
-    mesh.register(address)
-        .await
-        .context("cannot register the gateway")?;
-    me.announce(args.supervised);
-
-    let gateway_name = name.clone();
-    let stop = async move {
-        let why = shutdown.await;
-        tracing::info!(gateway = %gateway_name, why, "shutting down: deregistering, then draining");
-    };
-    let served = mesh.serve(listener, app, stop).await;
-    let _ = admin_stop.send(());
-    let _ = admin_task.await;
-    let summary = served.map_err(|e| anyhow::anyhow!("serving failed: {e}"))?;
-    tracing::info!(
-        gateway = %name,
-        connections = summary.connections,
-        drained = summary.drained,
-        "stopped"
-    );
-    Ok(())
+        service_account,
+        app,
+        shutdown,
+        args.supervised,
+    )
+    .await
 }
 
 /// Headers that describe one connection, not the request: never forwarded (RFC 9110 §7.6.1).

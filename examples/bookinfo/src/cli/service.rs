@@ -13,7 +13,7 @@ use bookinfo::{Service, Settings};
 use mesh_tower::mesh::{Mesh, Workload};
 use tokio::net::TcpListener;
 
-use super::{GoDuration, StoreArgs, admin, child, random_suffix};
+use super::{GoDuration, StoreArgs, child, random_suffix};
 
 /// Flags of `bookinfo service`.
 #[derive(Debug, clap::Args)]
@@ -214,35 +214,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         admin: format!("http://{admin_address}/"),
         pid: std::process::id(),
     };
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = tokio::spawn(admin::serve(
+    child::serve_workload(
+        "workload",
+        mesh,
+        me,
+        listener,
         admin_listener,
-        admin::router(mesh.clone(), me.clone(), service_account),
-        async move {
-            let _ = admin_stopped.await;
-        },
-    ));
-    mesh.register(address)
-        .await
-        .context("cannot register the workload")?;
-    me.announce(args.supervised);
-
-    let workload_name = name.clone();
-    let stop = async move {
-        let why = shutdown.await;
-        tracing::info!(workload = %workload_name, why, "shutting down: deregistering, then draining");
-    };
-    let served = mesh.serve(listener, app, stop).await;
-    let _ = admin_stop.send(());
-    let _ = admin_task.await;
-    let summary = served.map_err(|e| anyhow::anyhow!("serving failed: {e}"))?;
-    tracing::info!(
-        workload = %name,
-        connections = summary.connections,
-        drained = summary.drained,
-        "stopped"
-    );
-    Ok(())
+        service_account,
+        app,
+        shutdown,
+        args.supervised,
+    )
+    .await
 }
 
 #[cfg(test)]
