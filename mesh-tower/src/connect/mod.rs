@@ -97,6 +97,13 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Clones share the connection pools.
 #[derive(Clone, Debug)]
 pub struct Connect {
+    /// Behind one `Arc`: a hyper client holds large configuration structs, and the stack
+    /// clones its inner service per request (retries, readiness), so a clone must be cheap.
+    clients: std::sync::Arc<Clients>,
+}
+
+#[derive(Debug)]
+struct Clients {
     http1: Client<Connector, Body>,
     http2: Client<Connector, Body>,
 }
@@ -145,9 +152,9 @@ impl tower::Service<Request<Body>> for Connect {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let endpoint = req.uri().authority().cloned();
         let client = if req.version() == Version::HTTP_2 {
-            &self.http2
+            &self.clients.http2
         } else {
-            &self.http1
+            &self.clients.http1
         };
         ResponseFuture::new(client.request(req), endpoint)
     }
@@ -187,8 +194,10 @@ impl ConnectBuilder {
                 .build(connector.clone())
         };
         Connect {
-            http1: client(false),
-            http2: client(true),
+            clients: std::sync::Arc::new(Clients {
+                http1: client(false),
+                http2: client(true),
+            }),
         }
     }
 }

@@ -178,11 +178,10 @@ impl<S, B> Service<http::Request<B>> for Rescue<S>
 where
     S: Service<http::Request<B>, Response = http::Response<Body>>,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -190,12 +189,36 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let grpc = is_grpc(&req);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            match fut.await {
-                Ok(res) => Ok(res),
-                Err(e) => Ok(error_response(&e.into(), grpc)),
-            }
+        ResponseFuture {
+            inner: self.inner.call(req),
+            grpc,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner response, or the local reply for its error. Not boxed: the stack's future is
+    /// large, and moving it into a box on every request shows in the CPU profile.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        grpc: bool,
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<Body>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<http::Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match std::task::ready!(this.inner.poll(cx)) {
+            Ok(res) => Ok(res),
+            Err(e) => Ok(error_response(&e.into(), *this.grpc)),
         })
     }
 }
