@@ -630,12 +630,32 @@ async fn istio_timeouts_with_istio_defaults() {
         &[
             "destination-rule-all.yaml",
             "virtual-service-reviews-test-v2.yaml",
-            "virtual-service-ratings-test-delay.yaml",
         ],
     )
     .await;
     up.wait_ready().await;
     let jason = up.login("jason").await;
+    // Every hop of jason's path must know its endpoints before anything is timed: productpage
+    // → reviews v2 → ratings (a page served by v2 with stars).
+    up.until_streak(
+        "jason served by reviews v2",
+        Some(&jason),
+        1,
+        Duration::from_secs(20),
+        |v, p| v == Some("v2") && !p.contains(REVIEWS_UNAVAILABLE),
+    )
+    .await;
+    up.apply(&["virtual-service-ratings-test-delay.yaml"]).await;
+    // The delay is live once a page for jason comes back without reviews (it then took the
+    // whole timeout and retry); time the next one.
+    up.until_streak(
+        "the ratings delay",
+        Some(&jason),
+        1,
+        Duration::from_secs(30),
+        |_, p| p.contains(REVIEWS_UNAVAILABLE),
+    )
+    .await;
     let (_, page, took) = up.page(Some(&jason)).await;
     assert!(page.contains(REVIEWS_UNAVAILABLE), "{page}");
     assert!(
