@@ -27,18 +27,22 @@
 //! backoff while the CA is down, the old certificate served until a new one arrives), with
 //! [`client::LocalCa`] as the embedded, in-process CA.
 //!
-//! Not here yet (issue 5): the gRPC `IstioCertificateService` server and its client.
+//! The gRPC `IstioCertificateService` types (client stub and server trait) are generated into
+//! [`grpc`]; [`server::CaService`] implements it (bootstrap-token callers). Not here yet
+//! (issue 5): mTLS renewal, `mesh-ca serve` over TLS, and a gRPC [`client::CaClient`].
 
 pub mod authority;
 pub mod client;
 pub mod csr;
 pub mod error;
 pub mod files;
+pub mod grpc;
 pub mod identity;
 pub mod inspect;
 pub mod key;
 pub mod pem;
 pub mod rotation;
+pub mod server;
 pub mod token;
 
 pub use authority::{CaOptions, Cacerts, CertBundle, CertificateAuthority, RootCa};
