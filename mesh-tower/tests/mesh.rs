@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use mesh_core::{
     config::load_str,
     snapshot::Snapshot,
@@ -508,5 +508,4 @@ async fn the_mesh_registers_and_deregisters_its_workload() {
         store.get(&key).await.unwrap().is_none(),
         "deregistered on shutdown"
     );
-    let _ = Full::new(Bytes::new());
 }
