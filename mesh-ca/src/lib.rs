@@ -37,7 +37,7 @@ pub mod csr;
 pub mod error;
 pub mod files;
 pub mod grpc;
-pub mod identity;
+pub use mesh_core::identity;
 pub mod inspect;
 pub mod key;
 pub mod pem;

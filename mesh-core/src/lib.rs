@@ -17,6 +17,7 @@
 pub mod config;
 pub mod duration;
 pub mod host;
+pub mod identity;
 pub mod policy;
 pub mod snapshot;
 pub mod source;

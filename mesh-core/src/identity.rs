@@ -12,17 +12,17 @@
 //! domain) is refused instead of being written into a certificate. Kubernetes namespace and
 //! service-account names always fit.
 //!
-//! This type lives in `mesh-ca` for now; it is meant to move to `mesh-core`.
+//! `mesh-ca` re-exports this module as `mesh_ca::identity`.
 //!
 //! # Examples
 //! ```
-//! use mesh_ca::identity::Identity;
+//! use mesh_core::identity::Identity;
 //! let id: Identity = "spiffe://cluster.local/ns/default/sa/reviews".parse()?;
 //! assert_eq!(id.namespace(), "default");
 //! assert_eq!(id.service_account(), "reviews");
 //! assert_eq!(id.principal(), "cluster.local/ns/default/sa/reviews");
 //! assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/reviews");
-//! # Ok::<_, mesh_ca::identity::InvalidIdentity>(())
+//! # Ok::<_, mesh_core::identity::InvalidIdentity>(())
 //! ```
 
 use std::{fmt, str::FromStr};
