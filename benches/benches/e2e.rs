@@ -245,7 +245,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let requests = if test_mode { 400 } else { 20_000 };
+    // `E2E_REQUESTS=N` overrides the count per run (for instruction counts under valgrind).
+    let requests = std::env::var("E2E_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if test_mode { 400 } else { 20_000 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -38,7 +38,7 @@ pub struct PickedEndpoint {
     /// The endpoint.
     pub endpoint: Arc<Endpoint>,
     /// The address connected to (`127.0.0.1:9080`).
-    pub authority: String,
+    pub authority: http::uri::Authority,
 }
 
 /// Endpoints already tried for this request, shared by every attempt of it: the retry layer

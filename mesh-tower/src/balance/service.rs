@@ -16,12 +16,13 @@ use mesh_core::{
     snapshot::{Endpoint, Service as MeshService},
 };
 use rand::RngExt;
+use smallvec::SmallVec;
 use tower::{Layer, Service};
 
 use super::{
     BalanceLayer, EndpointStats,
     future::ResponseFuture,
-    stats::{EndpointLoad, InFlight, Maps},
+    stats::{EndpointLoad, InFlight},
 };
 use crate::{
     body::Body,
@@ -176,7 +177,7 @@ impl<S> Balance<S> {
     }
 
     /// Chooses one of `endpoints` (not empty) and takes its in-flight counter, with one
-    /// read lock on the statistics in the common case.
+    /// read lock on the statistics and one map lookup per candidate in the common case.
     fn choose(
         &self,
         endpoints: &[Arc<Endpoint>],
@@ -185,41 +186,50 @@ impl<S> Balance<S> {
         port_of: impl Fn(&Endpoint) -> u16,
         tried: Option<&TriedEndpoints>,
     ) -> Decision {
-        let ports: Vec<u16> = endpoints.iter().map(|e| port_of(e)).collect();
         // Authorities are only needed to compare with earlier attempts (a retry).
         let tried: Option<Vec<String>> = tried
             .filter(|t| !t.is_empty())
             .and_then(|t| t.0.lock().ok().map(|v| v.clone()));
-        let now_ms = self.stats.now_ms();
-        let mut maps = self.stats.read();
-        // Avoid endpoints already tried for this request and endpoints that recently refused
-        // connections (only while some other candidate is left: the pure pick guarantees it).
-        let excluded: Vec<bool> = endpoints
-            .iter()
-            .zip(&ports)
-            .map(|(e, p)| {
-                maps.is_down(&e.address, *p, now_ms)
-                    || tried
-                        .as_ref()
-                        .is_some_and(|t| t.contains(&authority(&e.address, *p)))
-            })
-            .collect();
-
         let cursor = match algorithm {
-            Algorithm::RoundRobin => match maps.next_cursor(host, subset) {
-                Some(c) => c,
-                None => {
-                    drop(maps);
-                    let c = self.stats.next_cursor_or_insert(host, subset);
-                    maps = self.stats.read();
-                    c
-                }
-            },
+            Algorithm::RoundRobin => {
+                let cursor = self.stats.read().next_cursor(host, subset);
+                cursor.unwrap_or_else(|| self.stats.next_cursor_or_insert(host, subset))
+            }
             _ => 0,
         };
-        let index = pick(&maps, endpoints, &ports, algorithm, &excluded, cursor);
+        let now_ms = self.stats.now_ms();
+        let maps = self.stats.read();
+        let mut ports: SmallVec<[u16; INLINE]> = SmallVec::with_capacity(endpoints.len());
+        let mut loads: SmallVec<[Option<&Arc<EndpointLoad>>; INLINE]> =
+            SmallVec::with_capacity(endpoints.len());
+        let mut candidates: SmallVec<[Candidate; INLINE]> =
+            SmallVec::with_capacity(endpoints.len());
+        let mut excluded: SmallVec<[bool; INLINE]> = SmallVec::with_capacity(endpoints.len());
+        for e in endpoints {
+            let port = port_of(e);
+            let load = maps.counter_ref(&e.address, port);
+            // Avoid endpoints already tried for this request and endpoints that recently
+            // refused connections (only while some other candidate is left: the pure pick
+            // guarantees it).
+            let down = load.is_some_and(|l| l.is_down(now_ms));
+            let was_tried = tried.as_ref().is_some_and(|t| match load.and_then(|l| l.authority()) {
+                Some(a) => t.iter().any(|x| a == x.as_str()),
+                None => t.contains(&authority(&e.address, port)),
+            });
+            // Only LEAST_REQUEST looks at the load.
+            let in_flight = match algorithm {
+                Algorithm::LeastRequest => load.map_or(0, |l| l.in_flight()),
+                _ => 0,
+            };
+            ports.push(port);
+            loads.push(load);
+            candidates.push(Candidate::new(in_flight, e.weight));
+            excluded.push(down || was_tried);
+        }
+        let index = pick(algorithm, &candidates, &excluded, cursor);
         let (endpoint, port) = (endpoints[index].clone(), ports[index]);
-        let counter = maps.counter(&endpoint.address, port);
+        let counter = loads[index].cloned();
+        drop(loads);
         drop(maps);
         let counter =
             counter.unwrap_or_else(|| self.stats.counter_or_insert(&endpoint.address, port));
@@ -231,31 +241,15 @@ impl<S> Balance<S> {
     }
 }
 
-/// Runs the pure [`balance::pick`] with the candidates' load and the thread's RNG.
-fn pick(
-    maps: &Maps,
-    endpoints: &[Arc<Endpoint>],
-    ports: &[u16],
-    algorithm: Algorithm,
-    excluded: &[bool],
-    cursor: u64,
-) -> usize {
-    let candidates: Vec<Candidate> = endpoints
-        .iter()
-        .zip(ports)
-        .map(|(e, p)| {
-            // Only LEAST_REQUEST looks at the load.
-            let in_flight = match algorithm {
-                Algorithm::LeastRequest => maps.in_flight(&e.address, *p),
-                _ => 0,
-            };
-            Candidate::new(in_flight, e.weight)
-        })
-        .collect();
+/// Candidates kept on the stack; destinations with more endpoints spill to the heap.
+const INLINE: usize = 16;
+
+/// Runs the pure [`balance::pick`] with the thread's RNG.
+fn pick(algorithm: Algorithm, candidates: &[Candidate], excluded: &[bool], cursor: u64) -> usize {
     let mut rng = rand::rng();
     balance::pick(
         algorithm,
-        &candidates,
+        candidates,
         |i| excluded.get(i).copied().unwrap_or(false),
         cursor,
         &mut |bound| rng.random_range(0..bound.max(1)),
@@ -410,23 +404,28 @@ where
             Err(e) => return ResponseFuture::failed(e),
         };
 
-        let authority = authority(&endpoint.address, port);
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = match Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority.as_str())
-            .path_and_query(pq)
-            .build()
-        {
+        let Some(authority) = counter.authority().cloned() else {
+            let endpoint = authority(&endpoint.address, port);
+            let source = http::uri::Authority::try_from(endpoint.as_str())
+                .err()
+                .map_or_else(|| "invalid authority".into(), Into::into);
+            return ResponseFuture::failed(UpstreamConnectFailure { endpoint, source }.into());
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority.clone());
+        uri.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let uri = match Uri::from_parts(uri) {
             Ok(uri) => uri,
             Err(e) => {
                 return ResponseFuture::failed(
                     UpstreamConnectFailure {
-                        endpoint: authority,
+                        endpoint: authority.to_string(),
                         source: e.into(),
                     }
                     .into(),
@@ -434,7 +433,7 @@ where
             }
         };
         if let Some(tried) = req.extensions().get::<TriedEndpoints>() {
-            tried.record(&authority);
+            tried.record(authority.as_str());
         }
         // The upstream application sees the authority the caller addressed, not the address
         // we connect to (Envoy keeps `:authority`/`Host` as well).

@@ -1,7 +1,7 @@
 //! Per-endpoint load the balancer reads: requests in flight and round-robin cursors.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fmt,
     sync::{
         Arc, Mutex, PoisonError, RwLock, RwLockReadGuard,
@@ -10,7 +10,11 @@ use std::{
     time::Duration,
 };
 
+use http::uri::Authority;
 use tokio::time::Instant;
+
+/// Maps looked up on every request: foldhash rather than SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Requests in flight per endpoint and round-robin positions per destination, shared by every
 /// balancer of one mesh.
@@ -54,6 +58,8 @@ struct Inner {
 pub(super) struct EndpointLoad {
     /// The stats' time zero.
     epoch: Instant,
+    /// `address:port` as a URI authority, built once (`None` if the address cannot be one).
+    authority: Option<Authority>,
     in_flight: AtomicU64,
     /// Consecutive connect failures.
     connect_failures: AtomicU32,
@@ -68,13 +74,19 @@ pub(super) const CONNECT_BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub(super) const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl EndpointLoad {
-    fn new(epoch: Instant) -> Self {
+    fn new(epoch: Instant, address: &str, port: u16) -> Self {
         Self {
             epoch,
+            authority: Authority::try_from(super::service::authority(address, port)).ok(),
             in_flight: AtomicU64::new(0),
             connect_failures: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// `address:port` as a URI authority; `None` if the address cannot be one.
+    pub(super) fn authority(&self) -> Option<&Authority> {
+        self.authority.as_ref()
     }
 
     /// Requests in flight.
@@ -130,11 +142,7 @@ impl Maps {
     }
 
     /// The load of `address:port`, if it exists.
-    pub(super) fn counter(&self, address: &str, port: u16) -> Option<Arc<EndpointLoad>> {
-        self.counter_ref(address, port).cloned()
-    }
-
-    fn counter_ref(&self, address: &str, port: u16) -> Option<&Arc<EndpointLoad>> {
+    pub(super) fn counter_ref(&self, address: &str, port: u16) -> Option<&Arc<EndpointLoad>> {
         self.in_flight.get(address)?.get(&port)
     }
 
@@ -214,7 +222,7 @@ impl EndpointStats {
             .entry(address.to_owned())
             .or_default()
             .entry(port)
-            .or_insert_with(|| Arc::new(EndpointLoad::new(epoch)))
+            .or_insert_with(|| Arc::new(EndpointLoad::new(epoch, address, port)))
             .clone()
     }
 

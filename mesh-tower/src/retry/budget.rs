@@ -1,7 +1,6 @@
 //! The retry budgets' shared state: active requests and retries per destination host.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -9,6 +8,9 @@ use std::{
 };
 
 use mesh_core::policy::retry::RetryBudget;
+
+/// Looked up on every request: foldhash rather than SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Hosts kept without in-flight requests before idle entries are dropped.
 const IDLE_HOSTS: usize = 1024;
