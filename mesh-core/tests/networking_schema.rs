@@ -349,7 +349,7 @@ fn details_abort_555_for_everyone() {
     assert_eq!(destinations(first), [("details", Some("v1"), None)]);
     assert_eq!(destinations(&spec.http[1]), [("details", Some("v1"), None)]);
     let rule = dr(&rs, "details");
-    assert_eq!(rule.host, "details");
+    assert_eq!(&*rule.host, "details");
     assert_eq!(rule.subsets.len(), 1);
     assert_eq!(rule.subsets[0].name, "v1");
     assert_eq!(rule.subsets[0].labels, labels([("version", "v1")]));
@@ -444,7 +444,7 @@ fn destination_rules_define_the_bookinfo_subsets() {
 fn httpbin_circuit_breaker() {
     let rs = load("destination-rule-httpbin-circuit-breaker.yaml");
     let rule = dr(&rs, "httpbin");
-    assert_eq!(rule.host, "httpbin");
+    assert_eq!(&*rule.host, "httpbin");
     let policy = rule.traffic_policy.as_ref().expect("trafficPolicy");
     let pool = policy.connection_pool.as_ref().expect("connectionPool");
     assert_eq!(pool.tcp.as_ref().and_then(|t| t.max_connections), Some(1));
@@ -531,7 +531,7 @@ fn bookinfo_gateway_and_its_routes() {
         ]
     );
     let dest = &spec.http[0].route[0].destination;
-    assert_eq!(dest.host, "productpage");
+    assert_eq!(&*dest.host, "productpage");
     assert_eq!(dest.port.map(|p| p.number), Some(9080));
     assert!(schema(&rs).is_empty(), "{:?}", schema(&rs));
 }

@@ -135,9 +135,9 @@ fn dest(s: &Snapshot, r: &Req, draw: u32) -> (String, Option<String>) {
     match s.route(&Caller::mesh("default", &labels), &r.info()) {
         Routing::Matched(m) => {
             let d = m.route.pick(draw).expect("a destination");
-            (d.host.clone(), d.subset.clone())
+            (d.host.to_string(), d.subset.as_deref().map(str::to_owned))
         }
-        Routing::Default { host } => (host, None),
+        Routing::Default { host } => (host.to_string(), None),
         other => panic!("unexpected routing {other:?}"),
     }
 }
@@ -152,7 +152,7 @@ fn without_virtual_service_reviews_goes_to_every_version() {
     let Routing::Default { host } = s.route(&Caller::mesh("default", &labels), &r.info()) else {
         panic!("default route expected");
     };
-    assert_eq!(host, REVIEWS);
+    assert_eq!(&*host, REVIEWS);
     let eps = s.endpoints(&host, None);
     let mut versions: Vec<&str> = eps.iter().map(|e| e.labels["version"].as_str()).collect();
     versions.sort_unstable();
@@ -325,7 +325,7 @@ fn gateway_routes_bookinfo_paths_to_productpage() {
             panic!("{path} should route");
         };
         let d = &m.route.destinations()[0];
-        assert_eq!(d.host, "productpage.default.svc.cluster.local");
+        assert_eq!(&*d.host, "productpage.default.svc.cluster.local");
         assert_eq!(d.port, Some(9080));
     }
     for path in ["/", "/productpage/x", "/admin"] {
@@ -399,7 +399,7 @@ fn short_names_resolve_in_the_callers_namespace() {
     let Routing::Default { host } = s.route(&Caller::mesh("other", &labels), &r.info()) else {
         panic!("default expected");
     };
-    assert_eq!(host, "reviews.other.svc.cluster.local");
+    assert_eq!(&*host, "reviews.other.svc.cluster.local");
     assert!(s.service(&host).is_none());
     // `reviews.default` follows the search path to the service.
     let r = req("reviews.default:9080", "/");

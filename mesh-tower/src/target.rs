@@ -17,10 +17,11 @@ pub struct Target {
     pub route: Option<Arc<Route>>,
     /// The match entry of the rule that matched.
     pub match_index: Option<usize>,
-    /// The destination host (FQDN, or the requested name when the registry does not know it).
-    pub host: String,
+    /// The destination host (FQDN, or the requested name when the registry does not know it);
+    /// shared with the snapshot, so copying a `Target` copies no string.
+    pub host: Arc<str>,
     /// The destination subset.
-    pub subset: Option<String>,
+    pub subset: Option<Arc<str>>,
     /// The service port.
     pub port: u16,
 }

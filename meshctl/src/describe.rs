@@ -355,7 +355,7 @@ fn describe_route(w: &mut String, json: &mut serde_json::Value, snapshot: &Snaps
                 {
                     let _ = writeln!(w, "             traffic policy {p}");
                 }
-                jd.push(serde_json::json!({"host": d.host, "subset": d.subset, "port": d.port, "weight": d.weight, "percent": share}));
+                jd.push(serde_json::json!({"host": &*d.host, "subset": d.subset.as_deref(), "port": d.port, "weight": d.weight, "percent": share}));
             }
             json["outcome"] = "forward".into();
             json["destinations"] = jd.into();

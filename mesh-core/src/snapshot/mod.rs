@@ -398,19 +398,19 @@ pub enum Routing<'s> {
     /// VirtualServices exist for the host but no rule matched: Envoy answers 404 (`NR`).
     NoMatch {
         /// The resolved host.
-        host: String,
+        host: Arc<str>,
         /// The VirtualServices consulted.
         virtual_services: Vec<Arc<ResourceKey>>,
     },
     /// No VirtualService for the host: forward to the host itself, all endpoints.
     Default {
         /// The resolved host (FQDN when the registry knows it, else as requested).
-        host: String,
+        host: Arc<str>,
     },
     /// A gateway has no route for the host: 404 (`NR`).
     NoRoute {
         /// The host as requested.
-        host: String,
+        host: Arc<str>,
     },
 }
 
@@ -418,7 +418,7 @@ pub enum Routing<'s> {
 #[derive(Clone, Debug)]
 pub struct RouteMatch<'s> {
     /// The resolved host.
-    pub host: String,
+    pub host: Arc<str>,
     /// The rule.
     pub route: &'s Arc<Route>,
     /// The match entry that matched (`None` for a rule without matches).
@@ -463,6 +463,9 @@ pub struct Snapshot {
     /// host → subset → endpoints (nested so lookups borrow `&str` keys).
     subset_endpoints: HashMap<String, HashMap<String, EndpointList>>,
     gateways: Vec<(ResourceKey, Gateway)>,
+    /// Every host named exactly by a service, a route or a DestinationRule, shared so that
+    /// routing a request to one copies no string.
+    interned: HashMap<String, Arc<str>>,
 }
 
 /// A resource that passed validation still could not be compiled.
@@ -629,6 +632,18 @@ impl Snapshot {
             }
         }
         snap.subset_endpoints = subset_endpoints;
+        let hosts: Vec<String> = snap
+            .services
+            .keys()
+            .chain(snap.destination_rules.keys())
+            .chain(snap.mesh_routes.exact.keys())
+            .cloned()
+            .collect();
+        for host in hosts {
+            snap.interned
+                .entry(host)
+                .or_insert_with_key(|h| Arc::from(h.as_str()));
+        }
         Ok(snap)
     }
 
@@ -740,6 +755,12 @@ impl Snapshot {
     /// the caller's namespace (`reviews.ns.svc.cluster.local`), and for any other name the
     /// name as written (passed through, Istio's ALLOW_ANY).
     pub fn resolve_host(&self, requested: &str, ns: &str) -> String {
+        self.resolve_host_shared(requested, ns).to_string()
+    }
+
+    /// [`resolve_host`](Self::resolve_host), as a shared string: a host the configuration
+    /// names is not copied.
+    pub fn resolve_host_shared(&self, requested: &str, ns: &str) -> Arc<str> {
         let known = |h: &str| {
             self.services.contains_key(h)
                 || self.mesh_routes.has(h)
@@ -758,22 +779,31 @@ impl Snapshot {
             fqdn.push_str(".svc.");
             fqdn.push_str(domain);
             if known(&fqdn) {
-                return fqdn;
+                return self.intern(fqdn);
             }
         }
         let path = host::search_path(requested, ns, &self.settings.domain);
         if let Some(h) = path.iter().find(|h| known(h)) {
-            return h.clone();
+            return self.intern(h.clone());
         }
         // Unknown: a short name can only mean a service of the caller's namespace (Kubernetes
         // DNS would not resolve it anywhere else), so it stays cluster-local and gets "no
         // healthy upstream" instead of an outside DNS lookup; other names pass through.
         if requested.contains('.') {
-            requested.to_ascii_lowercase()
+            self.intern(requested.to_ascii_lowercase())
         } else {
-            path.into_iter().next().unwrap_or_default()
+            self.intern(path.into_iter().next().unwrap_or_default())
         }
     }
+
+    /// The shared copy of `host` if the configuration names it, else a new one.
+    fn intern(&self, host: String) -> Arc<str> {
+        match self.interned.get(&host) {
+            Some(shared) => Arc::clone(shared),
+            None => Arc::from(host),
+        }
+    }
+
 
     /// Routes a request: which VirtualService rule applies, or the default route.
     ///
@@ -783,7 +813,7 @@ impl Snapshot {
     /// VirtualServices for one host are tried in creation order.
     pub fn route<'s>(&'s self, caller: &Caller<'_>, req: &RequestInfo<'_>) -> Routing<'s> {
         if caller.is_gateway() {
-            let host = req.host.to_ascii_lowercase();
+            let host: Arc<str> = req.host.to_ascii_lowercase().into();
             let tables = caller
                 .gateways
                 .iter()
@@ -805,7 +835,7 @@ impl Snapshot {
                 virtual_services: consulted,
             };
         }
-        let host = self.resolve_host(req.host, caller.namespace);
+        let host = self.resolve_host_shared(req.host, caller.namespace);
         let Some(sets) = self.mesh_routes.lookup(&host) else {
             return Routing::Default { host };
         };
@@ -827,7 +857,7 @@ impl Snapshot {
         sets: &'s [RuleSet],
         caller: &Caller<'_>,
         req: &RequestInfo<'_>,
-        host: &str,
+        host: &Arc<str>,
         consulted: &mut Vec<Arc<ResourceKey>>,
     ) -> Option<RouteMatch<'s>> {
         for set in sets {
@@ -837,7 +867,7 @@ impl Snapshot {
             for route in &set.routes {
                 if let Some(match_index) = route.find_match(caller, req) {
                     return Some(RouteMatch {
-                        host: host.to_owned(),
+                        host: Arc::clone(host),
                         route,
                         match_index,
                     });
@@ -898,7 +928,7 @@ impl Snapshot {
             }
         }
         Explanation {
-            host,
+            host: host.to_string(),
             routing,
             tried,
         }

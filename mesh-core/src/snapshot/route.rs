@@ -75,9 +75,9 @@ pub mod bytes_body {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightedDestination {
     /// The destination host, as an FQDN (resolved in the rule's namespace).
-    pub host: String,
+    pub host: std::sync::Arc<str>,
     /// The subset, if any.
-    pub subset: Option<String>,
+    pub subset: Option<std::sync::Arc<str>>,
     /// The port, if given.
     pub port: Option<u16>,
     /// The weight (relative; an unset weight on a single destination is 100).
@@ -225,8 +225,8 @@ impl Route {
                             None => 0,
                         };
                         Ok(WeightedDestination {
-                            host,
-                            subset,
+                            host: host.into(),
+                            subset: subset.map(Into::into),
                             port,
                             weight,
                             headers: HeaderOps::compile(r.headers.as_ref())?,

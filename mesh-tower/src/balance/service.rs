@@ -128,7 +128,7 @@ impl<S> Balance<S> {
         tried: Option<&TriedEndpoints>,
     ) -> Result<Decision, BoxError> {
         let snapshot = &target.snapshot;
-        let host = target.host.as_str();
+        let host: &str = &target.host;
         let subset = target.subset.as_deref();
         let service = snapshot.service(host);
         let endpoints = snapshot.endpoints(host, subset);
@@ -137,8 +137,8 @@ impl<S> Balance<S> {
                 unlisted_endpoint(service, host, subset, &snapshot.settings().domain)
             else {
                 return Err(NoHealthyUpstream {
-                    host: target.host.clone(),
-                    subset: target.subset.clone(),
+                    host: target.host.to_string(),
+                    subset: target.subset.as_deref().map(str::to_owned),
                 }
                 .into());
             };

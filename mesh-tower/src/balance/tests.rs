@@ -92,8 +92,8 @@ fn target(snapshot: &Arc<Snapshot>, host: &str, subset: Option<&str>, port: u16)
         snapshot: snapshot.clone(),
         route: None,
         match_index: None,
-        host: host.to_owned(),
-        subset: subset.map(str::to_owned),
+        host: host.into(),
+        subset: subset.map(Into::into),
         port,
     }
 }
@@ -436,7 +436,7 @@ async fn an_empty_fixed_list_has_no_healthy_upstream() {
     );
     let err = failure(&mut svc, request("http://backend:8080/", None)).await;
     let uh = cause_ref::<NoHealthyUpstream>(&*err).expect("NoHealthyUpstream");
-    assert_eq!(uh.host, "backend");
+    assert_eq!(&*uh.host, "backend");
 }
 
 #[test]

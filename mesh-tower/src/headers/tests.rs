@@ -230,7 +230,7 @@ async fn rewrites_the_authority_but_not_the_destination() {
         "path not rewritten"
     );
     let t = r.extensions().get::<Target>().unwrap();
-    assert_eq!(t.host, "reviews.default.svc.cluster.local");
+    assert_eq!(&*t.host, "reviews.default.svc.cluster.local");
     assert_eq!(t.subset.as_deref(), Some("v1"));
 }
 

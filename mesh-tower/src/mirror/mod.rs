@@ -304,8 +304,8 @@ fn shadow_request(
         copy.extensions_mut().insert(Target {
             route: None,
             match_index: None,
-            host: mirror.host.clone(),
-            subset: mirror.subset.clone(),
+            host: mirror.host.as_str().into(),
+            subset: mirror.subset.as_deref().map(Into::into),
             port: mirror.port.unwrap_or(t.port),
             ..t.clone()
         });

@@ -89,7 +89,7 @@ async fn sends_a_copy_to_the_mirror_destination() {
     assert_eq!(copy.headers()["x-user"], "jason");
     let t = copy.extensions().get::<Target>().unwrap();
     assert!(t.route.is_none(), "no policy of the original route");
-    assert_eq!(t.host, "reviews.default.svc.cluster.local");
+    assert_eq!(&*t.host, "reviews.default.svc.cluster.local");
     assert_eq!(t.subset.as_deref(), Some("v2"));
     assert_eq!(t.port, 9999);
     assert_eq!(bytes(copy.into_body()).await, "payload");

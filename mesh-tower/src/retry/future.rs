@@ -30,7 +30,7 @@ use crate::{
     body::Body,
     error::PerTryTimeout,
     flags::{ResponseFlag, ResponseFlags},
-    target::{Target, TriedEndpoints},
+    target::{DestinationHeaders, Target, TriedEndpoints},
 };
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
@@ -239,8 +239,71 @@ struct Template {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    extensions: Extensions,
+    extensions: ReplayExtensions,
     body: Replay,
+}
+
+/// The extensions every retry gets.
+enum ReplayExtensions {
+    /// Only the mesh's own (the common case): kept as values and put back for each retry,
+    /// so a request that is never retried never copies its extension map.
+    Mesh {
+        target: Option<Target>,
+        headers: Option<DestinationHeaders>,
+        tried: Option<TriedEndpoints>,
+    },
+    /// Others as well (the caller's): the whole map, copied.
+    All(Extensions),
+}
+
+impl ReplayExtensions {
+    fn capture(extensions: &Extensions) -> Self {
+        let target = extensions.get::<Target>().cloned();
+        let headers = extensions.get::<DestinationHeaders>().cloned();
+        let tried = extensions.get::<TriedEndpoints>().cloned();
+        let ours = usize::from(target.is_some())
+            + usize::from(headers.is_some())
+            + usize::from(tried.is_some());
+        if ours == extensions.len() {
+            Self::Mesh {
+                target,
+                headers,
+                tried,
+            }
+        } else {
+            Self::All(extensions.clone())
+        }
+    }
+
+    fn target(&self) -> Option<&Target> {
+        match self {
+            Self::Mesh { target, .. } => target.as_ref(),
+            Self::All(extensions) => extensions.get::<Target>(),
+        }
+    }
+
+    fn to_extensions(&self) -> Extensions {
+        match self {
+            Self::Mesh {
+                target,
+                headers,
+                tried,
+            } => {
+                let mut extensions = Extensions::new();
+                if let Some(t) = target {
+                    extensions.insert(t.clone());
+                }
+                if let Some(h) = headers {
+                    extensions.insert(h.clone());
+                }
+                if let Some(t) = tried {
+                    extensions.insert(t.clone());
+                }
+                extensions
+            }
+            Self::All(extensions) => extensions.clone(),
+        }
+    }
 }
 
 impl Template {
@@ -250,7 +313,7 @@ impl Template {
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+            extensions: ReplayExtensions::capture(&parts.extensions),
             body,
         }
     }
@@ -262,14 +325,14 @@ impl Template {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
-        *req.extensions_mut() = self.extensions.clone();
+        *req.extensions_mut() = self.extensions.to_extensions();
         req
     }
 
     /// The destination's budget limits: its DestinationRule's `retryBudget` (for the target's
     /// subset), else `default`.
     fn budget_limits(&self, default: RetryBudget) -> RetryBudget {
-        let Some(target) = self.extensions.get::<Target>() else {
+        let Some(target) = self.extensions.target() else {
             return default;
         };
         target

@@ -870,3 +870,20 @@ fn accessors_reach_the_inner_service() {
     assert_eq!(svc.into_inner(), 8);
     let _layer: RetryLayer = Retry::<()>::layer(RetryPolicy::MeshDefault);
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_try_carries_the_callers_extensions() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Mine(&'static str);
+    let (mut svc, mut handle) = spawn_policy(RetryPolicy::MeshDefault);
+    let mut req = get();
+    req.extensions_mut().insert(Mine("kept"));
+    let fut = call(&mut svc, req);
+    let (first, send) = handle.next_request().await.unwrap();
+    assert_eq!(first.extensions().get::<Mine>(), Some(&Mine("kept")));
+    send.send_error(connect_failure());
+    let second = respond(&mut handle, status(200)).await;
+    assert_eq!(second.extensions().get::<Mine>(), Some(&Mine("kept")));
+    assert!(second.extensions().get::<TriedEndpoints>().is_some());
+    fut.await.unwrap().unwrap();
+}

@@ -224,9 +224,13 @@ pub fn decide<B>(
                         d.port,
                         (!d.headers.is_empty()).then(|| DestinationHeaders(d.headers.clone())),
                     ),
-                    None => return Err(NoRoute { host: m.host }),
+                    None => return Err(NoRoute { host: m.host.to_string() }),
                 },
-                snapshot::Action::Delegate(_) => return Err(NoRoute { host: m.host }),
+                snapshot::Action::Delegate(_) => {
+                    return Err(NoRoute {
+                        host: m.host.to_string(),
+                    });
+                }
                 // Redirects and direct responses are answered below; the target names the
                 // requested host.
                 _ => (m.host.clone(), None, None, None),
@@ -254,7 +258,9 @@ pub fn decide<B>(
             },
             None,
         )),
-        Routing::NoMatch { host, .. } | Routing::NoRoute { host } => Err(NoRoute { host }),
+        Routing::NoMatch { host, .. } | Routing::NoRoute { host } => Err(NoRoute {
+            host: host.to_string(),
+        }),
     }
 }
 

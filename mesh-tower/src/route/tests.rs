@@ -56,7 +56,7 @@ fn decides_target_from_the_matching_rule() {
     let mut r = req("http://reviews:9080/reviews/1");
     r.headers_mut().insert("end-user", "jason".parse().unwrap());
     let (t, h) = decide(&s, &caller, &r, 0).unwrap();
-    assert_eq!(t.host, "reviews.default.svc.cluster.local");
+    assert_eq!(&*t.host, "reviews.default.svc.cluster.local");
     assert_eq!(t.subset.as_deref(), Some("v2"));
     assert_eq!(
         t.port, 9080,
@@ -76,10 +76,10 @@ fn no_matching_rule_is_no_route_and_unknown_hosts_take_the_default_route() {
     let s = snapshot(CONFIG);
     let caller = Caller::new("default");
     let err = decide(&s, &caller, &req("http://reviews:9080/other"), 0).unwrap_err();
-    assert_eq!(err.host, "reviews.default.svc.cluster.local");
+    assert_eq!(&*err.host, "reviews.default.svc.cluster.local");
     let (t, _) = decide(&s, &caller, &req("http://httpbin.org/get"), 0).unwrap();
     assert_eq!(
-        (t.host.as_str(), t.port, t.route.is_none()),
+        (&*t.host, t.port, t.route.is_none()),
         ("httpbin.org", 80, true)
     );
     let (t, _) = decide(&s, &caller, &req("https://httpbin.org/get"), 0).unwrap();
@@ -123,7 +123,7 @@ spec:
     let labels: BTreeMap<String, String> = [("istio".into(), "ingressgateway".into())].into();
     let gw = Caller::new("default").labels(labels).gateway(true);
     let (t, _) = decide(&s, &gw, &req("http://127.0.0.1:8080/productpage"), 0).unwrap();
-    assert_eq!(t.host, "productpage.default.svc.cluster.local");
+    assert_eq!(&*t.host, "productpage.default.svc.cluster.local");
     assert_eq!(t.port, 9080);
     assert!(decide(&s, &gw, &req("http://127.0.0.1:8080/admin"), 0).is_err());
     // A gateway does not use the mesh rules: reviews is unknown to it.
