@@ -45,14 +45,27 @@ pub struct PickedEndpoint {
 /// Endpoints already tried for this request, shared by every attempt of it: the retry layer
 /// puts one into each attempt's extensions, the balancer records its pick there and prefers
 /// endpoints not tried yet (Istio's `retryIgnorePreviousHosts`, on by default).
+///
+/// The first two entries are stored inline: recording a pick copies no string.
 #[derive(Clone, Debug, Default)]
-pub struct TriedEndpoints(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+pub struct TriedEndpoints(pub Arc<std::sync::Mutex<TriedList>>);
+
+/// The authorities in a [`TriedEndpoints`], in the order they were tried.
+pub type TriedList = smallvec::SmallVec<[http::uri::Authority; 2]>;
 
 impl TriedEndpoints {
-    /// Records an endpoint (its authority) as tried.
+    /// Records an endpoint (its `address:port`) as tried; text that is not a valid authority
+    /// is ignored.
     pub fn record(&self, authority: &str) {
+        if let Ok(a) = http::uri::Authority::try_from(authority) {
+            self.record_authority(&a);
+        }
+    }
+
+    /// Records an endpoint as tried.
+    pub fn record_authority(&self, authority: &http::uri::Authority) {
         if let Ok(mut v) = self.0.lock() {
-            v.push(authority.to_owned());
+            v.push(authority.clone());
         }
     }
 
@@ -61,6 +74,11 @@ impl TriedEndpoints {
         self.0
             .lock()
             .is_ok_and(|v| v.iter().any(|a| a == authority))
+    }
+
+    /// The endpoints tried so far.
+    pub fn snapshot(&self) -> TriedList {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// How many tries were recorded.

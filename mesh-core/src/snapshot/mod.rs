@@ -769,17 +769,22 @@ impl Snapshot {
         // The common case without the list: a short name in the caller's namespace.
         let requested = requested.trim_end_matches('.');
         if !requested.contains('.') && !requested.bytes().any(|b| b.is_ascii_uppercase()) {
-            // Built by hand: `format!` costs several times more on this per-request path.
+            // Built on the stack: this runs for every request.
             let domain = &self.settings.domain;
-            let mut fqdn =
-                String::with_capacity(requested.len() + ns.len() + domain.len() + 6);
-            fqdn.push_str(requested);
-            fqdn.push('.');
-            fqdn.push_str(ns);
-            fqdn.push_str(".svc.");
-            fqdn.push_str(domain);
-            if known(&fqdn) {
-                return self.intern(fqdn);
+            let mut buf = [0u8; 256];
+            let mut len = 0;
+            for part in [requested, ".", ns, ".svc.", domain] {
+                let Some(dst) = buf.get_mut(len..len + part.len()) else {
+                    len = usize::MAX;
+                    break;
+                };
+                dst.copy_from_slice(part.as_bytes());
+                len += part.len();
+            }
+            if let Some(fqdn) = buf.get(..len).and_then(|b| std::str::from_utf8(b).ok())
+                && known(fqdn)
+            {
+                return self.intern_str(fqdn);
             }
         }
         let path = host::search_path(requested, ns, &self.settings.domain);
@@ -793,6 +798,14 @@ impl Snapshot {
             self.intern(requested.to_ascii_lowercase())
         } else {
             self.intern(path.into_iter().next().unwrap_or_default())
+        }
+    }
+
+    /// The shared copy of `host` if the configuration names it, else a new one.
+    fn intern_str(&self, host: &str) -> Arc<str> {
+        match self.interned.get(host) {
+            Some(shared) => Arc::clone(shared),
+            None => Arc::from(host),
         }
     }
 

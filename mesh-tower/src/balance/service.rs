@@ -187,9 +187,7 @@ impl<S> Balance<S> {
         tried: Option<&TriedEndpoints>,
     ) -> Decision {
         // Authorities are only needed to compare with earlier attempts (a retry).
-        let tried: Option<Vec<String>> = tried
-            .filter(|t| !t.is_empty())
-            .and_then(|t| t.0.lock().ok().map(|v| v.clone()));
+        let tried = tried.map(TriedEndpoints::snapshot).filter(|t| !t.is_empty());
         let cursor = match algorithm {
             Algorithm::RoundRobin => {
                 let cursor = self.stats.read().next_cursor(host, subset);
@@ -213,8 +211,11 @@ impl<S> Balance<S> {
             // guarantees it).
             let down = load.is_some_and(|l| l.is_down(now_ms));
             let was_tried = tried.as_ref().is_some_and(|t| match load.and_then(|l| l.authority()) {
-                Some(a) => t.iter().any(|x| a == x.as_str()),
-                None => t.contains(&authority(&e.address, port)),
+                Some(a) => t.contains(a),
+                None => {
+                    let a = authority(&e.address, port);
+                    t.iter().any(|x| x == a.as_str())
+                }
             });
             // Only LEAST_REQUEST looks at the load.
             let in_flight = match algorithm {
@@ -433,7 +434,7 @@ where
             }
         };
         if let Some(tried) = req.extensions().get::<TriedEndpoints>() {
-            tried.record(authority.as_str());
+            tried.record_authority(&authority);
         }
         // The upstream application sees the authority the caller addressed, not the address
         // we connect to (Envoy keeps `:authority`/`Host` as well).
