@@ -33,6 +33,8 @@ use tower::{Service, ServiceExt};
 
 const BODY: &[u8] = &[b'x'; 1024];
 const CONCURRENCY: usize = 4;
+/// Alternating rounds per mode in a full run; the best of each mode is reported.
+const ROUNDS: usize = 3;
 
 struct Run {
     mode: &'static str,
@@ -249,7 +251,7 @@ fn main() {
     let requests = std::env::var("E2E_REQUESTS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(if test_mode { 400 } else { 20_000 });
+        .unwrap_or(if test_mode { 400 } else { 50_000 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -274,7 +276,7 @@ fn main() {
             std::process::exit(0);
         }
         let mut runs = Vec::new();
-        for _ in 0..if test_mode { 1 } else { 2 } {
+        for _ in 0..if test_mode { 1 } else { ROUNDS } {
             runs.push(bare(requests).await);
             runs.push(mesh(requests).await);
             runs.push(serve_only(requests).await);

@@ -3,6 +3,7 @@
 //! Ratios are integers (parts per million) so policies derive `Eq + Hash` and an old and a new
 //! snapshot can be compared.
 
+pub mod authz;
 pub mod balance;
 pub mod fault;
 pub mod peer_authn;

@@ -136,6 +136,16 @@ where
                 }
             }
             Policy::FromTarget => {
+                // Nothing to do (the common case): leave the request where it is.
+                let ext = req.extensions();
+                if ext.get::<DestinationHeaders>().is_none()
+                    && ext
+                        .get::<Target>()
+                        .and_then(|t| t.route.as_ref())
+                        .is_none_or(|r| r.headers.is_empty())
+                {
+                    return ResponseFuture::new(self.inner.call(req), ResponseOps::None);
+                }
                 // Split the request so the extensions can be read while the headers change.
                 let (mut parts, body) = req.into_parts();
                 let destination = parts.extensions.get::<DestinationHeaders>().map(|d| &d.0);
