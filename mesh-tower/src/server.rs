@@ -107,8 +107,7 @@ where
                 let app = app.clone();
                 let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                     req.extensions_mut().insert(PeerAddr(peer));
-                    let fut: BoxedResponse = Box::pin(handle(app.clone(), req.map(body::boxed), peer));
-                    fut
+                    handle(app.clone(), req.map(body::boxed), peer)
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn.into_owned());
@@ -132,9 +131,6 @@ where
         drained,
     })
 }
-
-type BoxedResponse =
-    std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
 /// Calls the application; an application error becomes a 500 (hyper would close the
 /// connection).
