@@ -7,7 +7,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use mesh_core::BoxError;
 
 /// A boxed HTTP body: what every mesh layer sends and receives, so layers compose without
@@ -17,22 +17,12 @@ use mesh_core::BoxError;
 /// object in the type, rustc cannot prove generic futures over it `Send` (rust-lang/rust
 /// #110338), which breaks `tokio::spawn` of generic services (axum has its own `Body` for the
 /// same reason).
-///
-/// The bodies every request meets (hyper's `Incoming`, a complete buffer, nothing) are held
-/// as they are; only other body types are boxed, so most requests allocate no body.
-pub struct Body(Kind);
-
-enum Kind {
-    Empty,
-    Full(Full<Bytes>),
-    Incoming(hyper::body::Incoming),
-    Boxed(UnsyncBoxBody<Bytes, BoxError>),
-}
+pub struct Body(UnsyncBoxBody<Bytes, BoxError>);
 
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Body")
-            .field("size_hint", &self.size_hint())
+            .field("size_hint", &self.0.size_hint())
             .finish()
     }
 }
@@ -44,7 +34,7 @@ impl Default for Body {
 }
 
 impl Body {
-    /// Boxes `body` (see [`boxed`]).
+    /// Boxes any body whose error converts into [`BoxError`].
     pub fn new<B>(body: B) -> Self
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -62,68 +52,46 @@ impl http_body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.0 {
-            Kind::Empty => Poll::Ready(None),
-            Kind::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
-            Kind::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
-        }
+        Pin::new(&mut self.0).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.0 {
-            Kind::Empty => true,
-            Kind::Full(b) => b.is_end_stream(),
-            Kind::Incoming(b) => b.is_end_stream(),
-            Kind::Boxed(b) => b.is_end_stream(),
-        }
+        self.0.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            Kind::Empty => SizeHint::with_exact(0),
-            Kind::Full(b) => b.size_hint(),
-            Kind::Incoming(b) => b.size_hint(),
-            Kind::Boxed(b) => b.size_hint(),
-        }
+        self.0.size_hint()
     }
 }
 
-/// Turns any body into a [`Body`]. A [`Body`] is returned as it is (never boxed twice);
-/// hyper's `Incoming` and `Full<Bytes>` are kept without boxing.
+/// Boxes any body whose error converts into [`BoxError`] (a [`Body`] is returned as is).
 pub fn boxed<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let mut slot = Some(body);
-    let any = &mut slot as &mut dyn std::any::Any;
-    if let Some(b) = any.downcast_mut::<Option<Body>>() {
+    if let Some(b) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Body>>() {
         return b.take().unwrap_or_default();
     }
-    if let Some(b) = any.downcast_mut::<Option<hyper::body::Incoming>>() {
-        return b.take().map_or_else(empty, |b| Body(Kind::Incoming(b)));
-    }
-    if any.is::<Option<http_body_util::Empty<Bytes>>>() {
-        return empty();
-    }
-    if let Some(b) = any.downcast_mut::<Option<Full<Bytes>>>() {
-        return b.take().map_or_else(empty, |b| Body(Kind::Full(b)));
-    }
     match slot {
-        Some(body) => Body(Kind::Boxed(body.map_err(Into::into).boxed_unsync())),
+        Some(body) => Body(body.map_err(Into::into).boxed_unsync()),
         None => empty(),
     }
 }
 
-/// A complete body.
+/// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Body(Kind::Full(Full::new(bytes.into())))
+    Body(
+        Full::new(bytes.into())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    )
 }
 
 /// An empty body.
 pub fn empty() -> Body {
-    Body(Kind::Empty)
+    Body(Empty::new().map_err(|e| match e {}).boxed_unsync())
 }
 
 #[cfg(test)]
