@@ -117,8 +117,6 @@ pub struct MirrorLayer {
 #[derive(Clone, Debug)]
 pub struct Mirror<S> {
     inner: S,
-    /// The clone the copies are sent through.
-    shadow: S,
     policy: Policy,
 }
 
@@ -145,7 +143,6 @@ impl<S: Clone> Layer<S> for MirrorLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         Mirror {
-            shadow: inner.clone(),
             inner,
             policy: self.policy.clone(),
         }
@@ -241,7 +238,8 @@ where
         for mirror in chosen {
             let copy = shadow_request(&parts, target, mirror, body::replay(buffered.clone()));
             tracing::debug!(uri = %copy.uri(), "mirror: sending a copy");
-            runtime.spawn(send_copy(self.shadow.clone(), copy, timeout));
+            // A clone per copy (only for mirrored requests): it waits for its own readiness.
+            runtime.spawn(send_copy(self.inner.clone(), copy, timeout));
         }
         self.inner.call(http::Request::from_parts(parts, body))
     }

@@ -110,14 +110,19 @@ impl Caller {
 /// Routes requests with the snapshot from a [`SnapshotSource`].
 #[derive(Clone)]
 pub struct RouteLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a route service reads: one `Arc`, so cloning the stack is cheap.
+struct Shared {
     source: Arc<dyn SnapshotSource>,
-    caller: Arc<Caller>,
+    caller: Caller,
 }
 
 impl std::fmt::Debug for RouteLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteLayer")
-            .field("caller", &self.caller)
+            .field("caller", &self.shared.caller)
             .finish_non_exhaustive()
     }
 }
@@ -125,17 +130,13 @@ impl std::fmt::Debug for RouteLayer {
 impl RouteLayer {
     /// Routes with snapshots from `source` on behalf of `caller`.
     pub fn new(source: impl SnapshotSource, caller: Caller) -> Self {
-        Self {
-            source: Arc::new(source),
-            caller: Arc::new(caller),
-        }
+        Self::from_shared(Arc::new(source), caller)
     }
 
     /// As [`RouteLayer::new`], with a shared source.
     pub fn from_shared(source: Arc<dyn SnapshotSource>, caller: Caller) -> Self {
         Self {
-            source,
-            caller: Arc::new(caller),
+            shared: Arc::new(Shared { source, caller }),
         }
     }
 }
@@ -146,8 +147,7 @@ impl<S> Layer<S> for RouteLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Route {
             inner,
-            source: self.source.clone(),
-            caller: self.caller.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -156,15 +156,14 @@ impl<S> Layer<S> for RouteLayer {
 #[derive(Clone)]
 pub struct Route<S> {
     inner: S,
-    source: Arc<dyn SnapshotSource>,
-    caller: Arc<Caller>,
+    shared: Arc<Shared>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Route<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Route")
             .field("inner", &self.inner)
-            .field("caller", &self.caller)
+            .field("caller", &self.shared.caller)
             .finish_non_exhaustive()
     }
 }
@@ -282,8 +281,8 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         use futures_util::TryFutureExt;
-        let snapshot = self.source.snapshot();
-        match decide(&snapshot, &self.caller, &req, rand::random::<u32>()) {
+        let snapshot = self.shared.source.snapshot();
+        match decide(&snapshot, &self.shared.caller, &req, rand::random::<u32>()) {
             Ok((target, headers)) => {
                 req.extensions_mut().insert(target);
                 if let Some(h) = headers {
