@@ -4,12 +4,13 @@ use std::{
     collections::HashSet,
     fmt,
     sync::{
-        Arc, Mutex, PoisonError, RwLock, RwLockReadGuard,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use http::uri::Authority;
 use tokio::time::Instant;
 
@@ -25,11 +26,11 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 ///
 /// # Concurrency
 ///
-/// The counters are atomics in maps behind one [`RwLock`]. A request takes the read lock once,
-/// reads the candidates' counters, advances its round-robin cursor and clones the chosen
-/// endpoint's counter (an `Arc`), then releases it; incrementing and decrementing happen on
-/// the atomic, outside the lock. The write lock is taken only the first time an endpoint or a
-/// destination is seen. Maps are nested (`address → port → counter`, `host → subset →
+/// The counters are atomics in maps published through an [`ArcSwap`]: a request loads the
+/// current maps without a lock (no shared cache line is written), reads the candidates'
+/// counters, advances its round-robin cursor and clones the chosen endpoint's counter (an
+/// `Arc`); incrementing and decrementing happen on the atomic. The maps are copied and
+/// republished only the first time an endpoint or a destination is seen. Maps are nested (`address → port → counter`, `host → subset →
 /// cursor`) so lookups borrow `&str` keys and allocate nothing.
 ///
 /// # Memory
@@ -45,7 +46,9 @@ pub struct EndpointStats {
 }
 
 struct Inner {
-    maps: RwLock<Maps>,
+    maps: ArcSwap<Maps>,
+    /// Serializes the writers (copy, change, publish).
+    write: Mutex<()>,
     /// Time zero for [`EndpointLoad`]'s down-until marks.
     epoch: Instant,
     /// Hosts whose `consistentHash` fallback was logged already.
@@ -122,8 +125,8 @@ impl EndpointLoad {
     }
 }
 
-/// The counters, read under the lock.
-#[derive(Default)]
+/// The counters, as published.
+#[derive(Clone, Default)]
 pub(super) struct Maps {
     in_flight: HashMap<String, HashMap<u16, Arc<EndpointLoad>>>,
     cursors: HashMap<String, HashMap<String, Arc<AtomicU64>>>,
@@ -156,7 +159,8 @@ impl Maps {
 impl Default for Inner {
     fn default() -> Self {
         Self {
-            maps: RwLock::default(),
+            maps: ArcSwap::default(),
+            write: Mutex::default(),
             epoch: Instant::now(),
             consistent_hash_logged: Mutex::default(),
         }
@@ -188,57 +192,60 @@ impl EndpointStats {
 
     /// Drops the counters with nothing in flight and every round-robin cursor.
     pub fn prune_idle(&self) {
-        let mut maps = self
-            .inner
-            .maps
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        maps.in_flight.retain(|_, ports| {
-            // A counter only referenced by the map and at zero has no request in flight and
-            // none about to start (a request clones the Arc under the read lock).
-            ports.retain(|_, c| Arc::strong_count(c) > 1 || c.in_flight() > 0);
-            !ports.is_empty()
+        self.update(|maps| {
+            maps.in_flight.retain(|_, ports| {
+                // A counter referenced only by the published maps (the old and this copy) and
+                // at zero has no request in flight. A request that loaded the old maps just
+                // before may still count into a dropped counter; the endpoint then gets a new
+                // one on its next pick, and least-request misjudges its load for one request.
+                ports.retain(|_, c| Arc::strong_count(c) > 2 || c.in_flight() > 0);
+                !ports.is_empty()
+            });
+            maps.cursors.clear();
         });
-        maps.cursors.clear();
     }
 
-    /// The read side of the maps: one short lock per request.
-    pub(super) fn read(&self) -> RwLockReadGuard<'_, Maps> {
-        self.inner
-            .maps
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Copies the maps, changes the copy and publishes it (one writer at a time).
+    fn update<T>(&self, change: impl FnOnce(&mut Maps) -> T) -> T {
+        let _write = self
+            .inner
+            .write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut maps = Maps::clone(&self.inner.maps.load());
+        let out = change(&mut maps);
+        self.inner.maps.store(Arc::new(maps));
+        out
+    }
+
+    /// The current maps, without a lock.
+    pub(super) fn read(&self) -> arc_swap::Guard<Arc<Maps>> {
+        self.inner.maps.load()
     }
 
     /// The counter of `address:port`, created if needed (takes the write lock).
     pub(super) fn counter_or_insert(&self, address: &str, port: u16) -> Arc<EndpointLoad> {
-        let mut maps = self
-            .inner
-            .maps
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
         let epoch = self.inner.epoch;
-        maps.in_flight
-            .entry(address.to_owned())
-            .or_default()
-            .entry(port)
-            .or_insert_with(|| Arc::new(EndpointLoad::new(epoch, address, port)))
-            .clone()
+        self.update(|maps| {
+            maps.in_flight
+                .entry(address.to_owned())
+                .or_default()
+                .entry(port)
+                .or_insert_with(|| Arc::new(EndpointLoad::new(epoch, address, port)))
+                .clone()
+        })
     }
 
     /// Advances the cursor of `host`/`subset`, created if needed (takes the write lock).
     pub(super) fn next_cursor_or_insert(&self, host: &str, subset: Option<&str>) -> u64 {
-        let mut maps = self
-            .inner
-            .maps
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        maps.cursors
-            .entry(host.to_owned())
-            .or_default()
-            .entry(subset.unwrap_or("").to_owned())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed)
+        self.update(|maps| {
+            maps.cursors
+                .entry(host.to_owned())
+                .or_default()
+                .entry(subset.unwrap_or("").to_owned())
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed)
+        })
     }
 
     /// True the first time it is called for `host` (so a fallback is logged once per host).

@@ -1,8 +1,9 @@
 //! The retry budgets' shared state: active requests and retries per destination host.
 
+use arc_swap::ArcSwap;
 use std::{
     sync::{
-        Arc, PoisonError, RwLock,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -32,7 +33,10 @@ const IDLE_HOSTS: usize = 1024;
 /// ```
 #[derive(Debug, Default)]
 pub struct RetryBudgets {
-    hosts: RwLock<HashMap<String, Arc<HostBudget>>>,
+    /// Read on every request without a lock (copied on the rare insert).
+    hosts: ArcSwap<HashMap<String, Arc<HostBudget>>>,
+    /// Serializes inserts.
+    insert: Mutex<()>,
     standalone: Arc<HostBudget>,
 }
 
@@ -45,11 +49,7 @@ impl RetryBudgets {
     /// The budget state of `host`, if a request to it was seen (and it was not dropped while
     /// idle).
     pub fn get(&self, host: &str) -> Option<Arc<HostBudget>> {
-        self.hosts
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(host)
-            .cloned()
+        self.hosts.load().get(host).cloned()
     }
 
     /// The budget state shared by requests without a destination host.
@@ -62,13 +62,19 @@ impl RetryBudgets {
         if let Some(b) = self.get(host) {
             return b;
         }
-        let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
-        if hosts.len() >= IDLE_HOSTS && !hosts.contains_key(host) {
-            // Only guards hold other references; an entry without any has zero counters and
-            // is recreated on its next use.
-            hosts.retain(|_, b| Arc::strong_count(b) > 1);
+        let _insert = self.insert.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(b) = self.get(host) {
+            return b;
         }
-        hosts.entry(host.to_owned()).or_default().clone()
+        let mut hosts = HashMap::clone(&self.hosts.load());
+        if hosts.len() >= IDLE_HOSTS {
+            // Only guards (and readers of an older map, briefly) hold other references; an
+            // entry without any has zero counters and is recreated on its next use.
+            hosts.retain(|_, b| Arc::strong_count(b) > 2);
+        }
+        let budget = hosts.entry(host.to_owned()).or_default().clone();
+        self.hosts.store(Arc::new(hosts));
+        budget
     }
 }
 
