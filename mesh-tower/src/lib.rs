@@ -8,6 +8,7 @@
 //! inbound:  accept → (telemetry, authz) → app
 //! ```
 
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod connect;
@@ -26,5 +27,6 @@ pub mod server;
 pub mod stack;
 pub mod target;
 pub mod timeout;
+pub mod tls;
 
 pub use mesh_core::BoxError;

@@ -365,8 +365,23 @@ impl Mesh {
         B::Error: Into<BoxError>,
     {
         let local = listener.local_addr()?;
-        let registered = self.inner.workload.lock().await.address;
+        let (registered, namespace, labels) = {
+            let w = self.inner.workload.lock().await;
+            (w.address, w.namespace.clone(), w.labels.clone())
+        };
         self.register(registered.unwrap_or(local)).await?;
+        // The inbound stack: AuthorizationPolicy in front of the application.
+        let source: Arc<dyn crate::route::SnapshotSource> = self.inner.watcher.handle();
+        let app = tower::ServiceBuilder::new()
+            .layer(crate::authz::AuthorizationLayer::new(
+                source,
+                namespace,
+                labels,
+                local.port(),
+            ))
+            .map_response(box_response::<B> as fn(_) -> _)
+            .map_err(into_box_error::<S::Error> as fn(_) -> _)
+            .service(app);
         let this = self.clone();
         let stop = async move {
             shutdown.await;
@@ -377,6 +392,18 @@ impl Mesh {
         };
         Ok(server::serve(listener, app, stop, self.inner.shutdown).await?)
     }
+}
+
+fn into_box_error<E: Into<BoxError>>(e: E) -> BoxError {
+    e.into()
+}
+
+fn box_response<B>(res: http::Response<B>) -> http::Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    res.map(crate::body::boxed)
 }
 
 /// The outbound client of a [`Mesh`]: a cloneable tower service for any request body.

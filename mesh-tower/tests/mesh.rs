@@ -509,3 +509,83 @@ async fn the_mesh_registers_and_deregisters_its_workload() {
         "deregistered on shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_policy_denies_at_the_server_with_403_before_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.path()));
+    let backends = vec![Backend::start(&store, "ratings-v1", "ratings", "v1").await];
+    let mesh = client(&store).await;
+    until(&mesh, "ratings endpoint", |s| {
+        !s.endpoints("ratings.default.svc.cluster.local", None)
+            .is_empty()
+    })
+    .await;
+    apply(
+        &store,
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: ratings-read-only, namespace: default }
+spec:
+  selector: { matchLabels: { app: ratings } }
+  action: DENY
+  rules:
+  - to: [{ operation: { methods: [DELETE, PUT], paths: [/ratings/*] } }]
+",
+    )
+    .await;
+    // The server picks the policy up from the store on its own.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body, _) = send(
+            &mesh,
+            http::Method::DELETE,
+            "http://ratings:9080/ratings/1",
+            &[],
+        )
+        .await;
+        if status == 403 {
+            assert_eq!(body, "RBAC: access denied");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "policy never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = backends[0].hits.load(Ordering::SeqCst);
+    let (status, _, _) = send(
+        &mesh,
+        http::Method::PUT,
+        "http://ratings:9080/ratings/2",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        backends[0].hits.load(Ordering::SeqCst),
+        before,
+        "denied requests never reach the app"
+    );
+    let (status, _, _) = send(
+        &mesh,
+        http::Method::GET,
+        "http://ratings:9080/ratings/1",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = send(
+        &mesh,
+        http::Method::DELETE,
+        "http://ratings:9080/other",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "the rule's paths limit it");
+    assert_eq!(backends[0].hits.load(Ordering::SeqCst), before + 2);
+    for b in backends {
+        b.stop().await;
+    }
+}

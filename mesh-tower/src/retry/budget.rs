@@ -168,7 +168,7 @@ mod tests {
         for i in 0..IDLE_HOSTS + 10 {
             let _ = budgets.host(&format!("h{i}"));
         }
-        let len = budgets.hosts.read().unwrap().len();
+        let len = budgets.hosts.load().len();
         assert!(len <= IDLE_HOSTS, "{len}");
         assert_eq!(budgets.get("busy").unwrap().active_requests(), 1);
     }

@@ -244,6 +244,10 @@ struct Template {
 }
 
 /// The extensions every retry gets.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the large variant is the common one; boxing it would allocate per request"
+)]
 enum ReplayExtensions {
     /// Only the mesh's own (the common case): kept as values and put back for each retry,
     /// so a request that is never retried never copies its extension map.
