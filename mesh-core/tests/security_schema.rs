@@ -576,13 +576,11 @@ fn ip_blocks_must_be_ips_or_cidrs() {
 }
 
 #[test]
-fn remote_ip_blocks_and_request_principals_are_unsupported() {
+fn request_principals_are_unsupported_remote_ip_blocks_checked() {
     let findings = check_ap(
         "  rules:\n  - from:\n    - source:\n        remoteIpBlocks: [1.2.3.4/40]\n        notRemoteIpBlocks: [1.2.3.4]\n        requestPrincipals: [\"*\"]\n        notRequestPrincipals: [\"https://issuer/sub\"]\n",
     );
     let src = "spec.rules[0].from[0].source";
-    assert_unsupported(&findings, &format!("{src}.remoteIpBlocks"));
-    assert_unsupported(&findings, &format!("{src}.notRemoteIpBlocks"));
     assert_unsupported(&findings, &format!("{src}.requestPrincipals"));
     assert_unsupported(&findings, &format!("{src}.notRequestPrincipals"));
     // The values are still checked.
@@ -591,7 +589,7 @@ fn remote_ip_blocks_and_request_principals_are_unsupported() {
         &format!("{src}.remoteIpBlocks[0]"),
         Severity::Error,
     );
-    assert_eq!(findings.len(), 5, "{findings:#?}");
+    assert_eq!(findings.len(), 3, "{findings:#?}");
 }
 
 #[test]
@@ -703,11 +701,23 @@ fn when_unknown_key_is_an_error() {
 }
 
 #[test]
+fn when_keys_evaluated_on_the_connection_are_accepted() {
+    for (key, value) in [
+        ("remote.ip", "10.0.0.1"),
+        ("destination.ip", "10.0.0.0/8"),
+        ("connection.sni", "reviews.default.svc.cluster.local"),
+        ("source.serviceAccount", "default/reviews"),
+    ] {
+        let findings = check_ap(&format!(
+            "  rules:\n  - when:\n    - {{ key: \"{key}\", values: [\"{value}\"] }}\n"
+        ));
+        assert!(findings.is_empty(), "{key}: {findings:#?}");
+    }
+}
+
+#[test]
 fn when_valid_keys_the_mesh_does_not_implement_warn() {
     for key in [
-        "remote.ip",
-        "destination.ip",
-        "connection.sni",
         "request.auth.principal",
         "request.auth.audiences",
         "request.auth.presenter",
@@ -742,8 +752,7 @@ fn when_values_are_checked_by_key() {
     );
     assert_one(&findings, &format!("{when}[3].values[0]"), Severity::Error);
     assert_one(&findings, &format!("{when}[4].values[0]"), Severity::Error);
-    assert_unsupported(&findings, &format!("{when}[4].key"));
-    assert_eq!(findings.len(), 6, "{findings:#?}");
+    assert_eq!(findings.len(), 5, "{findings:#?}");
 }
 
 #[test]

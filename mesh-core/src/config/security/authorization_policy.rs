@@ -9,10 +9,13 @@
 //! # Where the mesh differs from Istio
 //!
 //! - An unknown `when.key` is an error here; Istio documents that it is silently ignored.
-//! - The `CUSTOM` action (external authorization), `requestPrincipals`, `remoteIpBlocks` and
-//!   the `when` keys `request.auth.*`, `remote.ip`, `destination.ip`, `connection.sni`,
-//!   `source.serviceAccount`, `request.experimental.*` and `experimental.*` are accepted but
-//!   not implemented; each is reported with a `MESH0001` warning.
+//! - The `CUSTOM` action (external authorization), `requestPrincipals` and the `when` keys
+//!   `request.auth.*`, `request.experimental.*` and `experimental.*` are accepted but not
+//!   implemented; each is reported with a `MESH0001` warning, and the engine
+//!   ([`policy::authz`](crate::policy::authz)) fails closed on them: CUSTOM denies what it
+//!   matches, an ALLOW rule using them never matches.
+//! - `remoteIpBlocks` and `remote.ip` are the connection's peer address: the mesh reads no
+//!   `X-Forwarded-For` or PROXY protocol (Istio with `numTrustedProxies: 0`).
 
 use serde::{Deserialize, Serialize};
 
@@ -149,10 +152,11 @@ pub struct Source {
     /// Peer IP addresses or CIDR ranges that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ip_blocks: Vec<String>,
-    /// Original client IPs (X-Forwarded-For / PROXY protocol); not implemented by the mesh.
+    /// Original client IPs; the mesh uses the connection's peer address (it reads no
+    /// X-Forwarded-For or PROXY protocol).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_ip_blocks: Vec<String>,
-    /// Original client IPs that must not match; not implemented by the mesh.
+    /// Original client IPs that must not match (the connection's peer address).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_remote_ip_blocks: Vec<String>,
 }
@@ -229,7 +233,7 @@ impl Validate for AuthorizationPolicy {
                         .error("required with the CUSTOM action: name the external authorizer");
                 }
                 cx.at("action").unsupported(
-                    "CUSTOM delegates to an external authorizer, which the mesh does not call; this policy is not enforced",
+                    "CUSTOM delegates to an external authorizer, which the mesh does not call; the requests this policy matches are denied (fail closed)",
                 );
             }
             _ => {
@@ -393,14 +397,10 @@ impl Source {
                 }
             }
         }
-        const JWT: &str = "the mesh does not validate JWTs, so requests have no request principal";
-        const REMOTE: &str =
-            "the mesh does not read the original client IP from X-Forwarded-For or PROXY protocol";
+        const JWT: &str = "the mesh does not validate JWTs, so requests have no request principal: an ALLOW rule with it never matches, a DENY rule ignores it";
         for (key, values, why) in [
             ("requestPrincipals", &self.request_principals, JWT),
             ("notRequestPrincipals", &self.not_request_principals, JWT),
-            ("remoteIpBlocks", &self.remote_ip_blocks, REMOTE),
-            ("notRemoteIpBlocks", &self.not_remote_ip_blocks, REMOTE),
         ] {
             if !values.is_empty() {
                 cx.at(key).unsupported(why);
@@ -618,21 +618,12 @@ fn classify_when_key(key: &str) -> WhenKey {
         "source.namespace" => WhenKey::Supported(ValueKind::String),
         "source.principal" => WhenKey::Supported(ValueKind::Principal),
         "destination.port" => WhenKey::Supported(ValueKind::Port),
-        "remote.ip" => WhenKey::Unsupported(
-            ValueKind::Ip,
-            "the mesh does not read the original client IP from X-Forwarded-For or PROXY protocol",
-        ),
-        "destination.ip" => WhenKey::Unsupported(
-            ValueKind::Ip,
-            "the mesh does not evaluate the destination IP",
-        ),
-        "connection.sni" => {
-            WhenKey::Unsupported(ValueKind::String, "the mesh does not evaluate the TLS SNI")
-        }
-        "source.serviceAccount" => WhenKey::Unsupported(
-            ValueKind::ServiceAccount,
-            "use source.principal or the source's serviceAccounts field instead",
-        ),
+        // The connection's peer address: the mesh reads no X-Forwarded-For or PROXY protocol
+        // (Istio with numTrustedProxies: 0).
+        "remote.ip" => WhenKey::Supported(ValueKind::Ip),
+        "destination.ip" => WhenKey::Supported(ValueKind::Ip),
+        "connection.sni" => WhenKey::Supported(ValueKind::String),
+        "source.serviceAccount" => WhenKey::Supported(ValueKind::ServiceAccount),
         "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => {
             WhenKey::Unsupported(ValueKind::String, JWT)
         }

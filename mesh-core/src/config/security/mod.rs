@@ -8,7 +8,7 @@
 //! - an unknown `when.key` in an AuthorizationPolicy is an **error** (Istio documents that
 //!   unsupported keys are silently ignored; a typo there silently widens or narrows a policy);
 //! - valid Istio the mesh does not implement (the `CUSTOM` action, JWT-based matching,
-//!   `remoteIpBlocks`, RequestAuthentication as a whole, …) loads, with a `MESH0001`
+//!   RequestAuthentication as a whole, …) loads, with a `MESH0001`
 //!   [`unsupported`](crate::validate::Checker::unsupported) warning on the field.
 //!
 //! # Examples
