@@ -149,14 +149,18 @@ impl<S> Layer<S> for AuthorizationLayer {
 }
 
 impl Shared {
-    /// The policies for the current snapshot, compiled on the first request after a change.
-    fn compiled(&self) -> Arc<Compiled> {
-        let snapshot = self.source.snapshot();
-        if let Some(c) = self.compiled.load_full()
-            && Arc::ptr_eq(&c.snapshot, &snapshot)
+    /// Calls `f` with the policies of the current snapshot, compiled on the first request
+    /// after a change. The common case takes no reference count.
+    fn with_authorizer<T>(&self, f: impl FnOnce(&Authorizer) -> T) -> T {
         {
-            return c;
+            let compiled = self.compiled.load();
+            if let Some(c) = compiled.as_ref()
+                && self.source.is_current(&c.snapshot)
+            {
+                return f(&c.authorizer);
+            }
         }
+        let snapshot = self.source.snapshot();
         let authorizer = Authorizer::for_workload(
             snapshot.resources(),
             &self.namespace,
@@ -171,7 +175,7 @@ impl Shared {
             authorizer,
         });
         self.compiled.store(Some(compiled.clone()));
-        compiled
+        f(&compiled.authorizer)
     }
 }
 
@@ -199,30 +203,37 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let compiled = self.shared.compiled();
-        let authorizer = &compiled.authorizer;
-        if authorizer.is_empty() {
-            return Either::Left(self.inner.call(req));
+        let allowed = self.shared.with_authorizer(|authorizer| {
+            if authorizer.is_empty() {
+                return true;
+            }
+            let peer = req
+                .extensions()
+                .get::<PeerIdentity>()
+                .map(|p| &p.identity);
+            let source_ip = req
+                .extensions()
+                .get::<PeerAddr>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0.ip());
+            let attrs = RequestAttributes::from_request(&req, peer, source_ip, self.shared.port);
+            let decision = authorizer.evaluate(&attrs);
+            let principal = peer.map_or_else(|| "-".to_owned(), |p| p.principal());
+            if let Some(policy) = decision.audit() {
+                tracing::info!(target: AUDIT_TARGET, %policy, peer = %principal, %source_ip, method = %req.method(), path = %req.uri().path(), allowed = decision.is_allowed(), "AUDIT policy matched");
+            }
+            if let Some(verdict) = decision.dry_run() {
+                tracing::info!(target: AUDIT_TARGET, %verdict, peer = %principal, %source_ip, method = %req.method(), path = %req.uri().path(), "dry-run policy");
+            }
+            if !decision.is_allowed() {
+                tracing::info!(target: AUDIT_TARGET, %decision, peer = %principal, %source_ip, method = %req.method(), path = %req.uri().path(), "request denied");
+            }
+            decision.is_allowed()
+        });
+        if allowed {
+            Either::Left(self.inner.call(req))
+        } else {
+            Either::Right(ready(Ok(denied())))
         }
-        let peer = req.extensions().get::<PeerIdentity>().map(|p| &p.identity);
-        let source_ip = req
-            .extensions()
-            .get::<PeerAddr>()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0.ip());
-        let attrs = RequestAttributes::from_request(&req, peer, source_ip, self.shared.port);
-        let decision = authorizer.evaluate(&attrs);
-        let principal = peer.map_or_else(|| "-".to_owned(), |p| p.principal());
-        if let Some(policy) = decision.audit() {
-            tracing::info!(target: AUDIT_TARGET, %policy, peer = %principal, %source_ip, method = %req.method(), path = %req.uri().path(), allowed = decision.is_allowed(), "AUDIT policy matched");
-        }
-        if let Some(verdict) = decision.dry_run() {
-            tracing::info!(target: AUDIT_TARGET, %verdict, peer = %principal, %source_ip, method = %req.method(), path = %req.uri().path(), "dry-run policy");
-        }
-        if !decision.is_allowed() {
-            tracing::info!(target: AUDIT_TARGET, %decision, peer = %principal, %source_ip, method = %req.method(), path = %req.uri().path(), "request denied");
-            return Either::Right(ready(Ok(denied())));
-        }
-        Either::Left(self.inner.call(req))
     }
 }
 

@@ -50,6 +50,13 @@ use crate::{
 pub trait SnapshotSource: Send + Sync + 'static {
     /// The snapshot to route this request with.
     fn snapshot(&self) -> Arc<Snapshot>;
+
+    /// True if `snapshot` is the current one. Sources that can tell without taking a
+    /// reference (an `ArcSwap`) override it: layers that only need to know whether the
+    /// configuration changed then touch no shared counter per request.
+    fn is_current(&self, snapshot: &Arc<Snapshot>) -> bool {
+        Arc::ptr_eq(&self.snapshot(), snapshot)
+    }
 }
 
 impl SnapshotSource for Snapshot {
@@ -62,11 +69,19 @@ impl SnapshotSource for Arc<Snapshot> {
     fn snapshot(&self) -> Arc<Snapshot> {
         self.clone()
     }
+
+    fn is_current(&self, snapshot: &Arc<Snapshot>) -> bool {
+        Arc::ptr_eq(self, snapshot)
+    }
 }
 
 impl SnapshotSource for ArcSwap<Snapshot> {
     fn snapshot(&self) -> Arc<Snapshot> {
         self.load_full()
+    }
+
+    fn is_current(&self, snapshot: &Arc<Snapshot>) -> bool {
+        Arc::ptr_eq(&self.load(), snapshot)
     }
 }
 
@@ -223,7 +238,11 @@ pub fn decide<B>(
                         d.port,
                         (!d.headers.is_empty()).then(|| DestinationHeaders(d.headers.clone())),
                     ),
-                    None => return Err(NoRoute { host: m.host.to_string() }),
+                    None => {
+                        return Err(NoRoute {
+                            host: m.host.to_string(),
+                        });
+                    }
                 },
                 snapshot::Action::Delegate(_) => {
                     return Err(NoRoute {
