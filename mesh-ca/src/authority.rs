@@ -502,33 +502,132 @@ impl CertificateAuthority {
             });
         }
         let request = csr::verify(csr)?;
+        let bundle = self.sign_leaf(
+            &request.public_key,
+            &request.spki_der,
+            identity,
+            &[],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            ttl,
+            now,
+        )?;
+        tracing::debug!(%identity, serial = %bundle.serial, "issued a workload certificate");
+        Ok(bundle)
+    }
 
+    /// Issues the CA server's own TLS certificate for `key`: DNS SANs `dns_names` (at least
+    /// one) and one SPIFFE URI SAN `identity`, extended key usage serverAuth only (so it
+    /// cannot authenticate as a workload client), valid for `ttl` (zero: 24 h, at most 90
+    /// days) from `now`, chaining to the same root as workload certificates.
+    ///
+    /// Workload certificates ([`sign`](Self::sign)) never carry DNS names; this is the only
+    /// way to get one that does.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCertificate`] for no or invalid DNS names; [`Error::TtlTooLong`].
+    pub fn issue_server_cert_at(
+        &self,
+        key: &KeyPair,
+        dns_names: &[String],
+        identity: &Identity,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<CertBundle, Error> {
+        let ttl = if ttl.is_zero() {
+            DEFAULT_WORKLOAD_CERT_TTL
+        } else {
+            ttl
+        };
+        if ttl > MAX_WORKLOAD_CERT_TTL {
+            return Err(Error::TtlTooLong {
+                requested: ttl,
+                max: MAX_WORKLOAD_CERT_TTL,
+            });
+        }
+        let invalid = |reason: String| Error::InvalidCertificate {
+            what: "the server certificate's DNS names".to_owned(),
+            reason,
+        };
+        if dns_names.is_empty() {
+            return Err(invalid("at least one DNS name is required".to_owned()));
+        }
+        if let Some(bad) = dns_names.iter().find(|n| !valid_dns_name(n)) {
+            return Err(invalid(format!("{bad:?} is not a valid DNS name")));
+        }
+        let bundle = self.sign_leaf(
+            key,
+            &key.public_key_der(),
+            identity,
+            dns_names,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+            ttl,
+            now,
+        )?;
+        tracing::debug!(%identity, serial = %bundle.serial, dns = ?dns_names, "issued the server certificate");
+        Ok(bundle)
+    }
+
+    /// [`issue_server_cert_at`](Self::issue_server_cert_at) now.
+    ///
+    /// # Errors
+    /// As [`issue_server_cert_at`](Self::issue_server_cert_at).
+    pub fn issue_server_cert(
+        &self,
+        key: &KeyPair,
+        dns_names: &[String],
+        identity: &Identity,
+        ttl: Duration,
+    ) -> Result<CertBundle, Error> {
+        self.issue_server_cert_at(key, dns_names, identity, ttl, SystemTime::now())
+    }
+
+    /// Builds and signs a leaf for `public_key` (its SPKI is `spki_der`): empty subject,
+    /// exactly one URI SAN (`identity`) plus `dns_names`, `CA:FALSE`, digitalSignature +
+    /// keyEncipherment, `ekus`, random serial, validity `now - skew ..= now + ttl` (capped at
+    /// the CA's expiry). `ttl` has been checked already.
+    #[allow(clippy::too_many_arguments)]
+    fn sign_leaf(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        spki_der: &[u8],
+        identity: &Identity,
+        dns_names: &[String],
+        ekus: &[ExtendedKeyUsagePurpose],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<CertBundle, Error> {
         let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
         let not_after = validity_end(now, ttl, "the certificate")?.min(self.ca_not_after);
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         let uri = rcgen::string::Ia5String::try_from(identity.to_string())
             .map_err(|e| Error::rcgen("encoding the SPIFFE URI", e))?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.subject_alt_names = Vec::with_capacity(dns_names.len() + 1);
+        for name in dns_names {
+            let name = rcgen::string::Ia5String::try_from(name.as_str())
+                .map_err(|e| Error::rcgen("encoding a DNS name", e))?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
+        params.subject_alt_names.push(SanType::URI(uri));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = ekus.to_vec();
         params.serial_number = Some(random_serial()?);
         params.not_before = offset_date_time(not_before)?;
         params.not_after = offset_date_time(not_after)?;
         params.use_authority_key_identifier_extension = true;
         let cert = params
-            .signed_by(&request.public_key, &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(|e| Error::rcgen("signing the workload certificate", e))?;
 
         let leaf = parse_cert(cert.der(), "the issued certificate")?;
-        if leaf.public_key().raw != request.spki_der.as_slice() {
+        if leaf.public_key().raw != spki_der {
             return Err(Error::csr(
                 "its public key cannot be carried into a certificate unchanged",
             ));
@@ -541,7 +640,6 @@ impl CertificateAuthority {
         chain.push(leaf_pem.clone());
         chain.extend(self.intermediates.iter().cloned());
         chain.push(self.root_pem.clone());
-        tracing::debug!(%identity, %serial, "issued a workload certificate");
         Ok(CertBundle {
             leaf_pem,
             chain,
@@ -621,6 +719,23 @@ impl CertificateAuthority {
 }
 
 // === helpers ===
+
+/// A DNS name a certificate may carry: labels of letters, digits and `-` (not at either
+/// end), 1–63 bytes each, 253 in all; a leading `*.` wildcard label is allowed.
+fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
 
 fn ca_params(
     options: &CaOptions,
@@ -965,6 +1080,66 @@ mod tests {
         assert!(signed_by(&ders[0], &ders[1]));
         assert!(signed_by(&ders[1], &ders[2]));
         assert!(signed_by(&ders[2], &ders[2]));
+    }
+
+    #[test]
+    fn server_certs_carry_dns_names_and_one_uri() {
+        let (_, _, ca) = two_level();
+        let key = p256();
+        let names = vec!["localhost".to_owned(), "mesh-ca".to_owned()];
+        let server_id: Identity = "spiffe://cluster.local/ns/istio-system/sa/mesh-ca"
+            .parse()
+            .unwrap();
+        let bundle = ca
+            .issue_server_cert(&key, &names, &server_id, Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(bundle.chain.len(), 3);
+        let der = pem::parse(&bundle.leaf_pem).unwrap().remove(0).der;
+        let leaf = parse_cert(&der, "leaf").unwrap();
+        assert_eq!(san_uris(&leaf), vec![server_id.to_string()]);
+        let dns: Vec<String> = leaf
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dns, names);
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        assert!(signed_by(
+            &der,
+            &pem::parse(&bundle.chain[1]).unwrap().remove(0).der
+        ));
+
+        // Names are checked; workload certificates still carry no DNS name.
+        for bad in [vec![], vec!["bad name".to_owned()], vec!["a..b".to_owned()]] {
+            let err = ca
+                .issue_server_cert(&key, &bad, &server_id, Duration::ZERO)
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidCertificate { .. }), "{err}");
+        }
+        let err = ca
+            .issue_server_cert(&key, &names, &server_id, Duration::from_secs(91 * 86_400))
+            .unwrap_err();
+        assert!(matches!(err, Error::TtlTooLong { .. }), "{err}");
+        let workload = ca.issue(&id("a"), &key, Duration::ZERO).unwrap();
+        let der = pem::parse(&workload.leaf_pem).unwrap().remove(0).der;
+        let leaf = parse_cert(&der, "leaf").unwrap();
+        assert_eq!(
+            leaf.subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .len(),
+            1
+        );
     }
 
     #[test]

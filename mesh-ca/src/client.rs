@@ -7,14 +7,16 @@
 //! | client | where it signs |
 //! |---|---|
 //! | [`LocalCa`] | an in-process [`CertificateAuthority`]: the embedded default, no server |
-//! | a gRPC client (later, behind a feature) | `istio.v1.auth.IstioCertificateService` |
+//! | [`GrpcCa`] | a remote `istio.v1.auth.IstioCertificateService` over TLS (`mesh-ca serve`, istiod), authenticated by bootstrap token or, for renewals, by the current certificate (mTLS) |
 //! | `ScriptedCa` (feature `test-util`) | a local CA that can be told to fail or be down |
 //!
 //! # Errors
 //! A client reports [`ClientError`]: the CA refused the request ([`ClientError::Ca`]), could
-//! not be reached ([`ClientError::Unavailable`]), or answered with something unusable
-//! ([`ClientError::InvalidResponse`]). The manager treats every error the same way: it keeps
-//! the certificate it has and retries with backoff.
+//! not be reached ([`ClientError::Unavailable`]), refused a remote call
+//! ([`ClientError::Rejected`], with its gRPC code), or answered with something unusable
+//! ([`ClientError::InvalidResponse`]). [`ClientError::is_retryable`] tells transient
+//! failures apart; the manager treats every error the same way: it keeps the certificate it
+//! has and retries with backoff.
 //!
 //! # Examples
 //! ```
@@ -39,6 +41,10 @@
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use crate::{CertBundle, CertificateAuthority, Error, csr::CsrPem, identity::Identity};
+
+mod grpc;
+
+pub use grpc::{DEFAULT_CA_SERVER_NAME, GrpcCa};
 
 /// A boxed, sendable future: what [`CaClient::sign`] returns so the trait stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -68,6 +74,16 @@ pub enum ClientError {
         after: Duration,
     },
 
+    /// A remote CA refused the call: `code` is its gRPC status code (`UNAUTHENTICATED`,
+    /// `INVALID_ARGUMENT`, …) and `message` its explanation.
+    #[error("the CA refused the request ({code:?}): {message}")]
+    Rejected {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The CA's message.
+        message: String,
+    },
+
     /// The CA answered with a certificate the workload cannot use (another identity,
     /// another public key, already expired).
     #[error("the CA returned an unusable certificate: {reason}")]
@@ -75,6 +91,16 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed: the CA was unreachable or slow.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unavailable { .. } | ClientError::Timeout { .. }
+        )
+    }
 }
 
 /// Signs certificate signing requests for workloads: the client side of istiod's

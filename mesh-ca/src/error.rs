@@ -145,6 +145,39 @@ pub enum Error {
     #[error("bootstrap token does not verify (minted with another CA key, or altered)")]
     TokenBadMac,
 
+    /// A listening socket could not be opened.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address asked for.
+        addr: String,
+        /// The cause (address in use, permission denied…).
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
+    /// TLS could not be set up (certificate or key rejected by rustls, bad trust bundle).
+    #[error("TLS setup failed: {reason}")]
+    Tls {
+        /// Why.
+        reason: String,
+    },
+
+    /// The gRPC server stopped with an error.
+    #[error("the signing service failed: {reason}")]
+    Serve {
+        /// Why.
+        reason: String,
+    },
+
+    /// A CA address cannot be used.
+    #[error("invalid CA address {address:?}: {reason}")]
+    InvalidAddress {
+        /// The address given.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A bootstrap token has expired.
     #[error("bootstrap token expired at {}", crate::inspect::rfc3339_unix(*expired_at))]
     TokenExpired {
@@ -175,6 +208,12 @@ impl Error {
 
     pub(crate) fn ca(reason: impl Into<String>) -> Self {
         Error::InvalidCa {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn tls(reason: impl Into<String>) -> Self {
+        Error::Tls {
             reason: reason.into(),
         }
     }

@@ -3,7 +3,8 @@
 //! CA files in Istio's `cacerts` layout ([`files`]), signing of workload certificates that
 //! carry exactly one SPIFFE URI SAN ([`CertificateAuthority::sign`]), bootstrap tokens bound to
 //! one identity ([`token`]), and a plain-words certificate inspector ([`inspect`]). The
-//! `mesh-ca` binary wraps them: `root`, `intermediate`, `issue`, `inspect`, `token`.
+//! `mesh-ca` binary wraps them: `root`, `intermediate`, `issue`, `inspect`, `token`, and
+//! `serve` (the signing service over TLS).
 //!
 //! ```
 //! use std::time::Duration;
@@ -28,8 +29,12 @@
 //! [`client::LocalCa`] as the embedded, in-process CA.
 //!
 //! The gRPC `IstioCertificateService` types (client stub and server trait) are generated into
-//! [`grpc`]; [`server::CaService`] implements it (bootstrap-token callers). Not here yet
-//! (issue 5): mTLS renewal, `mesh-ca serve` over TLS, and a gRPC [`client::CaClient`].
+//! [`grpc`]. [`server::CaService`] implements the service (callers authenticated by a
+//! bootstrap token or, for renewals, by their current workload certificate over mTLS) and
+//! [`server::CaServer`] serves it over TLS with a certificate of its own issued by the CA
+//! (`mesh-ca serve`). [`client::GrpcCa`] is the matching [`client::CaClient`]: a
+//! [`rotation::CertManager`] fetches its first certificate with a token and renews it over
+//! mTLS.
 
 pub mod authority;
 pub mod client;

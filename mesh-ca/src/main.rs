@@ -1,13 +1,15 @@
 //! `mesh-ca`: make CA files in Istio's layout, issue workload certificates, inspect them,
-//! and mint bootstrap tokens.
+//! mint bootstrap tokens, and serve the signing API over TLS.
 //!
 //! Exit codes: 0 success; 1 an error (printed on stderr, with its causes); 2 a usage error
 //! (clap); 3 `inspect` printed its report but a check failed (chain order broken, or a
 //! certificate expired or not yet valid).
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -20,6 +22,7 @@ use mesh_ca::{
     identity::Identity,
     inspect,
     key::{KeyAlgorithm, KeyPair},
+    server::{CaServer, ServerOptions, serve_metrics},
 };
 
 /// A small certificate authority in Istio's `cacerts` layout.
@@ -32,6 +35,7 @@ Typical use:
   mesh-ca issue --cacerts cluster1/ --spiffe spiffe://cluster.local/ns/default/sa/reviews --out reviews/
   mesh-ca inspect reviews/cert-chain.pem
   openssl verify -CAfile <(cat cluster1/ca-cert.pem cluster1/root-cert.pem) reviews/cert-chain.pem
+  mesh-ca serve --cacerts cluster1/ --listen 127.0.0.1:15012
 
 RSA: keys cannot be generated in process (ring has no RSA key generation). Make one with
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out key.pem && chmod 600 key.pem
@@ -136,6 +140,30 @@ enum Command {
         /// Lifetime (Go duration), at most 720h.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
+    },
+    /// Serve istio.v1.auth.IstioCertificateService/CreateCertificate over TLS. Callers
+    /// authenticate with a bootstrap token (`authorization: Bearer …`) or, to renew, with a
+    /// valid workload certificate of the trust domain (mTLS). Stops on SIGTERM or Ctrl-C.
+    Serve {
+        /// Directory in Istio's cacerts layout.
+        #[arg(long, value_name = "DIR")]
+        cacerts: PathBuf,
+        /// Address to listen on (port 0 picks a free port; the real one is printed).
+        #[arg(long, default_value = "127.0.0.1:15012", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Extra DNS name for the server certificate, besides localhost and mesh-ca
+        /// (repeatable).
+        #[arg(long = "dns", value_name = "NAME")]
+        dns: Vec<String>,
+        /// Trust domain of mTLS callers and of the server's own SPIFFE id.
+        #[arg(long, default_value = mesh_ca::identity::DEFAULT_TRUST_DOMAIN, value_name = "DOMAIN")]
+        trust_domain: String,
+        /// Also serve the counters as Prometheus text on http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
+        /// On SIGTERM/Ctrl-C, how long calls in flight get before connections are closed.
+        #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+        shutdown_grace: Duration,
     },
 }
 
@@ -288,8 +316,126 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let token = ca.mint_token(&spiffe, ttl, SystemTime::now())?;
             println!("{token}");
         }
+        Command::Serve {
+            cacerts,
+            listen,
+            dns,
+            trust_domain,
+            metrics_listen,
+            shutdown_grace,
+        } => {
+            let ca = CertificateAuthority::load(&cacerts)
+                .with_context(|| format!("loading the CA from {}", cacerts.display()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the Tokio runtime")?;
+            let mut options = ServerOptions::default().with_trust_domain(trust_domain);
+            options.extra_dns_names = dns;
+            options.shutdown_grace = shutdown_grace;
+            runtime.block_on(serve(
+                Arc::new(ca),
+                listen,
+                options,
+                cacerts.join(files::ROOT_CERT),
+                metrics_listen,
+            ))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mesh-ca serve`: binds, prints where it listens, serves until SIGTERM or Ctrl-C.
+async fn serve(
+    ca: Arc<CertificateAuthority>,
+    listen: SocketAddr,
+    options: ServerOptions,
+    root_cert: PathBuf,
+    metrics_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    tracing_init();
+    let server = CaServer::bind(listen, ca, options).await?;
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        ),
+        None => None,
+    };
+    println!("listening on {}", server.local_addr());
+    println!("root certificate: {}", root_cert.display());
+    println!(
+        "server certificate: {} (DNS {})",
+        server.server_identity(),
+        server.server_dns_names().join(", ")
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
+            println!(
+                "metrics on http://{}/metrics",
+                listener
+                    .local_addr()
+                    .context("reading the metrics address")?
+            );
+            Some(tokio::spawn(serve_metrics(
+                listener,
+                server.metrics(),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
+        let signal = shutdown_signal().await;
+        eprintln!("mesh-ca: {signal}, stopping");
+        let _ = stop_tx.send(true);
+    });
+    server.serve_with_shutdown(stopped(stop_rx)).await?;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    println!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C (SIGINT); says which.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted",
+                _ = term.recv() => "terminated",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "interrupted"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupted"
+    }
+}
+
+/// Logs (the audit log included) to stderr; `RUST_LOG` filters, `info` by default.
+fn tracing_init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
+        .try_init();
 }
 
 /// Generates a key, or loads `--key` (checking `--algorithm` against it when both are given).

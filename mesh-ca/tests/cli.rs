@@ -69,7 +69,7 @@ fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 #[test]
 fn help_lists_the_commands() {
     let help = ok(&["--help"]);
-    for cmd in ["root", "intermediate", "issue", "inspect", "token"] {
+    for cmd in ["root", "intermediate", "issue", "inspect", "token", "serve"] {
         assert!(help.contains(cmd), "{help}");
     }
     assert!(help.contains("openssl genpkey"), "RSA advice: {help}");

@@ -1,5 +1,7 @@
-//! The signing service over gRPC (plaintext for now), called through the client stub generated
-//! from the proto, with CSRs made by `openssl req`.
+//! The signing service over plaintext gRPC (tonic's own server, token callers only), called
+//! through the client stub generated from the proto, with CSRs made by `openssl req`. The
+//! same over TLS, with mTLS renewal, is in `tls.rs`; the `mesh-ca serve` binary in
+//! `serve_cli.rs`.
 
 use std::process::Command;
 use std::sync::Arc;

@@ -61,8 +61,11 @@ fn request(method: &str, peer: Option<&str>) -> http::Request<Body> {
     req.extensions_mut().insert(PeerAddr(addr));
     if let Some(p) = peer {
         let id: Identity = p.parse().unwrap();
-        req.extensions_mut()
-            .insert(PeerIdentity::new(id, "01", std::time::SystemTime::UNIX_EPOCH));
+        req.extensions_mut().insert(PeerIdentity::new(
+            id,
+            "01",
+            std::time::SystemTime::UNIX_EPOCH,
+        ));
     }
     req
 }
