@@ -187,7 +187,9 @@ impl<S> Balance<S> {
         tried: Option<&TriedEndpoints>,
     ) -> Decision {
         // Authorities are only needed to compare with earlier attempts (a retry).
-        let tried = tried.map(TriedEndpoints::snapshot).filter(|t| !t.is_empty());
+        let tried = tried
+            .map(TriedEndpoints::snapshot)
+            .filter(|t| !t.is_empty());
         let cursor = match algorithm {
             Algorithm::RoundRobin => {
                 let cursor = self.stats.read().next_cursor(host, subset);
@@ -195,7 +197,8 @@ impl<S> Balance<S> {
             }
             _ => 0,
         };
-        let now_ms = self.stats.now_ms();
+        // The clock is read only if some candidate was marked down (rare).
+        let mut now_ms = None;
         let maps = self.stats.read();
         let mut ports: SmallVec<[u16; INLINE]> = SmallVec::with_capacity(endpoints.len());
         let mut loads: SmallVec<[Option<&Arc<EndpointLoad>>; INLINE]> =
@@ -209,14 +212,19 @@ impl<S> Balance<S> {
             // Avoid endpoints already tried for this request and endpoints that recently
             // refused connections (only while some other candidate is left: the pure pick
             // guarantees it).
-            let down = load.is_some_and(|l| l.is_down(now_ms));
-            let was_tried = tried.as_ref().is_some_and(|t| match load.and_then(|l| l.authority()) {
-                Some(a) => t.contains(a),
-                None => {
-                    let a = authority(&e.address, port);
-                    t.iter().any(|x| x == a.as_str())
-                }
+            let down = load.is_some_and(|l| {
+                l.marked_down() && l.is_down(*now_ms.get_or_insert_with(|| self.stats.now_ms()))
             });
+            let was_tried =
+                tried
+                    .as_ref()
+                    .is_some_and(|t| match load.and_then(|l| l.authority()) {
+                        Some(a) => t.contains(a),
+                        None => {
+                            let a = authority(&e.address, port);
+                            t.iter().any(|x| x == a.as_str())
+                        }
+                    });
             // Only LEAST_REQUEST looks at the load.
             let in_flight = match algorithm {
                 Algorithm::LeastRequest => load.map_or(0, |l| l.in_flight()),

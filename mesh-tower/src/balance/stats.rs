@@ -97,6 +97,11 @@ impl EndpointLoad {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// True if a connect failure marked the endpoint down (it may have expired since).
+    pub(super) fn marked_down(&self) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) != 0
+    }
+
     /// True while the endpoint is avoided after connect failures.
     pub(super) fn is_down(&self, now_ms: u64) -> bool {
         now_ms < self.down_until_ms.load(Ordering::Relaxed)

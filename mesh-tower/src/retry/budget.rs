@@ -1,11 +1,9 @@
 //! The retry budgets' shared state: active requests and retries per destination host.
 
 use arc_swap::ArcSwap;
-use std::{
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc, Mutex, PoisonError,
+    atomic::{AtomicU64, Ordering},
 };
 
 use mesh_core::policy::retry::RetryBudget;
@@ -97,9 +95,9 @@ impl HostBudget {
     }
 
     /// Counts a request as active until the guard drops.
-    pub(super) fn start_request(self: &Arc<Self>) -> RequestGuard {
+    pub(super) fn start_request(self: Arc<Self>) -> RequestGuard {
         self.active_requests.fetch_add(1, Ordering::AcqRel);
-        RequestGuard(self.clone())
+        RequestGuard(self)
     }
 
     /// Counts a retry as in flight until the guard drops, if `limits` allow one more.
@@ -119,6 +117,13 @@ impl HostBudget {
 /// An active request; decrements the count on drop.
 #[derive(Debug)]
 pub(super) struct RequestGuard(Arc<HostBudget>);
+
+impl RequestGuard {
+    /// The destination's budget state.
+    pub(super) fn budget(&self) -> &Arc<HostBudget> {
+        &self.0
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
@@ -145,7 +150,7 @@ mod tests {
         let budgets = RetryBudgets::new();
         let b = budgets.host("a");
         assert!(Arc::ptr_eq(&b, &budgets.host("a")));
-        let requests: Vec<_> = (0..10).map(|_| b.start_request()).collect();
+        let requests: Vec<_> = (0..10).map(|_| b.clone().start_request()).collect();
         assert_eq!(b.active_requests(), 10);
         let limits = RetryBudget::default();
         let retries: Vec<_> = (0..5).filter_map(|_| b.try_start_retry(&limits)).collect();
@@ -163,7 +168,7 @@ mod tests {
     fn idle_hosts_are_dropped_when_many() {
         let budgets = RetryBudgets::new();
         let busy = budgets.host("busy");
-        let _guard = busy.start_request();
+        let _guard = busy.clone().start_request();
         drop(busy);
         for i in 0..IDLE_HOSTS + 10 {
             let _ = budgets.host(&format!("h{i}"));

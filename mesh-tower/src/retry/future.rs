@@ -22,7 +22,7 @@ use tower::{Service, ServiceExt};
 use super::{
     MAX_REPLAY_BODY,
     body::{Prepared, Replay, prepare},
-    budget::{HostBudget, RequestGuard, RetryGuard},
+    budget::{RequestGuard, RetryGuard},
     classify,
     layer::Shared,
 };
@@ -126,8 +126,7 @@ pub(super) async fn run<S>(
     req: Request<Body>,
     policy: PolicyRef,
     shared: Arc<Shared>,
-    budget: Arc<HostBudget>,
-    _active: RequestGuard,
+    active: RequestGuard,
 ) -> Result<Response<Body>, BoxError>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
@@ -174,7 +173,7 @@ where
             return exhausted(result);
         }
         let limits = template.budget_limits(shared.default_budget);
-        let Some(guard) = budget.try_start_retry(&limits) else {
+        let Some(guard) = active.budget().try_start_retry(&limits) else {
             shared.stats.record_budget_exhausted();
             return exhausted(result);
         };

@@ -102,13 +102,6 @@ where
         }
         let clone = self.inner.clone();
         let svc = mem::replace(&mut self.inner, clone);
-        ResponseFuture::retrying(Box::pin(run(
-            svc,
-            req,
-            policy,
-            self.shared.clone(),
-            budget,
-            active,
-        )))
+        ResponseFuture::retrying(Box::pin(run(svc, req, policy, self.shared.clone(), active)))
     }
 }

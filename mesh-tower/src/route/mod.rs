@@ -214,6 +214,16 @@ pub fn decide<B>(
     req: &http::Request<B>,
     draw: u32,
 ) -> Result<(Target, Option<DestinationHeaders>), NoRoute> {
+    decide_with(snapshot, caller, req, || draw)
+}
+
+/// [`decide`], drawing the random number only when a rule has several destinations.
+fn decide_with<B>(
+    snapshot: &Arc<Snapshot>,
+    caller: &Caller,
+    req: &http::Request<B>,
+    draw: impl FnOnce() -> u32,
+) -> Result<(Target, Option<DestinationHeaders>), NoRoute> {
     let info = snapshot::RequestInfo::from_request(req);
     let gateways = if caller.gateway {
         snapshot.gateways_for(&caller.labels)
@@ -231,7 +241,10 @@ pub fn decide<B>(
         Routing::Matched(m) => {
             let route = m.route.clone();
             let (host, subset, dport, headers) = match m.route.action {
-                snapshot::Action::Forward(_) => match m.route.pick(draw) {
+                snapshot::Action::Forward(ref destinations) => match m
+                    .route
+                    .pick(if destinations.len() > 1 { draw() } else { 0 })
+                {
                     Some(d) => (
                         d.host.clone(),
                         d.subset.clone(),
@@ -301,7 +314,7 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         use futures_util::TryFutureExt;
         let snapshot = self.shared.source.snapshot();
-        match decide(&snapshot, &self.shared.caller, &req, rand::random::<u32>()) {
+        match decide_with(&snapshot, &self.shared.caller, &req, rand::random::<u32>) {
             Ok((target, headers)) => {
                 req.extensions_mut().insert(target);
                 if let Some(h) = headers {
