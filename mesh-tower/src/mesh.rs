@@ -11,9 +11,31 @@
 //!   through the outbound stack (routing, faults, timeouts, retries, load balancing);
 //! - [`Mesh::serve`]: serves the application's tower service on a listener (HTTP/1.1 and
 //!   HTTP/2), deregisters first on shutdown so callers move away, then drains;
-//! - [`Mesh::ready`]: resolves once the first configuration is loaded, so the application
-//!   never serves or calls before the mesh is ready (no start-up race, no
-//!   `holdApplicationUntilProxyStarts`).
+//! - [`Mesh::ready`]: resolves once the first configuration is loaded (and, with an
+//!   identity, the first certificate), so the application never serves or calls before the
+//!   mesh is ready (no start-up race, no `holdApplicationUntilProxyStarts`).
+//!
+//! # Mutual TLS
+//!
+//! With [`MeshBuilder::identity`] (the workload's certificates, e.g. a certificate manager's
+//! channel through [`tls::watch_credentials`]) the mesh speaks mutual TLS as Istio's
+//! sidecars do:
+//!
+//! - **Inbound** ([`Mesh::serve`]): every connection is accepted with the PeerAuthentication
+//!   mode for this workload and the listener's port, computed from the current snapshot when
+//!   the connection arrives (mesh → namespace → workload, `portLevelMtls`; `UNSET` is
+//!   PERMISSIVE). The caller's verified [`PeerIdentity`](crate::tls::PeerIdentity) is in each
+//!   request's extensions, where AuthorizationPolicy reads `principals` and `namespaces`.
+//! - **Registration**: the WorkloadEntry carries the label
+//!   `security.istio.io/tlsMode: istio` ([`tls::policy::TLS_MODE_LABEL`]), as Istio's
+//!   injector labels sidecar pods; auto-mTLS keys on it.
+//! - **Outbound** ([`Mesh::http_client`]): each new connection asks
+//!   [`tls::policy::upstream_tls`] (DestinationRule `tls`, else auto-mTLS: mutual TLS to
+//!   endpoints carrying the label, plaintext elsewhere) and checks the server's identity
+//!   against the service accounts registered for that endpoint (secure naming). A failed
+//!   handshake is a `503 UF` connect failure, retried on another endpoint.
+//!
+//! Without an identity nothing changes: plaintext both ways, no detection, no label.
 //!
 //! # Examples
 //! ```no_run
@@ -55,9 +77,11 @@ use tower::{Service, util::BoxCloneSyncService};
 
 use crate::{
     body::{self, Body},
+    connect::Connect,
     route::Caller,
-    server::{self, ServeSummary, ShutdownOptions},
+    server::{self, InboundTls, InboundTlsStats, ServeSummary, ShutdownOptions},
     stack::{self, StackParts},
+    tls::{self, IdentityWatch, TlsAcceptor},
 };
 
 /// The workload a [`Mesh`] runs for: its identity and where it listens.
@@ -141,6 +165,9 @@ pub enum MeshError {
     /// The store failed.
     #[error("config store: {0}")]
     Store(#[from] StoreError),
+    /// The TLS configuration could not be built.
+    #[error("mutual TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Builds a [`Mesh`].
@@ -154,9 +181,19 @@ pub struct MeshBuilder {
     drain_delay: Duration,
     shutdown: ShutdownOptions,
     connect_timeout: Duration,
+    identity: Option<IdentityWatch>,
 }
 
 impl MeshBuilder {
+    /// The workload's TLS credentials: with them the mesh speaks mutual TLS (see the
+    /// [module docs](self#mutual-tls)); without them it stays plaintext. The value current at
+    /// each handshake is used, so a rotated certificate applies to new connections;
+    /// [`Mesh::ready`] waits for the first one.
+    pub fn identity(mut self, identity: IdentityWatch) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
     /// Mesh-wide settings (domain, root namespace, trust domain).
     pub fn settings(mut self, settings: MeshSettings) -> Self {
         self.settings = settings;
@@ -213,7 +250,14 @@ impl MeshBuilder {
         let caller = Caller::new(self.workload.namespace.clone())
             .labels(self.workload.labels.clone())
             .gateway(self.gateway);
-        let parts = StackParts::new(self.connect_timeout);
+        let mut connect = Connect::builder().connect_timeout(self.connect_timeout);
+        if let Some(identity) = &self.identity {
+            let snapshots = watcher.handle();
+            connect = connect.mutual_tls(identity.clone(), move |authority| {
+                tls::policy::upstream_tls(&snapshots.load(), authority)
+            });
+        }
+        let parts = StackParts::with_connect(connect.build());
         // Endpoints that left the registry leave their load counters behind; drop the idle
         // ones on each new snapshot. The task ends with the watcher (its channel closes).
         let stats = parts.endpoint_stats.clone();
@@ -233,6 +277,8 @@ impl MeshBuilder {
                 parts,
                 drain_delay: self.drain_delay,
                 shutdown: self.shutdown,
+                identity: self.identity,
+                tls_stats: Arc::default(),
             }),
         };
         if let Some(addr) = self.workload.address {
@@ -258,6 +304,8 @@ struct Inner {
     parts: StackParts,
     drain_delay: Duration,
     shutdown: ShutdownOptions,
+    identity: Option<IdentityWatch>,
+    tls_stats: Arc<InboundTlsStats>,
 }
 
 impl Mesh {
@@ -271,12 +319,32 @@ impl Mesh {
             drain_delay: Duration::from_secs(1),
             shutdown: ShutdownOptions::default(),
             connect_timeout: Duration::from_secs(10),
+            identity: None,
         }
     }
 
-    /// Resolves once the first good configuration is loaded.
+    /// Resolves once the first good configuration is loaded and, with an identity, the first
+    /// certificate has arrived (until then mutual TLS fails closed). If the identity source
+    /// closes without ever publishing one, resolves anyway.
     pub async fn ready(&self) {
         self.inner.watcher.ready().await;
+        if let Some(identity) = &self.inner.identity {
+            let mut identity = identity.clone();
+            if identity.wait_for(Option::is_some).await.is_err() {
+                tracing::warn!(workload = %self.inner.name, "the identity source closed before a certificate arrived; mutual TLS fails closed");
+            }
+        }
+    }
+
+    /// True if the mesh speaks mutual TLS (built with [`MeshBuilder::identity`]).
+    pub fn is_mutual_tls(&self) -> bool {
+        self.inner.identity.is_some()
+    }
+
+    /// The inbound TLS counters of [`Mesh::serve`] (connections over mutual TLS, plaintext,
+    /// refused), shared by every serve call of this mesh; all zero without an identity.
+    pub fn inbound_tls_stats(&self) -> &Arc<InboundTlsStats> {
+        &self.inner.tls_stats
     }
 
     /// The live snapshot.
@@ -325,7 +393,17 @@ impl Mesh {
     pub async fn register(&self, addr: SocketAddr) -> Result<(), MeshError> {
         let mut workload = self.inner.workload.lock().await;
         workload.address = Some(addr);
-        self.inner.store.register(workload.entry(addr)).await?;
+        let mut entry = workload.entry(addr);
+        if self.inner.identity.is_some()
+            && let Spec::WorkloadEntry(we) = &mut entry.spec
+        {
+            // Auto-mTLS: callers send mutual TLS to endpoints carrying this label.
+            we.labels.insert(
+                tls::policy::TLS_MODE_LABEL.to_owned(),
+                tls::policy::TLS_MODE_ISTIO.to_owned(),
+            );
+        }
+        self.inner.store.register(entry).await?;
         tracing::info!(workload = %self.inner.name, %addr, "registered");
         Ok(())
     }
@@ -369,6 +447,18 @@ impl Mesh {
             let w = self.inner.workload.lock().await;
             (w.address, w.namespace.clone(), w.labels.clone())
         };
+        let tls = match &self.inner.identity {
+            None => None,
+            Some(identity) => {
+                self.check_identity(identity);
+                let acceptor = TlsAcceptor::new(identity.clone())?;
+                let snapshots = self.inner.watcher.handle();
+                let (namespace, labels, port) = (namespace.clone(), labels.clone(), local.port());
+                let mode =
+                    move || tls::policy::inbound_mode(&snapshots.load(), &namespace, &labels, port);
+                Some(InboundTls::new(acceptor, mode).with_stats(self.inner.tls_stats.clone()))
+            }
+        };
         self.register(registered.unwrap_or(local)).await?;
         // The inbound stack: AuthorizationPolicy in front of the application.
         let source: Arc<dyn crate::route::SnapshotSource> = self.inner.watcher.handle();
@@ -390,7 +480,32 @@ impl Mesh {
             }
             tokio::time::sleep(this.inner.drain_delay).await;
         };
-        Ok(server::serve(listener, app, stop, self.inner.shutdown).await?)
+        Ok(match tls {
+            None => server::serve(listener, app, stop, self.inner.shutdown).await?,
+            Some(tls) => server::serve_tls(listener, app, stop, self.inner.shutdown, tls).await?,
+        })
+    }
+
+    /// Warns when the certificate's identity is not the one the workload registers: callers
+    /// will refuse it (secure naming).
+    fn check_identity(&self, identity: &IdentityWatch) {
+        let Some(current) = identity.borrow().clone() else {
+            return;
+        };
+        let Ok(workload) = self.inner.workload.try_lock() else {
+            return;
+        };
+        let id = current.identity();
+        if id.namespace() != workload.namespace || id.service_account() != workload.service_account
+        {
+            tracing::warn!(
+                workload = %self.inner.name,
+                certificate = %id,
+                registered_namespace = %workload.namespace,
+                registered_service_account = %workload.service_account,
+                "the workload certificate names another identity than the one registered; callers will refuse it (secure naming)"
+            );
+        }
     }
 }
 

@@ -6,6 +6,14 @@
 //! HTTP/1.1 after the response in flight), and waits for requests in flight up to a deadline.
 //! [`Mesh::serve`](crate::mesh::Mesh::serve) adds the mesh's part: it deregisters the workload
 //! first, so callers stop choosing it before it stops accepting.
+//!
+//! [`serve_tls`] does the same with mutual TLS ([`InboundTls`]): each accepted socket is
+//! handshaken in its own task (the accept loop never waits for a peer), with the mode
+//! PeerAuthentication gives at that moment (STRICT, PERMISSIVE or DISABLE); the client's
+//! verified [`PeerIdentity`] goes into each request's extensions. A refused or failed
+//! handshake ends that connection only: it is logged at debug level with the peer's address
+//! and counted ([`InboundTlsStats`]). On shutdown, connections still handshaking are served
+//! nothing and closed; established ones drain as plaintext ones do.
 
 use std::{
     convert::Infallible,
@@ -28,7 +36,10 @@ use mesh_core::BoxError;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 
-use crate::body::{self, Body};
+use crate::{
+    body::{self, Body},
+    tls::{Accepted, InboundMode, PeerIdentity, TlsAcceptor},
+};
 
 /// How [`serve`] shuts down.
 #[derive(Clone, Copy, Debug)]
@@ -60,6 +71,78 @@ pub struct ServeSummary {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Mutual TLS for [`serve_tls`]: the acceptor (the workload's current certificate) and the
+/// PeerAuthentication mode, asked once per connection so policy changes apply to the next
+/// connection. Cheap to clone.
+#[derive(Clone)]
+pub struct InboundTls {
+    acceptor: TlsAcceptor,
+    mode: Arc<dyn Fn() -> InboundMode + Send + Sync>,
+    stats: Arc<InboundTlsStats>,
+}
+
+impl std::fmt::Debug for InboundTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundTls")
+            .field("acceptor", &self.acceptor)
+            .field("mode", &(self.mode)())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl InboundTls {
+    /// Accepts with `acceptor` in the mode `mode` returns when a connection arrives.
+    pub fn new(
+        acceptor: TlsAcceptor,
+        mode: impl Fn() -> InboundMode + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            acceptor,
+            mode: Arc::new(mode),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Counts into `stats` (e.g. shared by several listeners) instead of fresh counters.
+    #[must_use]
+    pub fn with_stats(mut self, stats: Arc<InboundTlsStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// The counters of accepted and refused connections, shared by the clones.
+    pub fn stats(&self) -> &Arc<InboundTlsStats> {
+        &self.stats
+    }
+}
+
+/// Counters of [`serve_tls`]: connections by outcome of protocol detection and handshake.
+#[derive(Debug, Default)]
+pub struct InboundTlsStats {
+    tls: std::sync::atomic::AtomicU64,
+    plaintext: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl InboundTlsStats {
+    /// Connections that completed the mutual-TLS handshake.
+    pub fn tls(&self) -> u64 {
+        self.tls.load(Ordering::Relaxed)
+    }
+
+    /// Connections served in plaintext (PERMISSIVE or DISABLE).
+    pub fn plaintext(&self) -> u64 {
+        self.plaintext.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused: plaintext on a STRICT port, failed or timed-out handshakes,
+    /// peers closing before a byte.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then drains.
 ///
 /// Requests reach `app` as `http::Request<Body>` with a [`PeerAddr`] extension. Errors from
@@ -72,6 +155,46 @@ pub async fn serve<S, B>(
     app: S,
     shutdown: impl Future<Output = ()>,
     options: ShutdownOptions,
+) -> std::io::Result<ServeSummary>
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    serve_with(listener, app, shutdown, options, None).await
+}
+
+/// [`serve`] with mutual TLS: each connection is accepted as `tls` says (see the
+/// [module docs](self)); requests over mutual TLS carry the client's [`PeerIdentity`] in
+/// their extensions, next to [`PeerAddr`].
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    app: S,
+    shutdown: impl Future<Output = ()>,
+    options: ShutdownOptions,
+    tls: InboundTls,
+) -> std::io::Result<ServeSummary>
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    serve_with(listener, app, shutdown, options, Some(tls)).await
+}
+
+async fn serve_with<S, B>(
+    listener: TcpListener,
+    app: S,
+    shutdown: impl Future<Output = ()>,
+    options: ShutdownOptions,
+    tls: Option<InboundTls>,
 ) -> std::io::Result<ServeSummary>
 where
     S: Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
@@ -104,6 +227,18 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 connections.fetch_add(1, Ordering::Relaxed);
+                if let Some(tls) = &tls {
+                    let watcher = graceful.watcher();
+                    tokio::spawn(serve_tls_connection(
+                        stream,
+                        peer,
+                        tls.clone(),
+                        app.clone(),
+                        builder.clone(),
+                        watcher,
+                    ));
+                    continue;
+                }
                 let app = app.clone();
                 let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                     req.extensions_mut().insert(PeerAddr(peer));
@@ -130,6 +265,50 @@ where
         connections: connections.load(Ordering::Relaxed),
         drained,
     })
+}
+
+/// Detects, handshakes and serves one connection of [`serve_tls`], in its own task.
+async fn serve_tls_connection<S, B>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: InboundTls,
+    app: S,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mode = (tls.mode)();
+    let accepted = match tls.acceptor.accept_with_mode(stream, mode).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tls.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, %peer, ?mode, "inbound connection refused");
+            return;
+        }
+    };
+    let counter = match &accepted {
+        Accepted::Tls(..) => &tls.stats.tls,
+        Accepted::Plaintext(_) => &tls.stats.plaintext,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let (io, identity): (_, Option<PeerIdentity>) = accepted.into_io();
+    let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        let ext = req.extensions_mut();
+        ext.insert(PeerAddr(peer));
+        if let Some(id) = &identity {
+            ext.insert(id.clone());
+        }
+        handle(app.clone(), req.map(body::boxed), peer)
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
 }
 
 /// Calls the application; an application error becomes a 500 (hyper would close the

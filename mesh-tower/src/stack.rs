@@ -12,7 +12,7 @@
 //!                   mirrored; never retried)
 //! retry             retries, per-try timeout, back-off, budget
 //! balance           endpoint choice (least request, round robin, random)
-//! connect           HTTP/1.1 or h2c connection pools
+//! connect           HTTP/1.1 or HTTP/2 connection pools, plaintext or mutual TLS
 //! ```
 //!
 //! Every layer below `route` reads its policy from the request's
@@ -57,11 +57,17 @@ pub struct StackParts {
 impl StackParts {
     /// Fresh state, with the given upstream connect timeout.
     pub fn new(connect_timeout: Duration) -> Self {
+        Self::with_connect(Connect::builder().connect_timeout(connect_timeout).build())
+    }
+
+    /// Fresh state over the given connection pools (e.g. built with
+    /// [`ConnectBuilder::mutual_tls`](crate::connect::ConnectBuilder::mutual_tls)).
+    pub fn with_connect(connect: Connect) -> Self {
         Self {
             retry_budgets: Arc::new(RetryBudgets::new()),
             retry_stats: Arc::new(RetryStats::new()),
             endpoint_stats: EndpointStats::new(),
-            connect: Connect::builder().connect_timeout(connect_timeout).build(),
+            connect,
         }
     }
 }

@@ -39,10 +39,7 @@ pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 pub mod matcher;
 pub mod route;
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 pub use self::route::{Action, Route, WeightedDestination};
 use crate::{
@@ -596,7 +593,8 @@ impl Snapshot {
             .sort_by_key(|p| std::cmp::Reverse(p.host.len()));
 
         // Endpoints of every subset, selected once.
-        let mut subset_endpoints: HashMap<String, HashMap<String, EndpointList>> = HashMap::default();
+        let mut subset_endpoints: HashMap<String, HashMap<String, EndpointList>> =
+            HashMap::default();
         for policy in snap
             .destination_rules
             .values()
@@ -816,7 +814,6 @@ impl Snapshot {
             None => Arc::from(host),
         }
     }
-
 
     /// Routes a request: which VirtualService rule applies, or the default route.
     ///

@@ -46,20 +46,20 @@ impl ConnTag {
     }
 }
 
-/// A TCP connection with its [`ConnTag`].
+/// A connection (TCP, or mutual TLS over TCP) with its [`ConnTag`].
 #[derive(Debug)]
-pub(super) struct MeshIo {
-    io: TokioIo<TcpStream>,
+pub(super) struct MeshIo<T = TokioIo<TcpStream>> {
+    io: T,
     tag: ConnTag,
 }
 
-impl Connection for MeshIo {
+impl<T: Connection> Connection for MeshIo<T> {
     fn connected(&self) -> Connected {
         self.io.connected().extra(self.tag.clone())
     }
 }
 
-impl Read for MeshIo {
+impl<T: Read + Unpin> Read for MeshIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -69,7 +69,7 @@ impl Read for MeshIo {
     }
 }
 
-impl Write for MeshIo {
+impl<T: Write + Unpin> Write for MeshIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -99,16 +99,23 @@ impl Write for MeshIo {
     }
 }
 
-/// hyper-util's [`HttpConnector`] returning [`MeshIo`].
+/// A connector (hyper-util's [`HttpConnector`] by default, or the mutual-TLS
+/// [`MtlsConnector`](crate::tls::MtlsConnector) over it) returning [`MeshIo`].
 #[derive(Clone, Debug)]
-pub(super) struct Connector(pub(super) HttpConnector);
+pub(super) struct Connector<C = HttpConnector>(pub(super) C);
 
-type Connecting = Pin<Box<dyn Future<Output = Result<MeshIo, BoxError>> + Send>>;
+type Connecting<T> = Pin<Box<dyn Future<Output = Result<MeshIo<T>, BoxError>> + Send>>;
 
-impl tower::Service<Uri> for Connector {
-    type Response = MeshIo;
+impl<C> tower::Service<Uri> for Connector<C>
+where
+    C: tower::Service<Uri>,
+    C::Response: Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = MeshIo<C::Response>;
     type Error = BoxError;
-    type Future = Connecting;
+    type Future = Connecting<C::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.0.poll_ready(cx).map_err(Into::into)
@@ -117,7 +124,7 @@ impl tower::Service<Uri> for Connector {
     fn call(&mut self, dst: Uri) -> Self::Future {
         let connecting = self.0.call(dst);
         Box::pin(async move {
-            let io = connecting.await?;
+            let io = connecting.await.map_err(Into::into)?;
             Ok(MeshIo {
                 io,
                 tag: ConnTag::default(),

@@ -6,7 +6,24 @@
 //! HTTP/1.1 and one HTTP/2 with prior knowledge (h2c). A request whose
 //! [`version`](http::Request::version) is `HTTP/2` (tonic sets it on every gRPC request) goes
 //! to the HTTP/2 client, multiplexed on one connection per endpoint; any other to the
-//! HTTP/1.1 client. Connections are plain TCP with `TCP_NODELAY` (mutual TLS comes later).
+//! HTTP/1.1 client. Connections are TCP with `TCP_NODELAY`.
+//!
+//! # Mutual TLS
+//!
+//! Built with [`ConnectBuilder::mutual_tls`], the connections go through the mesh's
+//! [`MtlsConnector`]: for each new connection a lookup (the mesh's is
+//! [`tls::policy::upstream_tls`](crate::tls::policy::upstream_tls) on the current snapshot)
+//! says whether the endpoint's `address:port` gets mutual TLS (and which identities it may
+//! present) or plaintext. The pools are keyed by `scheme://authority` with the scheme always
+//! `http`, so one endpoint is either TLS or plaintext for as long as its pooled connections
+//! live; a policy change applies to new connections. The HTTP/1.1 client offers only
+//! `http/1.1` with ALPN and the HTTP/2 client only `h2`, so the protocol is the same as in
+//! plaintext. A refused handshake or a secure-naming failure is a connect failure
+//! ([`UpstreamConnectFailure`], `503 UF`) whose source is the [`TlsError`] naming the peer;
+//! retries then prefer another endpoint.
+//!
+//! [`MtlsConnector`]: crate::tls::MtlsConnector
+//! [`TlsError`]: crate::tls::TlsError
 //!
 //! | setting | default | Istio / Envoy |
 //! |---|---|---|
@@ -73,7 +90,7 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, Response, Version};
+use http::{Request, Response, Version, uri::Authority};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
@@ -81,7 +98,10 @@ use hyper_util::{
 use mesh_core::BoxError;
 
 use self::{future::ResponseFuture, io::Connector};
-use crate::body::Body;
+use crate::{
+    body::Body,
+    tls::{Alpn, IdentityWatch, MtlsConnector, TlsConnector, UpstreamTls},
+};
 
 /// How long establishing a connection may take (Istio's `connectTimeout` default).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,17 +123,37 @@ pub struct Connect {
 }
 
 #[derive(Debug)]
-struct Clients {
-    http1: Client<Connector, Body>,
-    http2: Client<Connector, Body>,
+enum Clients {
+    Plain {
+        http1: Client<Connector, Body>,
+        http2: Client<Connector, Body>,
+    },
+    Mtls {
+        http1: Client<Connector<MtlsConnector>, Body>,
+        http2: Client<Connector<MtlsConnector>, Body>,
+    },
 }
+
+/// Decides per new connection whether an endpoint gets mutual TLS.
+pub type UpstreamTlsLookup = std::sync::Arc<dyn Fn(&Authority) -> UpstreamTls + Send + Sync>;
 
 /// Configures a [`Connect`]; the last call of a setter wins.
 #[must_use]
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnectBuilder {
     connect_timeout: Option<Duration>,
     pool_idle_timeout: Option<Duration>,
+    mtls: Option<(IdentityWatch, UpstreamTlsLookup)>,
+}
+
+impl std::fmt::Debug for ConnectBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectBuilder")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("mutual_tls", &self.mtls.is_some())
+            .finish()
+    }
 }
 
 // === impl Connect ===
@@ -130,7 +170,13 @@ impl Connect {
         ConnectBuilder {
             connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             pool_idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
+            mtls: None,
         }
+    }
+
+    /// True if connections may use mutual TLS (built with [`ConnectBuilder::mutual_tls`]).
+    pub fn is_mutual_tls(&self) -> bool {
+        matches!(*self.clients, Clients::Mtls { .. })
     }
 }
 
@@ -151,12 +197,24 @@ impl tower::Service<Request<Body>> for Connect {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let endpoint = req.uri().authority().cloned();
-        let client = if req.version() == Version::HTTP_2 {
-            &self.clients.http2
-        } else {
-            &self.clients.http1
+        let h2 = req.version() == Version::HTTP_2;
+        let future = match &*self.clients {
+            Clients::Plain { http1, http2 } => {
+                if h2 {
+                    http2.request(req)
+                } else {
+                    http1.request(req)
+                }
+            }
+            Clients::Mtls { http1, http2 } => {
+                if h2 {
+                    http2.request(req)
+                } else {
+                    http1.request(req)
+                }
+            }
         };
-        ResponseFuture::new(client.request(req), endpoint)
+        ResponseFuture::new(future, endpoint)
     }
 }
 
@@ -178,26 +236,61 @@ impl ConnectBuilder {
         self
     }
 
+    /// Connects with mutual TLS where `lookup` says so, presenting the certificate current
+    /// in `identity` at each handshake (see the [module docs](self)). Without it every
+    /// connection is plaintext.
+    pub fn mutual_tls(
+        mut self,
+        identity: IdentityWatch,
+        lookup: impl Fn(&Authority) -> UpstreamTls + Send + Sync + 'static,
+    ) -> Self {
+        self.mtls = Some((identity, std::sync::Arc::new(lookup)));
+        self
+    }
+
     /// Builds the connector. It spawns its connection tasks on the Tokio runtime it is used
     /// from.
     pub fn build(self) -> Connect {
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(self.connect_timeout);
-        let connector = Connector(tcp);
-        let client = |http2_only: bool| {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(self.pool_idle_timeout)
+        let builder = |http2_only: bool| {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(self.pool_idle_timeout)
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
-                .http2_only(http2_only)
-                .build(connector.clone())
+                .http2_only(http2_only);
+            b
+        };
+        let clients = match self.mtls {
+            None => {
+                let connector = Connector(tcp);
+                Clients::Plain {
+                    http1: builder(false).build(connector.clone()),
+                    http2: builder(true).build(connector),
+                }
+            }
+            Some((identity, lookup)) => {
+                let mut tls = TlsConnector::new(identity);
+                if let Some(timeout) = self.connect_timeout {
+                    tls = tls.handshake_timeout(timeout);
+                }
+                let connector = |alpn: &'static [Alpn]| {
+                    let lookup = lookup.clone();
+                    Connector(MtlsConnector::with_connector(
+                        tcp.clone(),
+                        tls.clone().alpn(alpn),
+                        move |a: &Authority| lookup(a),
+                    ))
+                };
+                Clients::Mtls {
+                    http1: builder(false).build(connector(&[Alpn::Http11])),
+                    http2: builder(true).build(connector(&[Alpn::H2])),
+                }
+            }
         };
         Connect {
-            clients: std::sync::Arc::new(Clients {
-                http1: client(false),
-                http2: client(true),
-            }),
+            clients: std::sync::Arc::new(clients),
         }
     }
 }

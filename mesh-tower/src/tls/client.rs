@@ -13,7 +13,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::{
     Alpn, DEFAULT_HANDSHAKE_TIMEOUT, ExpectedIdentities, IdentityWatch, PeerIdentity, TlsError,
-    alpn_protocols, provider, server::peer_addr, verify::SpiffeServerVerifier,
+    provider, server::peer_addr, verify::SpiffeServerVerifier,
 };
 
 /// Builds the client configuration for a connection to a destination backed by `expected`:
@@ -29,6 +29,15 @@ pub fn client_config(
     source: IdentityWatch,
     expected: ExpectedIdentities,
 ) -> Result<ClientConfig, TlsError> {
+    client_config_offering(source, expected, &[Alpn::H2, Alpn::Http11])
+}
+
+/// [`client_config`] offering the protocols in `alpn` (in order of preference).
+fn client_config_offering(
+    source: IdentityWatch,
+    expected: ExpectedIdentities,
+    alpn: &[Alpn],
+) -> Result<ClientConfig, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(super::PROTOCOL_VERSIONS)
         .map_err(TlsError::Config)?
@@ -38,7 +47,7 @@ pub fn client_config(
             expected,
         )))
         .with_client_cert_resolver(Arc::new(CurrentClientCert(source)));
-    config.alpn_protocols = alpn_protocols();
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     config.resumption = Resumption::disabled();
     Ok(config)
 }
@@ -98,6 +107,7 @@ impl ResolvesClientCert for CurrentClientCert {
 pub struct TlsConnector {
     source: IdentityWatch,
     handshake_timeout: Duration,
+    alpn: &'static [Alpn],
 }
 
 impl std::fmt::Debug for TlsConnector {
@@ -112,6 +122,7 @@ impl std::fmt::Debug for TlsConnector {
                     .map(|id| id.identity().to_string()),
             )
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("alpn", &self.alpn)
             .finish()
     }
 }
@@ -122,7 +133,17 @@ impl TlsConnector {
         Self {
             source,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            alpn: &[Alpn::H2, Alpn::Http11],
         }
+    }
+
+    /// Sets the protocols offered with ALPN, in order of preference (default `h2`, then
+    /// `http/1.1`). An HTTP/1.1-only client offers only `http/1.1`, so the server does not
+    /// pick HTTP/2 for it; an empty list sends no ALPN extension.
+    #[must_use]
+    pub fn alpn(mut self, protocols: &'static [Alpn]) -> Self {
+        self.alpn = protocols;
+        self
     }
 
     /// Sets how long the TLS handshake may take.
@@ -133,12 +154,12 @@ impl TlsConnector {
     }
 
     /// The client configuration for a destination backed by `expected` (see
-    /// [`client_config`]).
+    /// [`client_config`]), offering this connector's ALPN protocols.
     ///
     /// # Errors
     /// As [`client_config`].
     pub fn client_config(&self, expected: ExpectedIdentities) -> Result<ClientConfig, TlsError> {
-        client_config(self.source.clone(), expected)
+        client_config_offering(self.source.clone(), expected, self.alpn)
     }
 
     /// Runs the TLS handshake on `tcp`. Returns the stream, the protocol ALPN chose (`None`

@@ -32,6 +32,12 @@ pub enum UpstreamTls {
     Mutual(ExpectedIdentities),
     /// `DISABLE`: plaintext.
     Plaintext,
+    /// Do not connect: the policy asks for something the mesh does not do (DestinationRule
+    /// `tls.mode` SIMPLE or MUTUAL). The connection fails with [`TlsError::Unsupported`]
+    /// carrying this reason, before any byte is sent.
+    ///
+    /// [`TlsError::Unsupported`]: super::TlsError::Unsupported
+    Refuse(Arc<str>),
 }
 
 type Lookup = Arc<dyn Fn(&Authority) -> UpstreamTls + Send + Sync>;
@@ -144,15 +150,28 @@ where
             return Box::pin(std::future::ready(Err(err)));
         };
         let upstream = (self.lookup)(authority);
+        if let UpstreamTls::Refuse(reason) = upstream {
+            let err: BoxError = Box::new(super::TlsError::Unsupported {
+                destination: authority.to_string(),
+                reason: reason.to_string(),
+            });
+            tracing::debug!(error = %err, "upstream connection refused by policy");
+            return Box::pin(std::future::ready(Err(err)));
+        }
         let connecting = self.inner.call(dst);
         let tls = self.tls.clone();
         Box::pin(async move {
             let tcp = connecting.await.map_err(Into::into)?.into_inner();
             match upstream {
-                UpstreamTls::Plaintext => Ok(TokioIo::new(ClientIo(ClientInner::Plain(tcp)))),
+                UpstreamTls::Plaintext | UpstreamTls::Refuse(_) => {
+                    Ok(TokioIo::new(ClientIo(ClientInner::Plain(tcp))))
+                }
                 UpstreamTls::Mutual(expected) => {
                     let peer = peer_addr(&tcp)?;
-                    let (stream, alpn, server) = tls.connect_to(tcp, peer, expected).await?;
+                    let (stream, alpn, server) =
+                        tls.connect_to(tcp, peer, expected).await.inspect_err(
+                            |e| tracing::debug!(error = %e, "upstream mTLS handshake failed"),
+                        )?;
                     Ok(TokioIo::new(ClientIo(ClientInner::Tls {
                         stream: Box::new(stream),
                         alpn,

@@ -99,6 +99,15 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("building the TLS configuration failed")]
     Config(#[source] rustls::Error),
+    /// The destination's policy asks for something the mesh does not do (DestinationRule
+    /// `tls.mode` SIMPLE or MUTUAL): nothing was sent, the connection was not attempted.
+    #[error("not connecting to {destination}: {reason}")]
+    Unsupported {
+        /// The destination (`address:port`).
+        destination: String,
+        /// What the policy asks for, and why it is not done.
+        reason: String,
+    },
 }
 
 impl TlsError {
@@ -122,7 +131,10 @@ impl TlsError {
             | Self::PeerRejected { peer, .. }
             | Self::Handshake { peer, .. }
             | Self::Io { peer, .. } => Some(*peer),
-            Self::InvalidCredentials { .. } | Self::NoPeerAddr(_) | Self::Config(_) => None,
+            Self::InvalidCredentials { .. }
+            | Self::NoPeerAddr(_)
+            | Self::Config(_)
+            | Self::Unsupported { .. } => None,
         }
     }
 

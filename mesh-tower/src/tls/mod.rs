@@ -19,6 +19,12 @@
 //!   (its DNS names are ignored), then its SPIFFE id must be one of the
 //!   [`ExpectedIdentities`] of the destination: secure naming.
 //! - Both sides offer ALPN `h2` and `http/1.1`, TLS 1.3 and 1.2.
+//! - Policy: [`policy::inbound_mode`] (PeerAuthentication for a workload and port) and
+//!   [`policy::upstream_tls`] (DestinationRule `tls`, auto-mTLS and the expected identities
+//!   of an endpoint), read from a [`Snapshot`](mesh_core::snapshot::Snapshot). The
+//!   [`Mesh`](crate::mesh::Mesh) wires them into [`Connect`](crate::connect::Connect) and
+//!   [`serve_tls`](crate::server::serve_tls).
+//! - [`watch_credentials`] turns a certificate manager's channel into an [`IdentityWatch`].
 //!
 //! # Following Istio
 //!
@@ -82,6 +88,7 @@ mod client;
 mod connector;
 mod error;
 mod identity;
+pub mod policy;
 mod server;
 mod verify;
 
@@ -102,6 +109,53 @@ pub use self::{
     identity::{ExpectedIdentities, IdentityWatch, PeerIdentity, TlsIdentity},
     server::{Accepted, InboundMode, ServerIo, TlsAcceptor, server_config},
 };
+
+/// Feeds an [`IdentityWatch`] from another watch channel of credentials, such as a
+/// certificate manager's (`mesh_ca::rotation::CertManager::receiver`), converting each
+/// published value with `convert` (e.g. [`TlsIdentity::from_pem`] on the chain, key and
+/// trust bundle).
+///
+/// A value that does not convert is logged and skipped: the previous identity stays in use
+/// (a handshake with it fails once it has expired). The forwarding task ends when `source`
+/// closes or every receiver of the result is dropped; receivers keep the last identity.
+///
+/// # Panics
+/// Outside a Tokio runtime (the forwarding task is spawned on the current one).
+pub fn watch_credentials<T, F>(
+    mut source: tokio::sync::watch::Receiver<Option<Arc<T>>>,
+    convert: F,
+) -> IdentityWatch
+where
+    T: Send + Sync + 'static,
+    F: Fn(&T) -> Result<TlsIdentity, TlsError> + Send + 'static,
+{
+    let convert_logged = move |t: &T| match convert(t) {
+        Ok(id) => {
+            tracing::debug!(identity = %id.identity(), serial = id.serial(), "workload certificate loaded");
+            Some(Arc::new(id))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a new workload certificate is unusable; keeping the previous one");
+            None
+        }
+    };
+    let first = source.borrow_and_update().clone();
+    let initial = first.as_deref().and_then(&convert_logged);
+    let (tx, rx) = tokio::sync::watch::channel(initial);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = source.changed() => if changed.is_err() { break },
+                () = tx.closed() => break,
+            }
+            let next = source.borrow_and_update().clone();
+            if let Some(id) = next.as_deref().and_then(&convert_logged) {
+                tx.send_replace(Some(id));
+            }
+        }
+    });
+    rx
+}
 
 /// How long protocol detection plus the TLS handshake may take by default.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
