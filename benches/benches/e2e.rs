@@ -33,8 +33,10 @@ use tower::{Service, ServiceExt};
 
 const BODY: &[u8] = &[b'x'; 1024];
 const CONCURRENCY: usize = 4;
-/// Alternating rounds per mode in a full run; the best of each mode is reported.
-const ROUNDS: usize = 3;
+/// Alternating rounds in a full run. Each round runs every mode back to back, so a bare run
+/// and the mesh run after it see the same machine; the ratios reported are the medians of
+/// the rounds' ratios (the machine's speed drifts by more than the difference measured).
+const ROUNDS: usize = 7;
 
 struct Run {
     mode: &'static str,
@@ -113,11 +115,24 @@ where
     S::Error: std::fmt::Debug + Send,
     S::Future: Send,
 {
-    // Warm up: connections, pools, caches.
-    for _ in 0..200 {
-        let req = http::Request::get(&uri).body(Empty::new()).unwrap();
-        let res = svc.clone().oneshot(req).await.unwrap();
-        let _ = res.into_body().collect().await;
+    // Warm up: connections, pools, caches. Twice as many callers as the run, so every mode
+    // starts with at least that many pooled connections: with exactly one per caller, the
+    // client pool's idle list for the host empties and is rebuilt on every request, and
+    // whether that happens would depend on how the first connections raced.
+    let mut warm = Vec::new();
+    for _ in 0..2 * CONCURRENCY {
+        let svc = svc.clone();
+        let uri = uri.clone();
+        warm.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                let req = http::Request::get(&uri).body(Empty::new()).unwrap();
+                let res = svc.clone().oneshot(req).await.unwrap();
+                let _ = res.into_body().collect().await;
+            }
+        }));
+    }
+    for w in warm {
+        w.await.unwrap();
     }
     let per_task = requests / CONCURRENCY;
     let cpu0 = cpu_time();
@@ -251,7 +266,7 @@ fn main() {
     let requests = std::env::var("E2E_REQUESTS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(if test_mode { 400 } else { 50_000 });
+        .unwrap_or(if test_mode { 400 } else { 30_000 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -292,7 +307,7 @@ fn main() {
     };
     let (b, m) = (best("bare"), best("mesh"));
     println!(
-        "e2e loopback, HTTP/1.1, 1 KB responses, {CONCURRENCY} callers, {} requests per run (best of {} runs per mode)",
+        "e2e loopback, HTTP/1.1, 1 KB responses, {CONCURRENCY} callers, {} requests per run, {} rounds (rows: best run per mode)",
         b.requests,
         runs.len() / 4
     );
@@ -313,12 +328,36 @@ fn main() {
     println!(
         "(serve: bare client, mesh server; connect: the mesh's connection pools, bare server)"
     );
+    // Per round: mesh / bare of the two runs next to each other.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let pairs: Vec<(&Run, &Run)> = runs
+        .chunks(4)
+        .filter_map(|round| {
+            let of = |mode: &str| round.iter().find(|r| r.mode == mode);
+            Some((of("bare")?, of("mesh")?))
+        })
+        .collect();
+    let ratio = |f: &dyn Fn(&Run) -> f64| median(pairs.iter().map(|(b, m)| f(m) / f(b)).collect());
     println!(
-        "ratio  {:>9.2} {:>12.2} {:>9.2} {:>9.2}   (mesh / bare)",
-        m.rps() / b.rps(),
-        m.cpu_us() / b.cpu_us(),
-        m.p(0.5) as f64 / b.p(0.5).max(1) as f64,
-        m.p(0.99) as f64 / b.p(0.99).max(1) as f64
+        "ratio  {:>9.2} {:>12.2} {:>9.2} {:>9.2}   (mesh / bare, median of {} paired rounds)",
+        ratio(&|r| r.rps()),
+        ratio(&|r| r.cpu_us()),
+        ratio(&|r| r.p(0.5) as f64),
+        ratio(&|r| r.p(0.99) as f64),
+        pairs.len()
+    );
+    println!(
+        "       {:>9} {:>12}   per round: {}",
+        "",
+        "",
+        pairs
+            .iter()
+            .map(|(b, m)| format!("{:.2}", m.cpu_us() / b.cpu_us()))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     if test_mode {
         println!("test mode: both paths answered every request");

@@ -17,12 +17,22 @@
 //!
 //! Every layer below `route` reads its policy from the request's
 //! [`Target`](crate::target::Target), so the whole stack is built once per client and
-//! follows configuration changes without being rebuilt.
+//! follows configuration changes without being rebuilt. Requests whose rule has none of the
+//! policies from `cors` to `mirror` (the default route, or a rule that only forwards) skip
+//! those seven layers ([`ByRoute`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
-use mesh_core::{BoxError, snapshot::Snapshot};
+use futures_util::future::Either;
+use mesh_core::{
+    BoxError,
+    snapshot::{Action, Snapshot},
+};
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 use crate::{
@@ -37,6 +47,7 @@ use crate::{
     respond::RespondLayer,
     retry::{RetryBudgets, RetryLayer, RetryStats},
     route::{Caller, RouteLayer},
+    target::{DestinationHeaders, Target},
     timeout::RouteTimeoutLayer,
 };
 
@@ -98,16 +109,8 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    let svc = ServiceBuilder::new()
-        .layer(RescueLayer::new())
-        .layer(RouteLayer::from_shared(source, caller))
-        .layer(CorsLayer::from_target())
-        .layer(RespondLayer::from_target())
-        .layer(RewriteLayer::from_target())
-        .layer(HeaderOpsLayer::from_target())
-        .layer(RouteTimeoutLayer::from_target())
-        .layer(FaultLayer::from_target())
-        .layer(MirrorLayer::from_target())
+    // Retries, balancing and the connection: every request goes through them.
+    let lower = ServiceBuilder::new()
         .layer(
             RetryLayer::from_target()
                 .with_budgets(parts.retry_budgets.clone())
@@ -115,5 +118,138 @@ where
         )
         .layer(BalanceLayer::from_target(parts.endpoint_stats.clone()))
         .service(leaf);
+    // The route's own policies: only requests whose rule has some go through these layers.
+    let policies = ServiceBuilder::new()
+        .layer(CorsLayer::from_target())
+        .layer(RespondLayer::from_target())
+        .layer(RewriteLayer::from_target())
+        .layer(HeaderOpsLayer::from_target())
+        .layer(RouteTimeoutLayer::from_target())
+        .layer(FaultLayer::from_target())
+        .layer(MirrorLayer::from_target())
+        .service(lower.clone());
+    let svc = ServiceBuilder::new()
+        .layer(RescueLayer::new())
+        .layer(RouteLayer::from_shared(source, caller))
+        .service(ByRoute {
+            policies,
+            plain: lower,
+        });
     BoxCloneSyncService::new(svc)
+}
+
+/// Sends a request through the route-policy layers (CORS, redirects and direct responses,
+/// rewrites, header operations, timeout, faults, mirrors) only when its [`Target`] has some
+/// of them; a request on the default route, or on a rule that only forwards, goes straight to
+/// the retry layer. Both paths share the same retry, balancer and connection pools; skipping
+/// seven layers that would do nothing saves their futures and request moves on every request.
+#[derive(Clone, Debug)]
+pub struct ByRoute<P, L> {
+    policies: P,
+    plain: L,
+}
+
+/// True if a layer between the route and the retry layer has something to do for `req`.
+pub fn needs_route_policies<B>(req: &http::Request<B>) -> bool {
+    let ext = req.extensions();
+    if ext.get::<DestinationHeaders>().is_some() {
+        return true;
+    }
+    let Some(route) = ext.get::<Target>().and_then(Target::route) else {
+        // No route decision (a request that bypassed the route layer) or the default route.
+        return ext.get::<Target>().is_none();
+    };
+    !matches!(route.action, Action::Forward(_))
+        || route.timeout.is_some()
+        || route.fault.is_some()
+        || !route.mirrors.is_empty()
+        || route.rewrite.is_some()
+        || !route.headers.is_empty()
+        || route.cors.is_some()
+}
+
+impl<P, L> tower::Service<http::Request<Body>> for ByRoute<P, L>
+where
+    P: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+    P::Error: Into<BoxError>,
+    L: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+    L::Error: Into<BoxError>,
+{
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Either<
+        futures_util::future::MapErr<P::Future, fn(P::Error) -> BoxError>,
+        futures_util::future::MapErr<L::Future, fn(L::Error) -> BoxError>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Both must be ready: which one a request takes is only known in `call`.
+        std::task::ready!(self.policies.poll_ready(cx)).map_err(Into::into)?;
+        self.plain.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        use futures_util::TryFutureExt;
+        if needs_route_policies(&req) {
+            Either::Left(self.policies.call(req).map_err(Into::into as fn(_) -> _))
+        } else {
+            Either::Right(self.plain.call(req).map_err(Into::into as fn(_) -> _))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::config::load_str;
+
+    fn target_for(yaml: &str, uri: &str) -> http::Request<()> {
+        let loaded = load_str(yaml, None);
+        let snapshot = Arc::new(Snapshot::build(&loaded.resources).unwrap());
+        let mut req = http::Request::get(uri).body(()).unwrap();
+        let (target, headers) =
+            crate::route::decide(&snapshot, &Caller::new("default"), &req, 0).unwrap();
+        req.extensions_mut().insert(target);
+        if let Some(h) = headers {
+            req.extensions_mut().insert(h);
+        }
+        req
+    }
+
+    const VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /slow}}]
+    fault: {delay: {fixedDelay: 1s, percentage: {value: 100}}}
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /timed}}]
+    timeout: 2s
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /tagged}}]
+    route: [{destination: {host: reviews}, headers: {request: {set: {x-a: b}}}}]
+  - route: [{destination: {host: reviews}}]
+";
+
+    #[test]
+    fn only_rules_with_policies_take_the_policy_layers() {
+        assert!(!needs_route_policies(&target_for(
+            "",
+            "http://reviews:9080/"
+        )));
+        assert!(!needs_route_policies(&target_for(
+            VS,
+            "http://reviews:9080/plain"
+        )));
+        for path in ["/slow", "/timed", "/tagged"] {
+            let req = target_for(VS, &format!("http://reviews:9080{path}"));
+            assert!(needs_route_policies(&req), "{path}");
+        }
+        // A request that did not go through the route layer takes every layer.
+        assert!(needs_route_policies(
+            &http::Request::get("/").body(()).unwrap()
+        ));
+    }
 }
