@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Every layer below `route` reads its policy from the request's
-//! [`Target`](crate::target::Target), so the whole stack is built once per client and
+//! [`Target`], so the whole stack is built once per client and
 //! follows configuration changes without being rebuilt. Requests whose rule has none of the
 //! policies from `cors` to `mirror` (the default route, or a rule that only forwards) skip
 //! those seven layers ([`ByRoute`]).
