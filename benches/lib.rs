@@ -3,6 +3,9 @@
 //!
 //! This library holds the generators the benches share.
 
+#[path = "tls.rs"]
+pub mod tls;
+
 use std::fmt::Write as _;
 
 /// A VirtualService for `host` with `rules` header-matched rules followed by a catch-all,

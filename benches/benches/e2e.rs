@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use benches::tls::{BareTlsConnector, Pki};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
@@ -257,6 +258,162 @@ async fn mesh(requests: usize) -> Run {
     run
 }
 
+const STRICT: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: default, namespace: istio-system }
+spec: { mtls: { mode: STRICT } }
+";
+
+/// Bare hyper over mutual TLS: tokio-rustls on both ends (ring, TLS 1.3, client certificates
+/// verified by rustls' stock verifier), persistent HTTP/1.1 connections.
+async fn bare_tls(requests: usize, pki: &Pki) -> Run {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.bare_server());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |_req: http::Request<hyper::body::Incoming>| async {
+                        Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                            Bytes::from_static(BODY),
+                        )))
+                    },
+                );
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let connector = BareTlsConnector(tokio_rustls::TlsConnector::from(pki.bare_client()));
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
+    let svc = tower::service_fn(move |req: http::Request<Empty<Bytes>>| {
+        let client = client.clone();
+        async move { client.request(req).await.map(|res| res.map(body::boxed)) }
+    });
+    let mut run = drive("bare+tls", svc, format!("http://{addr}/"), requests).await;
+    run.mode = "bare+tls";
+    run
+}
+
+/// The mesh on both ends over mutual TLS (STRICT PeerAuthentication, secure naming).
+async fn mesh_tls(requests: usize, pki: &Pki) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.path()));
+    let loaded = mesh_core::config::load_str(STRICT, None);
+    store.apply(loaded.resources).await.unwrap();
+    let server = Mesh::builder(
+        store.clone(),
+        Workload::new("bench-v1", "default")
+            .label("app", "bench")
+            .service_account("bench"),
+    )
+    .identity(pki.identity("bench"))
+    .start()
+    .await
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(async move {
+        let _ = server
+            .serve(listener, tower::service_fn(app), std::future::pending())
+            .await;
+    });
+    let client = Mesh::builder(
+        store,
+        Workload::new("caller-v1", "default")
+            .label("app", "caller")
+            .service_account("caller"),
+    )
+    .identity(pki.identity("caller"))
+    .start()
+    .await
+    .unwrap();
+    client.ready().await;
+    let mut changed = client.changed();
+    while client
+        .snapshot()
+        .endpoints("bench.default.svc.cluster.local", None)
+        .is_empty()
+    {
+        tokio::time::timeout(Duration::from_secs(10), changed.changed())
+            .await
+            .expect("the server registers")
+            .unwrap();
+    }
+    let run = drive(
+        "mesh+tls",
+        client.http_client(),
+        "http://bench:8080/".to_owned(),
+        requests,
+    )
+    .await;
+    drop(dir);
+    run
+}
+
+/// New mutual-TLS connections per second, one after another: the handshake on both ends
+/// (the client reads one byte the server writes once its side is done). `mesh` uses the
+/// mesh's acceptor and connector (per-handshake credentials, SPIFFE and secure-naming
+/// checks); bare uses tokio-rustls with the stock verifiers.
+async fn handshakes(n: usize, pki: &Pki, mesh: bool) -> (f64, f64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_id = pki.identity("bench");
+    let bare_acceptor = tokio_rustls::TlsAcceptor::from(pki.bare_server());
+    let mesh_acceptor = mesh_tower::tls::TlsAcceptor::new(server_id.clone()).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (bare_acceptor, mesh_acceptor) = (bare_acceptor.clone(), mesh_acceptor.clone());
+            tokio::spawn(async move {
+                if mesh {
+                    if let Ok((mut tls, _)) = mesh_acceptor.accept(stream).await {
+                        let _ = tls.write_all(b"x").await;
+                    }
+                } else if let Ok(mut tls) = bare_acceptor.accept(stream).await {
+                    let _ = tls.write_all(b"x").await;
+                }
+            });
+        }
+    });
+    let bare_connector = tokio_rustls::TlsConnector::from(pki.bare_client());
+    let mesh_connector = mesh_tower::tls::TlsConnector::new(pki.identity("caller"));
+    let expected = || {
+        mesh_tower::tls::ExpectedIdentities::one_of([
+            mesh_core::identity::Identity::in_default_trust_domain("default", "bench").unwrap(),
+        ])
+    };
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        if mesh {
+            let (mut tls, _, _) = mesh_connector.connect(tcp, expected()).await.unwrap();
+            tls.read_exact(&mut byte).await.unwrap();
+        } else {
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = bare_connector.connect(name, tcp).await.unwrap();
+            tls.read_exact(&mut byte).await.unwrap();
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_time().saturating_sub(cpu0).as_secs_f64();
+    (n as f64 / elapsed, cpu * 1e6 / n as f64)
+}
+
 fn main() {
     let test_mode = std::env::args().any(|a| a == "--test" || a == "--list");
     if std::env::args().any(|a| a == "--list") {
@@ -280,6 +437,8 @@ fn main() {
                 "bare" => bare(requests).await,
                 "serve" => serve_only(requests).await,
                 "connect" => connect_only(requests).await,
+                "bare+tls" => bare_tls(requests, &Pki::new()).await,
+                "mesh+tls" => mesh_tls(requests, &Pki::new()).await,
                 _ => mesh(requests).await,
             };
             println!(
@@ -290,34 +449,44 @@ fn main() {
             );
             std::process::exit(0);
         }
+        let pki = Pki::new();
         let mut runs = Vec::new();
         for _ in 0..if test_mode { 1 } else { ROUNDS } {
             runs.push(bare(requests).await);
             runs.push(mesh(requests).await);
             runs.push(serve_only(requests).await);
             runs.push(connect_only(requests).await);
+            runs.push(bare_tls(requests, &pki).await);
+            runs.push(mesh_tls(requests, &pki).await);
         }
-        runs
+        let n = if test_mode { 20 } else { 1_000 };
+        let hs = [
+            handshakes(n, &pki, false).await,
+            handshakes(n, &pki, true).await,
+        ];
+        (runs, hs)
     });
+    let (runs, hs) = runs;
     let best = |mode: &str| {
         runs.iter()
             .filter(|r| r.mode == mode)
             .min_by(|a, b| a.cpu_us().total_cmp(&b.cpu_us()))
             .unwrap()
     };
-    let (b, m) = (best("bare"), best("mesh"));
+    let modes = ["bare", "mesh", "serve", "connect", "bare+tls", "mesh+tls"];
     println!(
         "e2e loopback, HTTP/1.1, 1 KB responses, {CONCURRENCY} callers, {} requests per run, {} rounds (rows: best run per mode)",
-        b.requests,
-        runs.len() / 4
+        best("bare").requests,
+        runs.len() / modes.len()
     );
     println!(
-        "{:<6} {:>9} {:>12} {:>9} {:>9}",
+        "{:<8} {:>9} {:>12} {:>9} {:>9}",
         "path", "req/s", "CPU us/req", "p50 us", "p99 us"
     );
-    for r in [b, m, best("serve"), best("connect")] {
+    for mode in modes {
+        let r = best(mode);
         println!(
-            "{:<6} {:>9.0} {:>12.1} {:>9} {:>9}",
+            "{:<8} {:>9.0} {:>12.1} {:>9} {:>9}",
             r.mode,
             r.rps(),
             r.cpu_us(),
@@ -326,40 +495,43 @@ fn main() {
         );
     }
     println!(
-        "(serve: bare client, mesh server; connect: the mesh's connection pools, bare server)"
+        "(serve: bare client, mesh server; connect: the mesh's connection pools, bare server; +tls: mutual TLS)"
     );
     // Per round: mesh / bare of the two runs next to each other.
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let pairs: Vec<(&Run, &Run)> = runs
-        .chunks(4)
-        .filter_map(|round| {
-            let of = |mode: &str| round.iter().find(|r| r.mode == mode);
-            Some((of("bare")?, of("mesh")?))
-        })
-        .collect();
-    let ratio = |f: &dyn Fn(&Run) -> f64| median(pairs.iter().map(|(b, m)| f(m) / f(b)).collect());
+    for (bare_mode, mesh_mode) in [("bare", "mesh"), ("bare+tls", "mesh+tls")] {
+        let pairs: Vec<(&Run, &Run)> = runs
+            .chunks(modes.len())
+            .filter_map(|round| {
+                let of = |mode: &str| round.iter().find(|r| r.mode == mode);
+                Some((of(bare_mode)?, of(mesh_mode)?))
+            })
+            .collect();
+        let ratio =
+            |f: &dyn Fn(&Run) -> f64| median(pairs.iter().map(|(b, m)| f(m) / f(b)).collect());
+        println!(
+            "ratio    {:>9.2} {:>12.2} {:>9.2} {:>9.2}   ({mesh_mode} / {bare_mode}, median of {} paired rounds; per round: {})",
+            ratio(&|r| r.rps()),
+            ratio(&|r| r.cpu_us()),
+            ratio(&|r| r.p(0.5) as f64),
+            ratio(&|r| r.p(0.99) as f64),
+            pairs.len(),
+            pairs
+                .iter()
+                .map(|(b, m)| format!("{:.2}", m.cpu_us() / b.cpu_us()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    let [(bare_hs, bare_hs_cpu), (mesh_hs, mesh_hs_cpu)] = hs;
     println!(
-        "ratio  {:>9.2} {:>12.2} {:>9.2} {:>9.2}   (mesh / bare, median of {} paired rounds)",
-        ratio(&|r| r.rps()),
-        ratio(&|r| r.cpu_us()),
-        ratio(&|r| r.p(0.5) as f64),
-        ratio(&|r| r.p(0.99) as f64),
-        pairs.len()
-    );
-    println!(
-        "       {:>9} {:>12}   per round: {}",
-        "",
-        "",
-        pairs
-            .iter()
-            .map(|(b, m)| format!("{:.2}", m.cpu_us() / b.cpu_us()))
-            .collect::<Vec<_>>()
-            .join(" ")
+        "mutual-TLS handshakes, one after another: bare {bare_hs:.0}/s ({bare_hs_cpu:.0} CPU us each), mesh {mesh_hs:.0}/s ({mesh_hs_cpu:.0} CPU us each), CPU ratio {:.2}",
+        mesh_hs_cpu / bare_hs_cpu
     );
     if test_mode {
-        println!("test mode: both paths answered every request");
+        println!("test mode: every path answered every request");
     }
 }
