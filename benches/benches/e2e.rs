@@ -213,49 +213,7 @@ async fn connect_only(requests: usize) -> Run {
 }
 
 async fn mesh(requests: usize) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.path()));
-    let server = Mesh::builder(
-        store.clone(),
-        Workload::new("bench-v1", "default").label("app", "bench"),
-    )
-    .start()
-    .await
-    .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(async move {
-        let _ = server
-            .serve(listener, tower::service_fn(app), std::future::pending())
-            .await;
-    });
-    let client = Mesh::builder(
-        store,
-        Workload::new("caller-v1", "default").label("app", "caller"),
-    )
-    .start()
-    .await
-    .unwrap();
-    client.ready().await;
-    let mut changed = client.changed();
-    while client
-        .snapshot()
-        .endpoints("bench.default.svc.cluster.local", None)
-        .is_empty()
-    {
-        tokio::time::timeout(Duration::from_secs(10), changed.changed())
-            .await
-            .expect("the server registers")
-            .unwrap();
-    }
-    let run = drive(
-        "mesh",
-        client.http_client(),
-        "http://bench:8080/".to_owned(),
-        requests,
-    )
-    .await;
-    drop(dir);
-    run
+    mesh_over(requests, None).await
 }
 
 const STRICT: &str = "apiVersion: security.istio.io/v1
@@ -307,36 +265,37 @@ async fn bare_tls(requests: usize, pki: &Pki) -> Run {
 
 /// The mesh on both ends over mutual TLS (STRICT PeerAuthentication, secure naming).
 async fn mesh_tls(requests: usize, pki: &Pki) -> Run {
+    mesh_over(requests, Some(pki)).await
+}
+
+/// Two meshes (the server registers in a file store, the client routes to it), plaintext or,
+/// with `pki`, over mutual TLS with STRICT PeerAuthentication.
+async fn mesh_over(requests: usize, pki: Option<&Pki>) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.path()));
-    let loaded = mesh_core::config::load_str(STRICT, None);
-    store.apply(loaded.resources).await.unwrap();
-    let server = Mesh::builder(
-        store.clone(),
-        Workload::new("bench-v1", "default")
-            .label("app", "bench")
-            .service_account("bench"),
-    )
-    .identity(pki.identity("bench"))
-    .start()
-    .await
-    .unwrap();
+    if pki.is_some() {
+        let loaded = mesh_core::config::load_str(STRICT, None);
+        store.apply(loaded.resources).await.unwrap();
+    }
+    let workload = |name: &str, app: &str| {
+        Workload::new(name, "default")
+            .label("app", app)
+            .service_account(app)
+    };
+    let mut server = Mesh::builder(store.clone(), workload("bench-v1", "bench"));
+    let mut client = Mesh::builder(store, workload("caller-v1", "caller"));
+    if let Some(pki) = pki {
+        server = server.identity(pki.identity("bench"));
+        client = client.identity(pki.identity("caller"));
+    }
+    let server = server.start().await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     tokio::spawn(async move {
         let _ = server
             .serve(listener, tower::service_fn(app), std::future::pending())
             .await;
     });
-    let client = Mesh::builder(
-        store,
-        Workload::new("caller-v1", "default")
-            .label("app", "caller")
-            .service_account("caller"),
-    )
-    .identity(pki.identity("caller"))
-    .start()
-    .await
-    .unwrap();
+    let client = client.start().await.unwrap();
     client.ready().await;
     let mut changed = client.changed();
     while client
@@ -349,8 +308,9 @@ async fn mesh_tls(requests: usize, pki: &Pki) -> Run {
             .expect("the server registers")
             .unwrap();
     }
+    let mode = if pki.is_some() { "mesh+tls" } else { "mesh" };
     let run = drive(
-        "mesh+tls",
+        mode,
         client.http_client(),
         "http://bench:8080/".to_owned(),
         requests,
