@@ -3,8 +3,12 @@
 //! outcomes of Istio's Bookinfo tasks.
 //!
 //! One `bookinfo up` serves every check of [`istio_tasks_through_the_gateway`] in turn, so the
-//! processes start once. Ports are free ones picked at start; the config directory is a temp
-//! dir; a guard kills every process the test saw if it fails half-way.
+//! processes start once. It runs with mutual TLS on (the default): the checks of
+//! [`strict_mtls_and_authorization`] use `openssl s_client` as an outside peer, with a client
+//! certificate issued from the CA directory `up` created. The second run,
+//! [`istio_timeouts_with_istio_defaults`], runs with `--mtls off`. Ports are free ones picked
+//! at start; the config directory is a temp dir; a guard kills every process the test saw if
+//! it fails half-way.
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +29,10 @@ use serde_json::Value;
 
 const REVIEWS_UNAVAILABLE: &str = "Sorry, product reviews are currently unavailable for this book.";
 const RATINGS_UNAVAILABLE: &str = "Ratings service is currently unavailable";
+const DETAILS_UNAVAILABLE: &str = "Sorry, product details are currently unavailable for this book.";
+/// A request for details, as `openssl s_client` sends it.
+const DETAILS_REQUEST: &[u8] =
+    b"GET /details/0 HTTP/1.1\r\nHost: details\r\nConnection: close\r\n\r\n";
 /// How long a configuration change may take to change routing.
 const LIVE_CONFIG: Duration = Duration::from_secs(2);
 
@@ -163,6 +171,12 @@ impl Up {
             .map_err(|e| e.to_string())?
             .to_bytes();
         Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// GET `url` directly (not through the gateway).
+    async fn get_url(&self, url: &str) -> Result<(u16, String), String> {
+        let req = http::Request::get(url).body(Full::default()).unwrap();
+        self.request(req).await.map(|(s, _, b)| (s, b))
     }
 
     /// GET through the gateway, with the session cookie if given.
@@ -408,6 +422,11 @@ async fn istio_tasks_through_the_gateway() {
     }
     eprintln!("rotation {seen:?} after {:?}", t0.elapsed());
 
+    // Every hop above went over STRICT mutual TLS; check it from the outside, then lock
+    // reviews and details to productpage's identity (kept for the rest of the run).
+    strict_mtls_and_authorization(&up, &rows).await;
+    eprintln!("mTLS and authorization checked, after {:?}", t0.elapsed());
+
     // Request routing, all v1: within 2 s, only v1, and no process restarted.
     let applied = up.apply(&["virtual-service-all-v1.yaml"]).await;
     let began = up
@@ -626,14 +645,27 @@ async fn istio_tasks_through_the_gateway() {
 async fn istio_timeouts_with_istio_defaults() {
     let t0 = Instant::now();
     let mut up = Up::start(
-        &[],
+        &["--mtls", "off"],
         &[
             "destination-rule-all.yaml",
             "virtual-service-reviews-test-v2.yaml",
         ],
     )
     .await;
-    up.wait_ready().await;
+    let rows = up.wait_ready().await;
+    // Plaintext mode: no CA, no PeerAuthentication, and a workload answers plain HTTP.
+    assert!(!up.config_dir().join(".mesh-ca").exists());
+    assert!(
+        !up.config_dir()
+            .join("istio-system/peerauthentications")
+            .exists()
+    );
+    let details = address_of(&rows, "details");
+    let (status, _) = up
+        .get_url(&format!("http://{details}/details/0"))
+        .await
+        .expect("details answers plaintext");
+    assert_eq!(status, 200);
     let jason = up.login("jason").await;
     // Every hop of jason's path must know its endpoints before anything is timed: productpage
     // → reviews v2 → ratings (a page served by v2 with stars).
@@ -779,4 +811,306 @@ fn command_line_errors() {
     ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("--gateway-port"), "{err}");
+}
+
+/// The address (`host:port`) of the first workload of `app` in the table.
+fn address_of(rows: &[Value], app: &str) -> String {
+    rows.iter()
+        .find(|r| r["app"] == app)
+        .and_then(|r| r["address"].as_str())
+        .unwrap_or_else(|| panic!("no {app} in {rows:?}"))
+        .to_owned()
+}
+
+/// Runs `openssl s_client ARGS`, writes `request` to it, and returns whether it exited 0 and
+/// what it printed (stdout, then stderr). Gives up after 15 s.
+async fn s_client(args: Vec<String>, request: &'static [u8]) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut child = Command::new("openssl")
+            .arg("s_client")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl runs (apt-get install openssl)");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(request);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut text = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            let _ = o.read_to_string(&mut text);
+        }
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut text);
+        }
+        (status.is_some_and(|s| s.success()), text)
+    })
+    .await
+    .expect("openssl ran")
+}
+
+/// The last PEM certificate in `text`.
+fn last_certificate(text: &str) -> Option<&str> {
+    let begin = text.rfind("-----BEGIN CERTIFICATE-----")?;
+    let end = text[begin..].find("-----END CERTIFICATE-----")? + begin;
+    Some(&text[begin..end + "-----END CERTIFICATE-----".len()])
+}
+
+/// With `bookinfo up`'s default, STRICT mutual TLS: the CA files are in the config dir, the
+/// mesh-wide PeerAuthentication is seeded, a workload refuses plaintext and a TLS client
+/// without a certificate, and accepts `openssl s_client` with a certificate issued from the CA
+/// directory (its chain ends in the CA directory's root). Then the sample AuthorizationPolicy:
+/// the page keeps working (productpage is allowed) while that other identity gets 403.
+async fn strict_mtls_and_authorization(up: &Up, rows: &[Value]) {
+    let ca_dir = up.config_dir().join(".mesh-ca");
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+        "root/root-cert.pem",
+        "root/root-key.pem",
+    ] {
+        assert!(
+            ca_dir.join(f).is_file(),
+            "{f} missing from {}",
+            ca_dir.display()
+        );
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(ca_dir.join("ca-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(
+        up.config_dir()
+            .join("istio-system/peerauthentications/default.yaml")
+            .is_file(),
+        "the STRICT PeerAuthentication is not seeded"
+    );
+    let log = std::fs::read_to_string(&up.log).unwrap_or_default();
+    assert!(log.contains("CA dir: "), "the CA dir is not shown");
+    assert!(log.contains("mTLS: STRICT"), "the mode is not shown");
+
+    let details = address_of(rows, "details");
+    // Plaintext to a STRICT port is refused.
+    assert!(
+        up.get_url(&format!("http://{details}/details/0"))
+            .await
+            .is_err(),
+        "details answered plaintext"
+    );
+
+    // A client certificate for another identity, from the CA directory.
+    let ca = mesh_ca::CertificateAuthority::load(&ca_dir).expect("the CA dir loads");
+    let id: mesh_ca::identity::Identity = "spiffe://cluster.local/ns/default/sa/sleep"
+        .parse()
+        .unwrap();
+    let key = mesh_ca::key::KeyPair::generate(mesh_ca::key::KeyAlgorithm::EcdsaP256).unwrap();
+    let bundle = ca
+        .issue(&id, &key, Duration::from_secs(600))
+        .expect("issue");
+    let client_dir = up.dir.path().join("sleep");
+    mesh_ca::files::write_workload(&client_dir, Some(&key.to_pem()), &bundle, false)
+        .expect("write the client certificate");
+    let path = |p: PathBuf| p.display().to_string();
+    let chain = path(client_dir.join("cert-chain.pem"));
+    let key = path(client_dir.join("key.pem"));
+    let root = path(ca_dir.join("root-cert.pem"));
+    let with_cert = || {
+        [
+            "-connect",
+            &details,
+            "-CAfile",
+            &root,
+            "-cert",
+            &chain,
+            "-cert_chain",
+            &chain,
+            "-key",
+            &key,
+            "-alpn",
+            "http/1.1",
+            "-verify_return_error",
+            "-showcerts",
+            "-ign_eof",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+
+    // Without a client certificate: no answer.
+    let (_, out) = s_client(
+        [
+            "-connect", &details, "-CAfile", &root, "-alpn", "http/1.1", "-ign_eof",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        DETAILS_REQUEST,
+    )
+    .await;
+    assert!(
+        !out.contains("HTTP/1.1 200"),
+        "answered without a client certificate:\n{out}"
+    );
+
+    // With one: verified both ways, details answers, and the chain ends in the CA dir's root.
+    let (ok, out) = s_client(with_cert(), DETAILS_REQUEST).await;
+    assert!(ok, "openssl s_client failed:\n{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let root_pem = std::fs::read_to_string(&root).unwrap();
+    assert_eq!(
+        last_certificate(&out).map(str::trim),
+        Some(root_pem.trim()),
+        "the chain does not end in the CA dir's root:\n{out}"
+    );
+
+    // A workload started by hand with --ca-dir signs its own certificate from the CA files and
+    // serves mutual TLS too.
+    by_hand_with_ca_dir(up, &ca_dir, [&root, &chain, &key]).await;
+
+    // Only productpage may call reviews and details.
+    let applied = up
+        .apply(&["authorization-policy-reviews-details.yaml"])
+        .await;
+    let out = loop {
+        let (_, out) = s_client(with_cert(), DETAILS_REQUEST).await;
+        if out.contains("HTTP/1.1 403") {
+            break out;
+        }
+        assert!(
+            applied.elapsed() < Duration::from_secs(10),
+            "the AuthorizationPolicy is not enforced:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(out.contains("RBAC: access denied"), "{out}");
+    // The page still has details, reviews (every version) and ratings.
+    let mut seen = BTreeMap::new();
+    for _ in 0..60 {
+        let (v, page, _) = up.page(None).await;
+        assert!(
+            !page.contains(DETAILS_UNAVAILABLE),
+            "details denied: {page}"
+        );
+        assert!(
+            !page.contains(REVIEWS_UNAVAILABLE),
+            "reviews denied: {page}"
+        );
+        assert!(
+            !page.contains(RATINGS_UNAVAILABLE),
+            "ratings failed: {page}"
+        );
+        *seen.entry(v).or_insert(0) += 1;
+        if seen.contains_key(&Some("v2")) && seen.contains_key(&Some("v3")) {
+            break;
+        }
+    }
+    assert!(
+        seen.contains_key(&Some("v2")) && seen.contains_key(&Some("v3")),
+        "no page with ratings: {seen:?}"
+    );
+}
+
+/// Kills a process when dropped (a test failing half-way leaves nothing behind).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `bookinfo service ratings --ca-dir DIR` next to a running `up`: it gets a certificate from
+/// the CA files, and `openssl s_client` with `[root, chain, key]` reaches it.
+async fn by_hand_with_ca_dir(up: &Up, ca_dir: &Path, [root, chain, key]: [&str; 3]) {
+    use std::io::{BufRead, BufReader};
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_bookinfo"))
+            .args(["service", "ratings", "--name", "ratings-v1-byhand"])
+            .arg("--ca-dir")
+            .arg(ca_dir)
+            .arg("--config-dir")
+            .arg(up.config_dir())
+            .args(["--drain-delay", "100ms"])
+            .env_remove("MESH_CONFIG_DIR")
+            .env_remove("MESH_STORE")
+            .env_remove("BOOKINFO_CA_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bookinfo service starts"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("serving on"))
+    })
+    .await
+    .expect("reader");
+    let line = line.expect("the workload by hand never served");
+    assert!(line.contains("mutual TLS"), "{line}");
+    let address = line
+        .split("serving on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("an address")
+        .to_owned();
+    let args = [
+        "-connect",
+        &address,
+        "-CAfile",
+        root,
+        "-cert",
+        chain,
+        "-cert_chain",
+        chain,
+        "-key",
+        key,
+        "-alpn",
+        "http/1.1",
+        "-verify_return_error",
+        "-ign_eof",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (ok, out) = s_client(
+        args,
+        b"GET /ratings/0 HTTP/1.1\r\nHost: ratings\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ok && out.contains("HTTP/1.1 200"), "{out}");
+    assert!(kill("TERM", child.0.id()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.0.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the workload by hand did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -33,6 +33,9 @@ pub(crate) struct Ready {
     pub(crate) admin: String,
     /// Its process id.
     pub(crate) pid: u32,
+    /// Whether it serves mutual TLS (it has a workload certificate).
+    #[serde(default)]
+    pub(crate) mtls: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -50,8 +53,13 @@ impl Ready {
             };
             serde_json::to_string(&msg).unwrap_or_default()
         } else {
+            let scheme = if self.mtls {
+                "mutual TLS, as PeerAuthentication says"
+            } else {
+                "plaintext"
+            };
             format!(
-                "{} ({} {}) serving on http://{} (admin {})",
+                "{} ({} {}) serving on {} ({scheme}; admin {})",
                 self.name, self.app, self.version, self.address, self.admin
             )
         };
@@ -241,6 +249,7 @@ mod tests {
             address: "127.0.0.1:41234".into(),
             admin: "http://127.0.0.1:41235/".into(),
             pid: 42,
+            mtls: true,
         };
         let line = serde_json::to_string(&ReadyMessage { ready: r.clone() }).unwrap();
         assert!(line.starts_with(r#"{"ready":{"#), "{line}");

@@ -10,6 +10,15 @@
 //! the host, hop-by-hop headers are dropped, and `x-forwarded-for`, `x-forwarded-proto` and
 //! `x-request-id` are set as Envoy sets them at the edge. A request no rule matches gets the
 //! mesh's local reply: 404 with response flag `NR`.
+//!
+//! With a certificate (`--ca-address` or `--ca-dir`, see [`super::mtls`]) the gateway calls
+//! the workloads over mutual TLS as service account [`SERVICE_ACCOUNT`] of its namespace
+//! (`istio-system`), while its public port stays plaintext: Istio's
+//! gateway terminates client traffic as its Gateway resource says, and PeerAuthentication
+//! does not apply to it. The mesh applies PeerAuthentication to every listener served with an
+//! identity, so the gateway runs two meshes on the same store: one without identity that
+//! serves (and registers) the public port, and one with the identity, not registered, whose
+//! client forwards.
 
 use std::{convert::Infallible, net::SocketAddr};
 
@@ -23,7 +32,7 @@ use mesh_tower::{
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use super::{GoDuration, StoreArgs, child, random_suffix, service::registrable};
+use super::{GoDuration, StoreArgs, child, mtls, random_suffix, service::registrable};
 
 /// Flags of `bookinfo gateway`.
 #[derive(Debug, clap::Args)]
@@ -51,10 +60,16 @@ pub(crate) struct Args {
     #[arg(long, default_value = "1s", value_name = "DURATION")]
     pub(crate) drain_delay: GoDuration,
 
+    #[command(flatten)]
+    pub(crate) ca: mtls::CaArgs,
+
     /// Run under `bookinfo up`: print the ready line as JSON and stop when stdin closes.
     #[arg(long, hide = true)]
     pub(crate) supervised: bool,
 }
+
+/// The gateway's service account (Istio's).
+pub(crate) const SERVICE_ACCOUNT: &str = "istio-ingressgateway-service-account";
 
 /// The `app` label of the gateway workload (Istio's).
 pub(crate) const APP: &str = "istio-ingressgateway";
@@ -65,7 +80,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .name
         .clone()
         .unwrap_or_else(|| format!("{APP}-{}", random_suffix()));
-    let service_account = "istio-ingressgateway-service-account".to_owned();
+    let service_account = SERVICE_ACCOUNT.to_owned();
     let shutdown = child::shutdown_signal(args.supervised);
     tokio::pin!(shutdown);
 
@@ -79,25 +94,52 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let admin_address = registrable(admin_listener.local_addr()?);
 
     let store = args.store.open()?;
+    let identity = args
+        .ca
+        .identity(&mtls::identity(&args.namespace, &service_account)?)?;
+    if let Some(identity) = &identity {
+        tokio::select! {
+            issued = identity.wait_first() => if !issued {
+                anyhow::bail!("no gateway certificate from {}", identity.source);
+            },
+            why = &mut shutdown => {
+                tracing::info!(gateway = %name, why, "stopped before the certificate was issued");
+                return Ok(());
+            }
+        }
+    }
     let workload = Workload::new(&name, &args.namespace)
         .label("app", APP)
         .label("istio", "ingressgateway")
         .service_account(&service_account);
-    let mesh = Mesh::builder(store, workload)
+    let mesh = Mesh::builder(store.clone(), workload.clone())
         .gateway(true)
         .drain_delay(args.drain_delay.as_std())
         .start()
         .await
         .context("cannot start the mesh")?;
+    // The client side: mutual TLS with the gateway's identity when it has one.
+    let client_mesh = match &identity {
+        None => mesh.clone(),
+        Some(identity) => Mesh::builder(store, workload)
+            .gateway(true)
+            .identity(identity.watch.clone())
+            .start()
+            .await
+            .context("cannot start the gateway's mTLS client")?,
+    };
     tokio::select! {
-        () = child::wait_ready(&mesh) => {}
+        () = async {
+            child::wait_ready(&mesh).await;
+            child::wait_ready(&client_mesh).await;
+        } => {}
         why = &mut shutdown => {
             tracing::info!(gateway = %name, why, "stopped before the configuration was ready");
             return Ok(());
         }
     }
 
-    let client = mesh.http_client();
+    let client = client_mesh.http_client();
     let app = tower::service_fn(move |req: Request<Body>| {
         let client = client.clone();
         async move { Ok::<_, Infallible>(forward(client, req).await) }
@@ -111,8 +153,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         address: address.to_string(),
         admin: format!("http://{admin_address}/"),
         pid: std::process::id(),
+        // The public port is plaintext; only the calls the gateway makes use mutual TLS.
+        mtls: false,
     };
-    child::serve_workload(
+    let served = child::serve_workload(
         "gateway",
         mesh,
         me,
@@ -123,7 +167,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         shutdown,
         args.supervised,
     )
-    .await
+    .await;
+    drop((client_mesh, identity));
+    served
 }
 
 /// Headers that describe one connection, not the request: never forwarded (RFC 9110 §7.6.1).

@@ -5,13 +5,16 @@
 //! - [`up`]: the supervisor that runs every workload and the gateway as child processes of
 //!   this same binary.
 //!
-//! [`child`] holds what the supervisor and its children agree on (the ready line on stdout,
-//! stdin as the stop signal); [`admin`] the small per-workload admin listener; [`seed`] the
-//! configuration `up` seeds the config directory with.
+//! [`mtls`] gives the workloads their certificates (the CA files, the CA `up` serves, each
+//! workload's certificate manager). [`child`] holds what the supervisor and its children
+//! agree on (the ready line on stdout, stdin as the stop signal); [`admin`] the small
+//! per-workload admin listener; [`seed`] the configuration `up` seeds the config directory
+//! with.
 
 pub(crate) mod admin;
 pub(crate) mod child;
 pub(crate) mod gateway;
+pub(crate) mod mtls;
 pub(crate) mod seed;
 pub(crate) mod service;
 pub(crate) mod up;

@@ -5,6 +5,11 @@
 //! registers its WorkloadEntry, labels `app` and `version`, service account
 //! `bookinfo-<service>`), and on Ctrl-C or `SIGTERM` (or end of stdin under `--supervised`)
 //! deregisters, drains and exits 0.
+//!
+//! With `--ca-address` (under `bookinfo up`) or `--ca-dir` (by hand) the workload gets a
+//! certificate for `spiffe://cluster.local/ns/<namespace>/sa/bookinfo-<service>` before it
+//! serves, keeps it renewed, and speaks mutual TLS as PeerAuthentication says (see
+//! [`super::mtls`]); without either it speaks plaintext.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -13,7 +18,7 @@ use bookinfo::{Service, Settings};
 use mesh_tower::mesh::{Mesh, Workload};
 use tokio::net::TcpListener;
 
-use super::{GoDuration, StoreArgs, child, random_suffix};
+use super::{GoDuration, StoreArgs, child, mtls, random_suffix};
 
 /// Flags of `bookinfo service`.
 #[derive(Debug, clap::Args)]
@@ -48,6 +53,9 @@ pub(crate) struct Args {
 
     #[command(flatten)]
     pub(crate) timeouts: AppTimeouts,
+
+    #[command(flatten)]
+    pub(crate) ca: mtls::CaArgs,
 
     /// How long to keep serving after deregistering on shutdown, so callers move away first.
     #[arg(long, default_value = "1s", value_name = "DURATION")]
@@ -182,17 +190,31 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let admin_address = registrable(admin_listener.local_addr()?);
 
     let store = args.store.open()?;
+    let identity = args
+        .ca
+        .identity(&mtls::identity(&args.namespace, &service_account)?)?;
+    if let Some(identity) = &identity {
+        tokio::select! {
+            issued = identity.wait_first() => if !issued {
+                anyhow::bail!("no workload certificate from {}", identity.source);
+            },
+            why = &mut shutdown => {
+                tracing::info!(workload = %name, why, "stopped before the certificate was issued");
+                return Ok(());
+            }
+        }
+    }
     let workload = Workload::new(&name, &args.namespace)
         .label("app", service.name())
         .label("version", &args.version)
         .service_account(&service_account);
     // No address yet: `start` would register it before the mesh is ready. It is registered
     // below, once the application is built and the admin listener runs.
-    let mesh = Mesh::builder(store, workload)
-        .drain_delay(args.drain_delay.as_std())
-        .start()
-        .await
-        .context("cannot start the mesh")?;
+    let mut builder = Mesh::builder(store, workload).drain_delay(args.drain_delay.as_std());
+    if let Some(identity) = &identity {
+        builder = builder.identity(identity.watch.clone());
+    }
+    let mesh = builder.start().await.context("cannot start the mesh")?;
     tokio::select! {
         () = child::wait_ready(&mesh) => {}
         why = &mut shutdown => {
@@ -213,8 +235,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         address: address.to_string(),
         admin: format!("http://{admin_address}/"),
         pid: std::process::id(),
+        mtls: identity.is_some(),
     };
-    child::serve_workload(
+    let served = child::serve_workload(
         "workload",
         mesh,
         me,
@@ -225,7 +248,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         shutdown,
         args.supervised,
     )
-    .await
+    .await;
+    // The certificate is renewed until the workload stops serving.
+    drop(identity);
+    served
 }
 
 #[cfg(test)]

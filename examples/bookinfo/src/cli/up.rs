@@ -4,20 +4,27 @@
 //! # What it does
 //! 1. Prints and prepares the config directory (`$TMPDIR/bookinfo-mesh` unless `--config-dir`
 //!    says otherwise) and seeds it, through the store's `apply`, with the resources of Istio's
-//!    `destination-rule-all.yaml` and `bookinfo-gateway.yaml` it lacks.
-//! 2. Removes stale registrations: WorkloadEntries registered by a workload on this machine
+//!    `destination-rule-all.yaml` and `bookinfo-gateway.yaml` it lacks, and, with mutual TLS
+//!    on (the default, `--mtls on`), Istio's `peer-authentication-strict.yaml` (mesh-wide
+//!    STRICT, in `istio-system`).
+//! 2. With mutual TLS on: creates the CA files in `--ca-dir` (default
+//!    `<config dir>/.mesh-ca`) or reuses them, and serves the CA (`mesh_ca::server::CaServer`,
+//!    TLS) on a free loopback port. Every child is told the CA's address and root
+//!    (`--ca-address`, `--ca-root`) and gets a short-lived bootstrap token for its own SPIFFE
+//!    identity in its environment, minted anew at each (re)start; see [`super::mtls`].
+//! 3. Removes stale registrations: WorkloadEntries registered by a workload on this machine
 //!    whose port refuses connections (a workload killed before it could deregister).
-//! 3. Starts productpage v1, details v1, reviews v1/v2/v3, ratings v1 (`bookinfo service …`)
+//! 4. Starts productpage v1, details v1, reviews v1/v2/v3, ratings v1 (`bookinfo service …`)
 //!    and the gateway (`bookinfo gateway …`), each with `--supervised`.
-//! 4. Reads each child's ready line (see [`super::child`]), prints the table of
+//! 5. Reads each child's ready line (see [`super::child`]), prints the table of
 //!    workloads once all are ready, and serves it as JSON at
 //!    `http://127.0.0.1:<admin-port>/workloads`, with the status of the configuration.
-//! 5. Restarts a child that exits when it was not asked to, with exponential back-off (250 ms
+//! 6. Restarts a child that exits when it was not asked to, with exponential back-off (250 ms
 //!    doubling to 10 s, reset once a child has run for 10 s); its registration is removed
 //!    while it is down. A restarted child keeps its name (as a pod does).
-//! 6. Watches the configuration like a workload does and logs a warning when a change is
+//! 7. Watches the configuration like a workload does and logs a warning when a change is
 //!    refused (the workloads keep the last good configuration).
-//! 7. On Ctrl-C or `SIGTERM`: closes every child's stdin (children stop gracefully on end of
+//! 8. On Ctrl-C or `SIGTERM`: closes every child's stdin (children stop gracefully on end of
 //!    file: deregister, drain, exit), waits up to 10 s, then kills what is left; a second
 //!    Ctrl-C kills at once. Children run in their own process group, so a terminal's Ctrl-C
 //!    reaches the supervisor only and the stop is orderly; and if the supervisor itself is
@@ -50,7 +57,10 @@ use tokio::{
 };
 
 use super::{
-    GoDuration, child, default_config_dir, gateway, random_suffix, seed, service::AppTimeouts,
+    GoDuration, child, default_config_dir, gateway,
+    mtls::{self, MtlsMode},
+    random_suffix, seed,
+    service::AppTimeouts,
 };
 
 /// `println!` that ignores a closed stdout (`bookinfo up | head` must not panic the
@@ -113,6 +123,32 @@ pub(crate) struct Args {
     /// How long each workload keeps serving after deregistering when it stops.
     #[arg(long, default_value = "1s", value_name = "DURATION")]
     pub(crate) drain_delay: GoDuration,
+
+    /// Mutual TLS between the workloads: `on` seeds Istio's mesh-wide STRICT
+    /// PeerAuthentication and gives every workload a certificate from the CA in --ca-dir;
+    /// `off` is plaintext (no CA, no PeerAuthentication seeded).
+    #[arg(long, value_enum, default_value_t = MtlsMode::On, value_name = "on|off")]
+    pub(crate) mtls: MtlsMode,
+
+    /// The CA directory, in Istio's cacerts layout (`ca-cert.pem`, `ca-key.pem`,
+    /// `cert-chain.pem`, `root-cert.pem`; the root's key in `root/`): created if missing,
+    /// reused otherwise [default: <config dir>/.mesh-ca].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) ca_dir: Option<PathBuf>,
+}
+
+/// The CA directory `up` uses when `--ca-dir` is not given: `.mesh-ca` in the config dir
+/// (hidden, so the file store does not read it).
+pub(crate) fn default_ca_dir(config_dir: &std::path::Path) -> PathBuf {
+    config_dir.join(".mesh-ca")
+}
+
+/// The CA `up` serves to its children.
+#[derive(Clone, Debug)]
+struct CaContext {
+    ca: Arc<mesh_ca::CertificateAuthority>,
+    address: SocketAddr,
+    root: PathBuf,
 }
 
 /// Where a child stands.
@@ -152,6 +188,8 @@ struct Row {
 struct ChildSpec {
     name: String,
     namespace: String,
+    /// Its service account: its bootstrap token is for this identity.
+    service_account: String,
     args: Vec<String>,
 }
 
@@ -177,7 +215,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the config dir {}", dir.display()))?;
     let store = store::open(&format!("file:{}", dir.display()))?;
-    match seed::seed(&*store).await {
+    let strict = args.mtls == MtlsMode::On;
+    match seed::seed(&*store, strict).await {
         Ok(lines) => {
             for l in lines {
                 say!("seeded {l}");
@@ -200,7 +239,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             )
         })?;
     let admin_addr = admin_listener.local_addr()?;
-    let specs = specs(&args, &dir, gateway_addr)?;
+
+    let (ca_stop, ca_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ca, ca_task) = if strict {
+        let (ca, task) = start_ca(&args, &dir, ca_stopped).await?;
+        (Some(ca), Some(task))
+    } else {
+        if let Some(ca_dir) = &args.ca_dir {
+            tracing::warn!(
+                "--mtls off: the CA directory {} is not used",
+                ca_dir.display()
+            );
+        }
+        say!("mTLS: off (plaintext; --mtls on for STRICT mutual TLS)");
+        (None, None)
+    };
+    let specs = specs(&args, &dir, gateway_addr, ca.as_ref())?;
 
     let watcher = ConfigWatcher::start(store.clone(), compile)
         .await
@@ -222,6 +276,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             store: store.clone(),
             stop: stop_rx.clone(),
             ready: ready_tx.clone(),
+            ca: ca.clone(),
         }));
     }
     drop(ready_tx);
@@ -229,7 +284,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(super::admin::serve(
         admin_listener,
-        admin_router(rows.clone(), watcher.clone(), dir.clone(), gateway_addr),
+        admin_router(
+            rows.clone(),
+            watcher.clone(),
+            dir.clone(),
+            gateway_addr,
+            ca.clone(),
+        ),
         async move {
             let _ = admin_stopped.await;
         },
@@ -307,16 +368,93 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = admin_stop.send(());
     let _ = admin.await;
+    let _ = ca_stop.send(());
+    if let Some(task) = ca_task {
+        let _ = task.await;
+    }
     say!("stopped");
     Ok(())
 }
 
-/// The children to run, in table order.
+/// Creates or reuses the CA files and serves the CA on a free loopback port until `stop`.
+async fn start_ca(
+    args: &Args,
+    config_dir: &std::path::Path,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<(CaContext, tokio::task::JoinHandle<()>)> {
+    let ca_dir = args
+        .ca_dir
+        .clone()
+        .unwrap_or_else(|| default_ca_dir(config_dir));
+    let ca_dir = std::path::absolute(&ca_dir).unwrap_or(ca_dir);
+    let files = tokio::task::spawn_blocking({
+        let ca_dir = ca_dir.clone();
+        move || mtls::ensure_ca(&ca_dir)
+    })
+    .await
+    .context("the CA set-up task failed")??;
+    if files.created.is_empty() {
+        say!("CA dir: {} (reused)", ca_dir.display());
+    } else {
+        say!(
+            "CA dir: {} (created: {})",
+            ca_dir.display(),
+            files
+                .created
+                .iter()
+                .filter_map(|p| p.strip_prefix(&ca_dir).ok())
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let server = mesh_ca::server::CaServer::bind(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        files.ca.clone(),
+        mesh_ca::server::ServerOptions::default(),
+    )
+    .await
+    .context("cannot start the CA")?;
+    let address = server.local_addr();
+    let root = ca_dir.join(mesh_ca::files::ROOT_CERT);
+    say!(
+        "mTLS: STRICT (peer-authentication-strict.yaml in {}); CA on {address} ({})",
+        seed::ROOT_NAMESPACE,
+        server.server_identity()
+    );
+    let task = tokio::spawn(async move {
+        let stopped = async {
+            let _ = stop.await;
+        };
+        if let Err(e) = server.serve_with_shutdown(stopped).await {
+            tracing::warn!(error = %e, "the CA stopped; workloads cannot renew certificates");
+        }
+    });
+    Ok((
+        CaContext {
+            ca: files.ca,
+            address,
+            root,
+        },
+        task,
+    ))
+}
+
+/// The children to run, in table order; with `ca`, each is told where the CA is.
 fn specs(
     args: &Args,
     dir: &std::path::Path,
     gateway: SocketAddr,
+    ca: Option<&CaContext>,
 ) -> anyhow::Result<Vec<ChildSpec>> {
+    let ca_args: Vec<String> = ca.map_or_else(Vec::new, |ca| {
+        vec![
+            "--ca-address".to_owned(),
+            ca.address.to_string(),
+            "--ca-root".to_owned(),
+            ca.root.display().to_string(),
+        ]
+    });
     let workloads = [
         ("productpage", "v1"),
         ("details", "v1"),
@@ -357,14 +495,16 @@ fn specs(
         .map(|s| (*s).to_owned())
         .collect();
         a.extend(args.timeouts.to_args());
+        a.extend(ca_args.iter().cloned());
         out.push(ChildSpec {
             name,
             namespace: NAMESPACE.to_owned(),
+            service_account: format!("bookinfo-{app}"),
             args: a,
         });
     }
     let name = format!("{}-{}", gateway::APP, random_suffix());
-    let a = [
+    let mut a: Vec<String> = [
         "gateway",
         "--name",
         &name,
@@ -381,9 +521,11 @@ fn specs(
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    a.extend(ca_args);
     out.push(ChildSpec {
         name,
         namespace: GATEWAY_NAMESPACE.to_owned(),
+        service_account: gateway::SERVICE_ACCOUNT.to_owned(),
         args: a,
     });
     Ok(out)
@@ -548,7 +690,19 @@ fn admin_router(
     watcher: ConfigWatcher<Snapshot>,
     dir: PathBuf,
     gateway: SocketAddr,
+    ca: Option<CaContext>,
 ) -> Router {
+    let mtls = ca.map_or_else(
+        || json!({"mode": "off"}),
+        |ca| {
+            json!({
+                "mode": "STRICT",
+                "ca": ca.address.to_string(),
+                "caDir": ca.root.parent(),
+                "rootCert": ca.root,
+            })
+        },
+    );
     let list = {
         let rows = rows.clone();
         let watcher = watcher.clone();
@@ -566,6 +720,7 @@ fn admin_router(
         }
     };
     let index = move || {
+        let mtls = mtls.clone();
         let rows = rows.clone();
         let watcher = watcher.clone();
         let dir = dir.clone();
@@ -573,6 +728,7 @@ fn admin_router(
             let status = watcher.status();
             Json(json!({
                 "configDir": dir,
+                "mtls": mtls,
                 "productpage": format!("http://{gateway}/productpage"),
                 "config": status,
                 "workloads": workloads_json(&lock(&rows), &status),
@@ -613,6 +769,8 @@ struct Slot {
     store: Arc<dyn Store>,
     stop: watch::Receiver<Stop>,
     ready: mpsc::UnboundedSender<usize>,
+    /// The CA, when mutual TLS is on: each start gets a fresh bootstrap token.
+    ca: Option<CaContext>,
 }
 
 impl Slot {
@@ -677,6 +835,18 @@ async fn supervise(mut slot: Slot) {
             .kill_on_drop(true);
         #[cfg(unix)]
         cmd.process_group(0);
+        cmd.env_remove(mtls::TOKEN_ENV);
+        if let Some(ca) = &slot.ca {
+            let token = mtls::identity(&slot.spec.namespace, &slot.spec.service_account)
+                .and_then(|id| mtls::token(&ca.ca, &id));
+            match token {
+                Ok(token) => {
+                    cmd.env(mtls::TOKEN_ENV, token);
+                }
+                // The child starts anyway and says it has no token; the back-off applies.
+                Err(e) => tracing::warn!(workload = %name, "no bootstrap token: {e:#}"),
+            }
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -809,13 +979,15 @@ mod tests {
                 ..AppTimeouts::default()
             },
             drain_delay: "1s".parse().unwrap(),
+            mtls: MtlsMode::On,
+            ca_dir: None,
         }
     }
 
     #[test]
     fn specs_cover_bookinfo_and_the_gateway() {
         let gw = "127.0.0.1:8080".parse().unwrap();
-        let s = specs(&args(9080), std::path::Path::new("/tmp/x"), gw).unwrap();
+        let s = specs(&args(9080), std::path::Path::new("/tmp/x"), gw, None).unwrap();
         let rows: Vec<Row> = s.iter().map(Row::from).collect();
         let apps: Vec<(&str, &str)> = rows
             .iter()
@@ -841,7 +1013,23 @@ mod tests {
                 .all(|s| s.args.contains(&"--supervised".to_owned()))
         );
         assert!(rows[3].name.starts_with("reviews-v2-"));
-        assert!(specs(&args(65533), std::path::Path::new("/x"), gw).is_err());
+        assert!(specs(&args(65533), std::path::Path::new("/x"), gw, None).is_err());
+        assert!(!s[0].args.contains(&"--ca-address".to_owned()));
+        assert_eq!(s[0].service_account, "bookinfo-productpage");
+        assert_eq!(s[6].service_account, gateway::SERVICE_ACCOUNT);
+        let ca = CaContext {
+            ca: Arc::new(
+                mesh_ca::CertificateAuthority::self_signed(&mesh_ca::CaOptions::root()).unwrap(),
+            ),
+            address: "127.0.0.1:15012".parse().unwrap(),
+            root: "/ca/root-cert.pem".into(),
+        };
+        let s = specs(&args(0), std::path::Path::new("/x"), gw, Some(&ca)).unwrap();
+        for spec in &s {
+            let at = spec.args.iter().position(|a| a == "--ca-address").unwrap();
+            assert_eq!(spec.args[at + 1], "127.0.0.1:15012");
+            assert!(spec.args.contains(&"/ca/root-cert.pem".to_owned()));
+        }
     }
 
     #[test]
