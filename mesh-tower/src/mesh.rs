@@ -341,6 +341,14 @@ impl Mesh {
         self.inner.identity.is_some()
     }
 
+    /// True if [`Mesh::serve`] accepts mutual TLS: a workload with an identity. A gateway's
+    /// listeners are its public ports: as in Istio, PeerAuthentication does not apply to them
+    /// (a Gateway resource's `tls` would; TLS termination at the gateway is not implemented),
+    /// so a gateway serves plaintext and uses its identity only for the calls it makes.
+    pub fn serves_mutual_tls(&self) -> bool {
+        self.inner.identity.is_some() && !self.inner.caller.gateway
+    }
+
     /// The inbound TLS counters of [`Mesh::serve`] (connections over mutual TLS, plaintext,
     /// refused), shared by every serve call of this mesh; all zero without an identity.
     pub fn inbound_tls_stats(&self) -> &Arc<InboundTlsStats> {
@@ -394,7 +402,7 @@ impl Mesh {
         let mut workload = self.inner.workload.lock().await;
         workload.address = Some(addr);
         let mut entry = workload.entry(addr);
-        if self.inner.identity.is_some()
+        if self.serves_mutual_tls()
             && let Spec::WorkloadEntry(we) = &mut entry.spec
         {
             // Auto-mTLS: callers send mutual TLS to endpoints carrying this label.
@@ -448,8 +456,7 @@ impl Mesh {
             (w.address, w.namespace.clone(), w.labels.clone())
         };
         let tls = match &self.inner.identity {
-            None => None,
-            Some(identity) => {
+            Some(identity) if self.serves_mutual_tls() => {
                 self.check_identity(identity);
                 let acceptor = TlsAcceptor::new(identity.clone())?;
                 let snapshots = self.inner.watcher.handle();
@@ -458,6 +465,7 @@ impl Mesh {
                     move || tls::policy::inbound_mode(&snapshots.load(), &namespace, &labels, port);
                 Some(InboundTls::new(acceptor, mode).with_stats(self.inner.tls_stats.clone()))
             }
+            _ => None,
         };
         self.register(registered.unwrap_or(local)).await?;
         // The inbound stack: AuthorizationPolicy in front of the application.

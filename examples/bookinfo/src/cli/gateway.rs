@@ -15,10 +15,8 @@
 //! the workloads over mutual TLS as service account [`SERVICE_ACCOUNT`] of its namespace
 //! (`istio-system`), while its public port stays plaintext: Istio's
 //! gateway terminates client traffic as its Gateway resource says, and PeerAuthentication
-//! does not apply to it. The mesh applies PeerAuthentication to every listener served with an
-//! identity, so the gateway runs two meshes on the same store: one without identity that
-//! serves (and registers) the public port, and one with the identity, not registered, whose
-//! client forwards.
+//! does not apply to it (the mesh of a gateway serves plaintext, see
+//! `Mesh::serves_mutual_tls`).
 
 use std::{convert::Infallible, net::SocketAddr};
 
@@ -112,34 +110,24 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .label("app", APP)
         .label("istio", "ingressgateway")
         .service_account(&service_account);
-    let mesh = Mesh::builder(store.clone(), workload.clone())
+    // With an identity the gateway's calls use mutual TLS; its public port stays plaintext
+    // (`Mesh::serves_mutual_tls`: PeerAuthentication does not govern a gateway's listeners).
+    let mut builder = Mesh::builder(store, workload)
         .gateway(true)
-        .drain_delay(args.drain_delay.as_std())
-        .start()
-        .await
-        .context("cannot start the mesh")?;
-    // The client side: mutual TLS with the gateway's identity when it has one.
-    let client_mesh = match &identity {
-        None => mesh.clone(),
-        Some(identity) => Mesh::builder(store, workload)
-            .gateway(true)
-            .identity(identity.watch.clone())
-            .start()
-            .await
-            .context("cannot start the gateway's mTLS client")?,
-    };
+        .drain_delay(args.drain_delay.as_std());
+    if let Some(identity) = &identity {
+        builder = builder.identity(identity.watch.clone());
+    }
+    let mesh = builder.start().await.context("cannot start the mesh")?;
     tokio::select! {
-        () = async {
-            child::wait_ready(&mesh).await;
-            child::wait_ready(&client_mesh).await;
-        } => {}
+        () = child::wait_ready(&mesh) => {}
         why = &mut shutdown => {
             tracing::info!(gateway = %name, why, "stopped before the configuration was ready");
             return Ok(());
         }
     }
 
-    let client = client_mesh.http_client();
+    let client = mesh.http_client();
     let app = tower::service_fn(move |req: Request<Body>| {
         let client = client.clone();
         async move { Ok::<_, Infallible>(forward(client, req).await) }
@@ -168,7 +156,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         args.supervised,
     )
     .await;
-    drop((client_mesh, identity));
+    drop(identity);
     served
 }
 
