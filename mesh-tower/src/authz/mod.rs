@@ -217,15 +217,16 @@ where
                 .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0.ip());
             let attrs = RequestAttributes::from_request(&req, peer, source_ip, self.shared.port);
             let decision = authorizer.evaluate(&attrs);
-            let principal = peer.map_or_else(|| "-".to_owned(), |p| p.principal());
+            // Only for the log lines below, which are rare.
+            let principal = || peer.map_or_else(|| "-".to_owned(), |p| p.principal());
             if let Some(policy) = decision.audit() {
-                tracing::info!(target: AUDIT_TARGET, %policy, peer = %principal, %source_ip, method = %req.method(), path = %req.uri().path(), allowed = decision.is_allowed(), "AUDIT policy matched");
+                tracing::info!(target: AUDIT_TARGET, %policy, peer = %principal(), %source_ip, method = %req.method(), path = %req.uri().path(), allowed = decision.is_allowed(), "AUDIT policy matched");
             }
             if let Some(verdict) = decision.dry_run() {
-                tracing::info!(target: AUDIT_TARGET, %verdict, peer = %principal, %source_ip, method = %req.method(), path = %req.uri().path(), "dry-run policy");
+                tracing::info!(target: AUDIT_TARGET, %verdict, peer = %principal(), %source_ip, method = %req.method(), path = %req.uri().path(), "dry-run policy");
             }
             if !decision.is_allowed() {
-                tracing::info!(target: AUDIT_TARGET, %decision, peer = %principal, %source_ip, method = %req.method(), path = %req.uri().path(), "request denied");
+                tracing::info!(target: AUDIT_TARGET, %decision, peer = %principal(), %source_ip, method = %req.method(), path = %req.uri().path(), "request denied");
             }
             decision.is_allowed()
         });
