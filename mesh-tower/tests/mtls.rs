@@ -488,6 +488,11 @@ async fn secure_naming_refuses_a_server_with_another_identity() {
     let (status, body, flags) = get(&productpage, "http://details:9080/").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(flags.to_string(), "UF");
+    // As Envoy's local reply: the body says why the TLS handshake failed.
+    assert!(
+        body.contains("transport failure reason: TLS error:") && body.contains("impostor"),
+        "{body}"
+    );
     assert_eq!(impostor.hits.load(Ordering::SeqCst), 0);
 
     // The reason is in the connect error, naming the peer and both identities.

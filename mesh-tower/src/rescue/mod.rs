@@ -5,7 +5,7 @@
 //! |---|---|---|---|---|
 //! | [`NoRoute`] | 404 | `NR` | (empty) | 12 UNIMPLEMENTED |
 //! | [`NoHealthyUpstream`] | 503 | `UH` | `no healthy upstream` | 14 UNAVAILABLE |
-//! | [`UpstreamConnectFailure`] | 503 | `UF` | `upstream connect error or disconnect/reset before headers. reset reason: connection failure` | 14 UNAVAILABLE |
+//! | [`UpstreamConnectFailure`] | 503 | `UF` | `upstream connect error or disconnect/reset before headers. reset reason: connection failure` (with `, transport failure reason: TLS error: …` when the mTLS handshake failed) | 14 UNAVAILABLE |
 //! | [`UpstreamReset`] | 503 | `UC` | `… reset reason: connection termination` | 14 UNAVAILABLE |
 //! | [`RouteTimeout`], [`PerTryTimeout`] | 504 | `UT` | `upstream request timeout` | 4 DEADLINE_EXCEEDED |
 //! | anything else | 503 | (none) | `upstream error` | 14 UNAVAILABLE |
@@ -139,6 +139,15 @@ fn classify(err: &BoxError) -> (StatusCode, Option<ResponseFlag>, &'static str, 
 /// The response the mesh answers with for `err`; `grpc` for a gRPC caller.
 pub fn error_response(err: &BoxError, grpc: bool) -> http::Response<Body> {
     let (status, flag, text, grpc_code) = classify(err);
+    // As Envoy: a failed TLS handshake says why (`transport failure reason`).
+    let detailed;
+    let text = match cause_ref::<crate::tls::TlsError>(&**err) {
+        Some(tls) if flag == Some(ResponseFlag::UpstreamConnectionFailure) => {
+            detailed = format!("{text}, transport failure reason: TLS error: {tls}");
+            detailed.as_str()
+        }
+        _ => text,
+    };
     let mut res = if grpc {
         let mut res = http::Response::new(body::empty());
         let h = res.headers_mut();
@@ -157,7 +166,7 @@ pub fn error_response(err: &BoxError, grpc: bool) -> http::Response<Body> {
         }
         res
     } else {
-        let mut res = http::Response::new(body::full(text));
+        let mut res = http::Response::new(body::full(text.to_owned()));
         *res.status_mut() = status;
         if !text.is_empty() {
             res.headers_mut().insert(
