@@ -787,29 +787,21 @@ impl Snapshot {
         }
         let path = host::search_path(requested, ns, &self.settings.domain);
         if let Some(h) = path.iter().find(|h| known(h)) {
-            return self.intern(h.clone());
+            return self.intern_str(h);
         }
         // Unknown: a short name can only mean a service of the caller's namespace (Kubernetes
         // DNS would not resolve it anywhere else), so it stays cluster-local and gets "no
         // healthy upstream" instead of an outside DNS lookup; other names pass through.
         if requested.contains('.') {
-            self.intern(requested.to_ascii_lowercase())
+            self.intern_str(&requested.to_ascii_lowercase())
         } else {
-            self.intern(path.into_iter().next().unwrap_or_default())
+            self.intern_str(path.first().map_or("", String::as_str))
         }
     }
 
     /// The shared copy of `host` if the configuration names it, else a new one.
     fn intern_str(&self, host: &str) -> Arc<str> {
         match self.interned.get(host) {
-            Some(shared) => Arc::clone(shared),
-            None => Arc::from(host),
-        }
-    }
-
-    /// The shared copy of `host` if the configuration names it, else a new one.
-    fn intern(&self, host: String) -> Arc<str> {
-        match self.interned.get(&host) {
             Some(shared) => Arc::clone(shared),
             None => Arc::from(host),
         }

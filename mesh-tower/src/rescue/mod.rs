@@ -140,14 +140,13 @@ fn classify(err: &BoxError) -> (StatusCode, Option<ResponseFlag>, &'static str, 
 pub fn error_response(err: &BoxError, grpc: bool) -> http::Response<Body> {
     let (status, flag, text, grpc_code) = classify(err);
     // As Envoy: a failed TLS handshake says why (`transport failure reason`).
-    let detailed;
-    let text = match cause_ref::<crate::tls::TlsError>(&**err) {
+    let reply: std::borrow::Cow<'static, str> = match cause_ref::<crate::tls::TlsError>(&**err) {
         Some(tls) if flag == Some(ResponseFlag::UpstreamConnectionFailure) => {
-            detailed = format!("{text}, transport failure reason: TLS error: {tls}");
-            detailed.as_str()
+            format!("{text}, transport failure reason: TLS error: {tls}").into()
         }
-        _ => text,
+        _ => text.into(),
     };
+    let text: &str = &reply;
     let mut res = if grpc {
         let mut res = http::Response::new(body::empty());
         let h = res.headers_mut();
@@ -166,7 +165,10 @@ pub fn error_response(err: &BoxError, grpc: bool) -> http::Response<Body> {
         }
         res
     } else {
-        let mut res = http::Response::new(body::full(text.to_owned()));
+        let mut res = http::Response::new(body::full(match &reply {
+            std::borrow::Cow::Borrowed(t) => bytes::Bytes::from_static(t.as_bytes()),
+            std::borrow::Cow::Owned(t) => bytes::Bytes::from(t.clone()),
+        }));
         *res.status_mut() = status;
         if !text.is_empty() {
             res.headers_mut().insert(

@@ -63,6 +63,11 @@ impl SnapshotSource for Snapshot {
     fn snapshot(&self) -> Arc<Snapshot> {
         Arc::new(self.clone())
     }
+
+    fn is_current(&self, snapshot: &Arc<Snapshot>) -> bool {
+        // Every copy handed out shares this snapshot's resources.
+        std::ptr::eq(self.resources(), snapshot.resources())
+    }
 }
 
 impl SnapshotSource for Arc<Snapshot> {

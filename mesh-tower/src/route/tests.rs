@@ -192,3 +192,18 @@ async fn a_swapped_snapshot_applies_to_the_next_request() {
         Some("v2")
     );
 }
+
+#[test]
+fn a_plain_snapshot_source_knows_its_own_copies() {
+    let source = Snapshot::build(
+        &mesh_core::config::load_str(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a, namespace: default}\nspec: {hosts: [a.example.com], ports: [{number: 80, name: http, protocol: HTTP}]}\n",
+            None,
+        )
+        .resources,
+    )
+    .unwrap();
+    let copy = source.snapshot();
+    assert!(source.is_current(&copy));
+    assert!(!source.is_current(&Arc::new(Snapshot::default())));
+}
