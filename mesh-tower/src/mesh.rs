@@ -250,13 +250,29 @@ impl MeshBuilder {
         let caller = Caller::new(self.workload.namespace.clone())
             .labels(self.workload.labels.clone())
             .gateway(self.gateway);
-        let mut connect = Connect::builder().connect_timeout(self.connect_timeout);
-        if let Some(identity) = &self.identity {
-            let snapshots = watcher.handle();
-            connect = connect.mutual_tls(identity.clone(), move |authority| {
-                tls::policy::upstream_tls(&snapshots.load(), authority)
-            });
-        }
+        let snapshots = watcher.handle();
+        let connect = Connect::builder()
+            .connect_timeout(self.connect_timeout)
+            .mutual_tls(
+                match &self.identity {
+                    Some(identity) => identity.clone(),
+                    None => tokio::sync::watch::channel(None).1,
+                },
+                // Without an identity there is no mutual TLS (the mesh runs plaintext), but
+                // TLS origination (DestinationRule SIMPLE/MUTUAL) still applies.
+                match self.identity {
+                    Some(_) => Box::new(move |authority: &http::uri::Authority| {
+                        tls::policy::upstream_tls(&snapshots.load(), authority)
+                    })
+                        as Box<dyn Fn(&http::uri::Authority) -> tls::UpstreamTls + Send + Sync>,
+                    None => Box::new(move |authority: &http::uri::Authority| {
+                        match tls::policy::upstream_tls(&snapshots.load(), authority) {
+                            tls::UpstreamTls::Mutual(_) => tls::UpstreamTls::Plaintext,
+                            other => other,
+                        }
+                    }),
+                },
+            );
         let parts = StackParts::with_connect(connect.build());
         // Endpoints that left the registry leave their load counters behind; drop the idle
         // ones on each new snapshot. The task ends with the watcher (its channel closes).

@@ -745,6 +745,40 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: { name: secret-api, namespace: default }
+spec:
+  hosts: [secret.example.com]
+  ports: [{ number: 443, name: https, protocol: TLS }]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{ address: 10.0.0.7 }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: secret-api, namespace: default }
+spec:
+  host: secret.example.com
+  trafficPolicy: { tls: { mode: MUTUAL, credentialName: api-client } }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: by-name, namespace: default }
+spec:
+  hosts: [files.example.com]
+  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: 443 }]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: by-name, namespace: default }
+spec:
+  host: files.example.com
+  trafficPolicy:
+    tls: { mode: SIMPLE, sni: cdn.example.net }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: { name: mesh-vm, namespace: default }
 spec:
   hosts: [vm.internal]
@@ -777,11 +811,25 @@ spec:
     assert_eq!(decide("10.0.0.3:9080"), UpstreamTls::Plaintext);
     // The destination's PeerAuthentication disables mTLS.
     assert_eq!(decide("10.0.0.4:9080"), UpstreamTls::Plaintext);
-    // SIMPLE is refused with a reason.
-    let UpstreamTls::Refuse(reason) = decide("10.0.0.5:443") else {
-        panic!("SIMPLE is refused");
+    // SIMPLE originates TLS, sending the service's host as the server name.
+    let UpstreamTls::Originate(originate) = decide("10.0.0.5:443") else {
+        panic!("SIMPLE originates TLS");
     };
-    assert!(reason.contains("SIMPLE"), "{reason}");
+    assert!(!originate.mutual);
+    assert_eq!(originate.server_name, "api.example.com");
+    assert_eq!(originate.ca_certificates, None);
+    // A DNS ServiceEntry without endpoints is connected to by name (at its targetPort):
+    // its rule applies there, with the configured SNI.
+    let UpstreamTls::Originate(originate) = decide("files.example.com:443") else {
+        panic!("SIMPLE originates TLS to a host reached by name");
+    };
+    assert_eq!(originate.server_name, "cdn.example.net");
+    assert_eq!(decide("other.example.com:443"), UpstreamTls::Plaintext);
+    // credentialName (a Kubernetes secret) is refused with a reason.
+    let UpstreamTls::Refuse(reason) = decide("10.0.0.7:443") else {
+        panic!("credentialName is refused");
+    };
+    assert!(reason.contains("credentialName"), "{reason}");
     // ISTIO_MUTUAL to a ServiceEntry endpoint: its service account plus the entry's SANs.
     assert_eq!(
         decide("10.0.0.6:8080"),
@@ -906,5 +954,130 @@ async fn certificates_rotating_every_few_seconds_drop_no_request_under_load() {
     );
     assert!(handshakes > 100, "new connections throughout: {handshakes}");
     assert_eq!(reviews.mesh.inbound_tls_stats().refused(), 0);
+    reviews.stop().await;
+}
+
+/// A certificate for `sa` from `ca`, trusting the roots in `bundle` (PEM).
+fn issue_trusting(ca: &CertificateAuthority, sa: &str, bundle: &str) -> Arc<TlsIdentity> {
+    let (cert, key_pem, _) = issue(ca, sa);
+    Arc::new(TlsIdentity::from_pem(cert.chain_pem(), &key_pem, bundle).expect("credentials"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_with_overlapping_bundles_drops_no_request_under_load() {
+    let (old, new) = (new_ca(), new_ca());
+    let old_only = old.trust_bundle_pem().to_owned();
+    let both = format!("{}{}", old.trust_bundle_pem(), new.trust_bundle_pem());
+    let new_only = new.trust_bundle_pem().to_owned();
+    let (publish_server, server_source) =
+        tokio::sync::watch::channel(Some(issue_trusting(&old, "reviews", &old_only)));
+    let (publish_client, client_source) =
+        tokio::sync::watch::channel(Some(issue_trusting(&old, "productpage", &old_only)));
+
+    let (_dir, store) = file_store();
+    apply(&store, STRICT).await;
+    let reviews = Server::start(
+        &store,
+        "reviews-v1",
+        "reviews",
+        "reviews",
+        Some(server_source),
+    )
+    .await;
+    let productpage = client(&store, "productpage", "productpage", Some(client_source)).await;
+    until(&productpage, "reviews endpoint", |_| {
+        endpoint_count(&productpage, "reviews") == 1
+    })
+    .await;
+    let (status, body, _) = get(&productpage, "http://reviews:9080/").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Steady traffic from two callers; every third request closes its connection, so new
+    // handshakes happen all along.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let (mesh, stop, failures, sent) = (
+                productpage.clone(),
+                stop.clone(),
+                failures.clone(),
+                sent.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let n = sent.fetch_add(1, Ordering::SeqCst);
+                    let path = if n % 3 == 0 { "/close" } else { "/" };
+                    let (status, body, flags) =
+                        get(&mesh, &format!("http://reviews:9080{path}")).await;
+                    if status != 200 {
+                        failures
+                            .lock()
+                            .expect("lock")
+                            .push(format!("{status} {flags}: {body}"));
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Istio's procedure: both trust both roots, the server then the client move to
+    // certificates from the new root, and finally the old root leaves the bundles.
+    let pause = Duration::from_millis(400);
+    let steps: [(&str, Arc<TlsIdentity>, Arc<TlsIdentity>); 4] = [
+        (
+            "both trust both roots",
+            issue_trusting(&old, "reviews", &both),
+            issue_trusting(&old, "productpage", &both),
+        ),
+        (
+            "the server moves to the new root",
+            issue_trusting(&new, "reviews", &both),
+            issue_trusting(&old, "productpage", &both),
+        ),
+        (
+            "the client moves to the new root",
+            issue_trusting(&new, "reviews", &both),
+            issue_trusting(&new, "productpage", &both),
+        ),
+        (
+            "the old root leaves the bundles",
+            issue_trusting(&new, "reviews", &new_only),
+            issue_trusting(&new, "productpage", &new_only),
+        ),
+    ];
+    for (step, server, client) in steps {
+        let before = sent.load(Ordering::SeqCst);
+        publish_server.send_replace(Some(server));
+        publish_client.send_replace(Some(client));
+        tokio::time::sleep(pause).await;
+        assert!(
+            sent.load(Ordering::SeqCst) > before + 10,
+            "traffic kept flowing during: {step}"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for caller in callers {
+        caller.await.expect("caller");
+    }
+    let failures = std::mem::take(&mut *failures.lock().expect("lock"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        sent.load(Ordering::SeqCst),
+        &failures[..failures.len().min(5)]
+    );
+    // The server trusts the new root only now: a caller still on the old root is refused.
+    let (_keep, stale) = tokio::sync::watch::channel(Some(issue_trusting(&old, "ratings", &both)));
+    let ratings = client(&store, "ratings", "ratings", Some(stale)).await;
+    until(&ratings, "reviews endpoint", |_| {
+        endpoint_count(&ratings, "reviews") == 1
+    })
+    .await;
+    let (status, body, _) = get(&ratings, "http://reviews:9080/").await;
+    assert_eq!(status, 503, "{body}");
+    drop(publish_client);
     reviews.stop().await;
 }

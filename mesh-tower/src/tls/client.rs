@@ -153,6 +153,16 @@ impl TlsConnector {
         self
     }
 
+    /// The protocols offered with ALPN.
+    pub(crate) fn alpn_protocols(&self) -> &'static [Alpn] {
+        self.alpn
+    }
+
+    /// How long the TLS handshake may take.
+    pub(crate) fn handshake_timeout_value(&self) -> Duration {
+        self.handshake_timeout
+    }
+
     /// The client configuration for a destination backed by `expected` (see
     /// [`client_config`]), offering this connector's ALPN protocols.
     ///

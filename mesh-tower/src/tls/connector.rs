@@ -21,7 +21,11 @@ use tokio::{
 };
 use tokio_rustls::client::TlsStream;
 
-use super::{Alpn, ExpectedIdentities, PeerIdentity, TlsConnector, server::peer_addr};
+use super::{
+    Alpn, ExpectedIdentities, PeerIdentity, TlsConnector, TlsError,
+    originate::{Originate, OriginateCache},
+    server::peer_addr,
+};
 
 /// What a connection to a destination uses: DestinationRule `tls.mode` as far as the mesh
 /// handles it here.
@@ -32,8 +36,11 @@ pub enum UpstreamTls {
     Mutual(ExpectedIdentities),
     /// `DISABLE`: plaintext.
     Plaintext,
-    /// Do not connect: the policy asks for something the mesh does not do (DestinationRule
-    /// `tls.mode` SIMPLE or MUTUAL). The connection fails with [`TlsError::Unsupported`]
+    /// `SIMPLE` or `MUTUAL`: TLS originated to a server outside the mesh, verified as the
+    /// settings say (see [`Originate`]).
+    Originate(Arc<Originate>),
+    /// Do not connect: the policy asks for something the mesh does not do (e.g. DestinationRule
+    /// `tls.credentialName`). The connection fails with [`TlsError::Unsupported`]
     /// carrying this reason, before any byte is sent.
     ///
     /// [`TlsError::Unsupported`]: super::TlsError::Unsupported
@@ -75,6 +82,7 @@ pub struct MtlsConnector<C = HttpConnector> {
     inner: C,
     tls: TlsConnector,
     lookup: Lookup,
+    originate: Arc<OriginateCache>,
 }
 
 impl<C: fmt::Debug> fmt::Debug for MtlsConnector<C> {
@@ -109,6 +117,7 @@ impl<C> MtlsConnector<C> {
             inner,
             tls,
             lookup: Arc::new(lookup),
+            originate: Arc::default(),
         }
     }
 
@@ -160,11 +169,24 @@ where
         }
         let connecting = self.inner.call(dst);
         let tls = self.tls.clone();
+        let cache = self.originate.clone();
         Box::pin(async move {
             let tcp = connecting.await.map_err(Into::into)?.into_inner();
             match upstream {
                 UpstreamTls::Plaintext | UpstreamTls::Refuse(_) => {
                     Ok(TokioIo::new(ClientIo(ClientInner::Plain(tcp))))
+                }
+                UpstreamTls::Originate(originate) => {
+                    let peer = peer_addr(&tcp)?;
+                    let (stream, alpn) = originate_tls(&tls, &cache, &originate, tcp, peer)
+                        .await
+                        .inspect_err(
+                        |e| tracing::debug!(error = %e, "upstream TLS origination failed"),
+                    )?;
+                    Ok(TokioIo::new(ClientIo(ClientInner::Originated {
+                        stream: Box::new(stream),
+                        alpn,
+                    })))
                 }
                 UpstreamTls::Mutual(expected) => {
                     let peer = peer_addr(&tcp)?;
@@ -181,6 +203,32 @@ where
             }
         })
     }
+}
+
+/// The TLS handshake of an originated connection, with the connector's handshake timeout
+/// and ALPN protocols.
+async fn originate_tls(
+    tls: &TlsConnector,
+    cache: &OriginateCache,
+    originate: &Arc<Originate>,
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+) -> Result<(TlsStream<TcpStream>, Option<Alpn>), TlsError> {
+    let config = cache.config(originate, tls.alpn_protocols())?;
+    let name = originate.server_name()?;
+    let connecting = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+    let timeout = tls.handshake_timeout_value();
+    let stream = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(TlsError::from_handshake(peer, e)),
+        Err(_) => return Err(TlsError::HandshakeTimeout { peer, timeout }),
+    };
+    let alpn = stream
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .and_then(Alpn::from_bytes);
+    Ok((stream, alpn))
 }
 
 // === ClientIo ===
@@ -201,18 +249,22 @@ enum ClientInner {
         alpn: Option<Alpn>,
         server: PeerIdentity,
     },
+    Originated {
+        stream: Box<TlsStream<TcpStream>>,
+        alpn: Option<Alpn>,
+    },
 }
 
 impl ClientIo {
     /// True for a TLS connection.
     pub fn is_tls(&self) -> bool {
-        matches!(self.0, ClientInner::Tls { .. })
+        !matches!(self.0, ClientInner::Plain(_))
     }
 
     /// The protocol ALPN chose (TLS only).
     pub fn alpn(&self) -> Option<Alpn> {
         match &self.0 {
-            ClientInner::Tls { alpn, .. } => *alpn,
+            ClientInner::Tls { alpn, .. } | ClientInner::Originated { alpn, .. } => *alpn,
             ClientInner::Plain(_) => None,
         }
     }
@@ -221,7 +273,7 @@ impl ClientIo {
     pub fn peer_identity(&self) -> Option<&PeerIdentity> {
         match &self.0 {
             ClientInner::Tls { server, .. } => Some(server),
-            ClientInner::Plain(_) => None,
+            ClientInner::Plain(_) | ClientInner::Originated { .. } => None,
         }
     }
 }
@@ -242,6 +294,14 @@ impl Connection for ClientIo {
                     connected
                 }
             }
+            ClientInner::Originated { stream, alpn } => {
+                let connected = stream.get_ref().0.connected();
+                if *alpn == Some(Alpn::H2) {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
         }
     }
 }
@@ -254,7 +314,9 @@ impl AsyncRead for ClientIo {
     ) -> Poll<io::Result<()>> {
         match &mut self.get_mut().0 {
             ClientInner::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientInner::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            ClientInner::Tls { stream, .. } | ClientInner::Originated { stream, .. } => {
+                Pin::new(stream.as_mut()).poll_read(cx, buf)
+            }
         }
     }
 }
@@ -267,21 +329,27 @@ impl AsyncWrite for ClientIo {
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().0 {
             ClientInner::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientInner::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            ClientInner::Tls { stream, .. } | ClientInner::Originated { stream, .. } => {
+                Pin::new(stream.as_mut()).poll_write(cx, buf)
+            }
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().0 {
             ClientInner::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientInner::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_flush(cx),
+            ClientInner::Tls { stream, .. } | ClientInner::Originated { stream, .. } => {
+                Pin::new(stream.as_mut()).poll_flush(cx)
+            }
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().0 {
             ClientInner::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientInner::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            ClientInner::Tls { stream, .. } | ClientInner::Originated { stream, .. } => {
+                Pin::new(stream.as_mut()).poll_shutdown(cx)
+            }
         }
     }
 
@@ -292,7 +360,7 @@ impl AsyncWrite for ClientIo {
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().0 {
             ClientInner::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientInner::Tls { stream, .. } => {
+            ClientInner::Tls { stream, .. } | ClientInner::Originated { stream, .. } => {
                 Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs)
             }
         }
@@ -301,7 +369,9 @@ impl AsyncWrite for ClientIo {
     fn is_write_vectored(&self) -> bool {
         match &self.0 {
             ClientInner::Plain(s) => s.is_write_vectored(),
-            ClientInner::Tls { stream, .. } => stream.is_write_vectored(),
+            ClientInner::Tls { stream, .. } | ClientInner::Originated { stream, .. } => {
+                stream.is_write_vectored()
+            }
         }
     }
 }

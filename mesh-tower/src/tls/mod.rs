@@ -25,6 +25,9 @@
 //!   [`Mesh`](crate::mesh::Mesh) wires them into [`Connect`](crate::connect::Connect) and
 //!   [`serve_tls`](crate::server::serve_tls).
 //! - [`watch_credentials`] turns a certificate manager's channel into an [`IdentityWatch`].
+//! - [`originate`]: TLS to servers outside the mesh (DestinationRule `tls.mode` `SIMPLE` and
+//!   `MUTUAL`, with certificate files), done by the same [`MtlsConnector`]; a mesh without
+//!   an identity of its own originates TLS too.
 //!
 //! # Following Istio
 //!
@@ -61,6 +64,9 @@
 //! - A server-first protocol on a PERMISSIVE port never sends a first byte: detection waits
 //!   until the handshake timeout ([`DEFAULT_HANDSHAKE_TIMEOUT`]) and fails, as Envoy does
 //!   without a detection timeout.
+//! - With TLS 1.3 the client's handshake completes before the server has checked the
+//!   client certificate, so a refused client certificate surfaces as a reset on the first
+//!   read (503 `UC`), not as a connect failure (`UF`); Envoy reports it the same way.
 //! - No CA names are sent in the CertificateRequest (the bundle rotates); clients send their
 //!   one certificate anyway.
 //!
@@ -88,6 +94,7 @@ mod client;
 mod connector;
 mod error;
 mod identity;
+pub mod originate;
 pub mod policy;
 mod server;
 mod verify;
@@ -107,6 +114,7 @@ pub use self::{
     connector::{ClientIo, MtlsConnector, UpstreamTls},
     error::TlsError,
     identity::{ExpectedIdentities, IdentityWatch, PeerIdentity, TlsIdentity},
+    originate::Originate,
     server::{Accepted, InboundMode, ServerIo, TlsAcceptor, server_config},
 };
 

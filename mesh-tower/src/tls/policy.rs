@@ -15,7 +15,7 @@ use mesh_core::{
     snapshot::{Endpoint, Service, Snapshot},
 };
 
-use super::{ExpectedIdentities, InboundMode, UpstreamTls};
+use super::{ExpectedIdentities, InboundMode, Originate, UpstreamTls};
 
 /// The endpoint label that marks a workload served by a mesh with mutual TLS (Istio's
 /// sidecar injector puts it on every injected pod; auto-mTLS keys on it).
@@ -53,12 +53,18 @@ pub fn inbound_mode(
 /// 3. A DestinationRule with `tls` for one of those services (subset-level when the
 ///    endpoint belongs to a subset with its own `tls`, port-level for the port) decides:
 ///    `DISABLE` is plaintext, `ISTIO_MUTUAL` mutual TLS with the identities of step 2 (or
-///    the rule's own `subjectAltNames`), `SIMPLE` and `MUTUAL` are refused
-///    ([`UpstreamTls::Refuse`], not supported yet).
+///    the rule's own `subjectAltNames`), `SIMPLE` and `MUTUAL` originate TLS
+///    ([`UpstreamTls::Originate`], the server name being `sni` or the service's host;
+///    `credentialName` is refused with [`UpstreamTls::Refuse`]).
 /// 4. Without one, auto-mTLS as Istio does it: mutual TLS when an endpoint carries
 ///    [`TLS_MODE_LABEL`]` = istio` (a workload whose mesh has an identity registers with
 ///    it) and its PeerAuthentication does not DISABLE mTLS on that port; plaintext
-///    otherwise, including addresses that are not in the registry at all.
+///    otherwise.
+///
+/// An address that is no registered endpoint but the host of a service (a ServiceEntry with
+/// `resolution: DNS` and no endpoints, connected to by name) follows that service's
+/// DestinationRule `tls` (rule- or port-level) the same way; any other address is
+/// plaintext.
 ///
 /// Services are looked at in host order, so the result does not depend on hash order.
 pub fn upstream_tls(snapshot: &Snapshot, authority: &Authority) -> UpstreamTls {
@@ -76,40 +82,26 @@ pub fn upstream_tls(snapshot: &Snapshot, authority: &Authority) -> UpstreamTls {
         .filter(|(svc, ep)| ep.address == host && serves_port(svc, ep, port))
         .collect();
     if matches.is_empty() {
-        return UpstreamTls::Plaintext;
+        // Not a registered endpoint: a service reached by its own name (a DNS ServiceEntry
+        // without endpoints, an external host) follows its DestinationRule, if any.
+        return match snapshot.service(host) {
+            Some(svc) => match host_tls(snapshot, svc, port) {
+                Some(tls) => explicit_tls(&tls, &svc.host, || {
+                    expected_identities(snapshot, &[], Some(svc))
+                }),
+                None => UpstreamTls::Plaintext,
+            },
+            None => UpstreamTls::Plaintext,
+        };
     }
     matches.sort_by(|a, b| a.0.host.cmp(&b.0.host));
 
-    let explicit = matches
-        .iter()
-        .find_map(|(svc, ep)| destination_tls(snapshot, svc, ep, port));
-    let expected = || expected_identities(snapshot, &matches);
+    let explicit = matches.iter().find_map(|(svc, ep)| {
+        destination_tls(snapshot, svc, ep, port).map(|tls| (tls, svc.host.as_str()))
+    });
+    let expected = || expected_identities(snapshot, &matches, None);
     match explicit {
-        Some(tls) => match tls.mode.unwrap_or(ClientTlsMode::Disable) {
-            ClientTlsMode::Disable => UpstreamTls::Plaintext,
-            ClientTlsMode::IstioMutual => {
-                let sans: Vec<Identity> = tls
-                    .subject_alt_names
-                    .iter()
-                    .filter_map(|san| san.parse().ok())
-                    .collect();
-                if sans.is_empty() {
-                    UpstreamTls::Mutual(expected())
-                } else {
-                    UpstreamTls::Mutual(ExpectedIdentities::one_of(sans))
-                }
-            }
-            mode @ (ClientTlsMode::Simple | ClientTlsMode::Mutual) => {
-                UpstreamTls::Refuse(Arc::from(format!(
-                    "DestinationRule tls.mode {} is not supported by the mesh yet \
-                     (only ISTIO_MUTUAL and DISABLE); originate TLS in the application",
-                    match mode {
-                        ClientTlsMode::Simple => "SIMPLE",
-                        _ => "MUTUAL",
-                    }
-                )))
-            }
-        },
+        Some((tls, host)) => explicit_tls(&tls, host, expected),
         None => {
             let auto = matches.iter().any(|(_, ep)| {
                 ep.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
@@ -128,6 +120,59 @@ pub fn upstream_tls(snapshot: &Snapshot, authority: &Authority) -> UpstreamTls {
                 UpstreamTls::Plaintext
             }
         }
+    }
+}
+
+/// What a DestinationRule's `tls` asks for a destination whose host is `host`.
+fn explicit_tls(
+    tls: &ClientTlsSettings,
+    host: &str,
+    expected: impl FnOnce() -> ExpectedIdentities,
+) -> UpstreamTls {
+    match tls.mode.unwrap_or(ClientTlsMode::Disable) {
+        ClientTlsMode::Disable => UpstreamTls::Plaintext,
+        ClientTlsMode::IstioMutual => {
+            let sans: Vec<Identity> = tls
+                .subject_alt_names
+                .iter()
+                .filter_map(|san| san.parse().ok())
+                .collect();
+            if sans.is_empty() {
+                UpstreamTls::Mutual(expected())
+            } else {
+                UpstreamTls::Mutual(ExpectedIdentities::one_of(sans))
+            }
+        }
+        ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+            match Originate::from_settings(tls, host) {
+                Ok(originate) => UpstreamTls::Originate(Arc::new(originate)),
+                Err(reason) => UpstreamTls::Refuse(Arc::from(reason)),
+            }
+        }
+    }
+}
+
+/// The DestinationRule `tls` settings for `svc` reached by its name at `port` (no endpoint,
+/// so no subset): port-level settings for the port, else the rule's.
+fn host_tls(snapshot: &Snapshot, svc: &Service, port: u16) -> Option<ClientTlsSettings> {
+    let rule = snapshot.destination_policy(&svc.host)?;
+    let policy = rule.effective(None)?;
+    let p = u32::from(port);
+    let ports: Vec<u32> = svc
+        .ports
+        .iter()
+        .filter(|sp| sp.number == p || sp.target_port == Some(p))
+        .map(|sp| sp.number)
+        .chain([p])
+        .collect();
+    let port_level = policy.port_level_settings.iter().find(|s| {
+        s.port
+            .as_ref()
+            .is_some_and(|sel| ports.contains(&sel.number))
+    });
+    match port_level {
+        Some(s) if s.tls.is_some() => s.tls.clone(),
+        _ => policy.tls,
     }
 }
 
@@ -213,14 +258,18 @@ fn destination_tls(
 fn expected_identities(
     snapshot: &Snapshot,
     matches: &[(&Arc<Service>, &Arc<Endpoint>)],
+    service: Option<&Arc<Service>>,
 ) -> ExpectedIdentities {
     let trust_domain = &snapshot.settings().trust_domain;
     let mut ids: Vec<Identity> = Vec::new();
-    for (svc, ep) in matches {
-        match Identity::new(trust_domain.as_str(), &ep.namespace, &ep.service_account) {
-            Ok(id) => ids.push(id),
-            Err(e) => {
-                tracing::debug!(error = %e, endpoint = %ep.address, "no identity for endpoint")
+    let services = matches.iter().map(|(svc, ep)| (*svc, Some(*ep)));
+    for (svc, ep) in services.chain(service.map(|svc| (svc, None))) {
+        if let Some(ep) = ep {
+            match Identity::new(trust_domain.as_str(), &ep.namespace, &ep.service_account) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    tracing::debug!(error = %e, endpoint = %ep.address, "no identity for endpoint")
+                }
             }
         }
         let Some(key) = &svc.declared_by else {
