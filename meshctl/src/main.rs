@@ -5,18 +5,21 @@
 //! meshctl apply -f reviews.yaml              # validate the result as a whole, then store
 //! meshctl get virtualservices -o yaml        # read back
 //! meshctl delete virtualservice reviews
+//! meshctl load -c 3 -n 30 http://httpbin:8000/get   # load a service through the mesh, like fortio
 //! ```
 //!
 //! The store is chosen with `--config-dir DIR` (env `MESH_CONFIG_DIR`) or `--store URL`
 //! (env `MESH_STORE`, e.g. `file:/etc/mesh`). Exit codes: 0 success; 1 failure (refused
-//! apply, I/O); 2 usage error; 79 `analyze` found issues at or above `--failure-threshold`
-//! (the code `istioctl analyze` uses).
+//! apply, I/O; `load` that cannot start); 2 usage error; 79 `analyze` found issues at or
+//! above `--failure-threshold` (the code `istioctl analyze` uses). `load` exits 0 once its
+//! run completes, whatever the responses' statuses (as fortio).
 
 mod analyze;
 mod apply;
 mod describe;
 mod get;
 mod input;
+mod load;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -60,6 +63,10 @@ enum Command {
     /// Show which VirtualService rule a request would match and why, its destinations and
     /// weights, endpoints, and the timeout, retry, fault and mirror policy that apply.
     Describe(describe::Args),
+    /// Send load through the mesh, like fortio: -c callers, one request at a time each, for
+    /// -n requests or -t a duration, as fast as possible or at --qps; then status codes,
+    /// response flags (UO, UH, UF, NR, ...) and latency percentiles.
+    Load(load::Args),
 }
 
 /// Output formats shared by the commands.
@@ -100,10 +107,15 @@ pub(crate) fn require_store(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = if matches!(cli.command, Command::Load(_)) {
+        // The load generator's callers and the mesh's connections run on every core.
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build();
+    let rt = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -119,8 +131,11 @@ fn main() -> ExitCode {
             Command::Get(args) => get::run(args, store, dir).await,
             Command::Delete(args) => apply::delete(args, store, dir).await,
             Command::Describe(args) => describe::run(args, store, dir).await,
+            Command::Load(args) => load::run(args, store, dir).await,
         }
     });
+    // Background tasks (the store watcher of `load`'s mesh) must not hold the process.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(code) => code,
         Err(e) => {

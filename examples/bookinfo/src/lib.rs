@@ -4,7 +4,8 @@
 //! `reviews` (v1 without ratings, v2 with black stars, v3 with red stars) and `ratings`. Each
 //! is an axum `Router` built by [`app`]; its outbound calls go through the workload's
 //! [`Mesh`](mesh_tower::mesh::Mesh) client, so Istio's routing, fault injection, timeouts and
-//! retries apply to them.
+//! retries apply to them. A fifth, [`httpbin`](services::httpbin), is the target of Istio's
+//! circuit-breaking task (`bookinfo up --with httpbin`).
 
 pub mod forward;
 pub mod services;
@@ -24,6 +25,9 @@ pub enum Service {
     Reviews,
     /// Book ratings.
     Ratings,
+    /// httpbin (`/status/<code>`, `/delay/<seconds>`, `/headers`, `/get`), for Istio's
+    /// circuit-breaking task; not part of Bookinfo itself.
+    Httpbin,
 }
 
 impl Service {
@@ -34,6 +38,16 @@ impl Service {
             Service::Details => "details",
             Service::Reviews => "reviews",
             Service::Ratings => "ratings",
+            Service::Httpbin => "httpbin",
+        }
+    }
+
+    /// The workload's service account: `bookinfo-<service>` as in Istio's Bookinfo manifests,
+    /// `httpbin` for httpbin as in Istio's httpbin sample.
+    pub fn service_account(self) -> String {
+        match self {
+            Service::Httpbin => "httpbin".to_owned(),
+            other => format!("bookinfo-{}", other.name()),
         }
     }
 }
@@ -81,5 +95,6 @@ pub fn app(service: Service, settings: Settings, client: HttpClient) -> axum::Ro
         Service::Details => services::details::router(settings),
         Service::Reviews => services::reviews::router(settings, client),
         Service::Ratings => services::ratings::router(settings),
+        Service::Httpbin => services::httpbin::router(),
     }
 }

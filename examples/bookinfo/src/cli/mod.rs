@@ -35,11 +35,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run every workload (productpage v1, details v1, reviews v1/v2/v3, ratings v1) and the
-    /// ingress gateway as child processes; restart any that crashes; serve the table of
-    /// workloads at http://127.0.0.1:15000/workloads. Ctrl-C or SIGTERM stops everything.
+    /// Run every workload (productpage v1, details v1, reviews v1/v2/v3, ratings v1; httpbin
+    /// v1 with --with httpbin) and the ingress gateway as child processes; restart any that
+    /// crashes; serve the table of workloads at http://127.0.0.1:15000/workloads. Ctrl-C or
+    /// SIGTERM stops everything.
     Up(up::Args),
-    /// Run one Bookinfo workload in this process, with its own mesh.
+    /// Run one Bookinfo workload (or httpbin) in this process, with its own mesh.
     Service(service::Args),
     /// Run the ingress gateway: forwards every request through the mesh, routed by the
     /// Gateways that select `istio: ingressgateway` and their VirtualServices.
@@ -203,7 +204,16 @@ mod tests {
             .is_err()
         );
         assert!(Cli::try_parse_from(["bookinfo", "service", "frontend"]).is_err());
-        assert!(Cli::try_parse_from(["bookinfo", "up", "--with", "httpbin"]).is_err());
+        assert!(Cli::try_parse_from(["bookinfo", "up", "--with", "fortio"]).is_err());
+        let cli = Cli::try_parse_from(["bookinfo", "up", "--with", "httpbin"]).unwrap();
+        let Command::Up(a) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(a.with, [up::Extra::Httpbin]);
+        let cli = Cli::try_parse_from(["bookinfo", "service", "httpbin"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Service(a) if a.service == bookinfo::Service::Httpbin)
+        );
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! The workload gets its own [`Mesh`]: it waits for the mesh's first good configuration
 //! before serving anything, serves [`bookinfo::app`] through [`Mesh::serve`] (which
 //! registers its WorkloadEntry, labels `app` and `version`, service account
-//! `bookinfo-<service>`), and on Ctrl-C or `SIGTERM` (or end of stdin under `--supervised`)
+//! `bookinfo-<service>`, or `httpbin` for httpbin), and on Ctrl-C or `SIGTERM` (or end of stdin under `--supervised`)
 //! deregisters, drains and exits 0.
 //!
 //! With `--ca-address` (under `bookinfo up`) or `--ca-dir` (by hand) the workload gets a
-//! certificate for `spiffe://cluster.local/ns/<namespace>/sa/bookinfo-<service>` before it
+//! certificate for `spiffe://cluster.local/ns/<namespace>/sa/<service account>` before it
 //! serves, keeps it renewed, and speaks mutual TLS as PeerAuthentication says (see
 //! [`super::mtls`]); without either it speaks plaintext.
 
@@ -174,7 +174,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .name
         .clone()
         .unwrap_or_else(|| format!("{}-{}-{}", service.name(), args.version, random_suffix()));
-    let service_account = format!("bookinfo-{}", service.name());
+    let service_account = service.service_account();
     // Signals are watched from the start: a workload told to stop while it waits for its
     // configuration stops at once.
     let shutdown = child::shutdown_signal(args.supervised);

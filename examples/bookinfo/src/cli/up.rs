@@ -14,8 +14,9 @@
 //!    identity in its environment, minted anew at each (re)start; see [`super::mtls`].
 //! 3. Removes stale registrations: WorkloadEntries registered by a workload on this machine
 //!    whose port refuses connections (a workload killed before it could deregister).
-//! 4. Starts productpage v1, details v1, reviews v1/v2/v3, ratings v1 (`bookinfo service …`)
-//!    and the gateway (`bookinfo gateway …`), each with `--supervised`.
+//! 4. Starts productpage v1, details v1, reviews v1/v2/v3, ratings v1 (`bookinfo service …`),
+//!    with `--with httpbin` also httpbin v1 (for Istio's circuit-breaking task), and the
+//!    gateway (`bookinfo gateway …`), each with `--supervised`.
 //! 5. Reads each child's ready line (see [`super::child`]), prints the table of
 //!    workloads once all are ready, and serves it as JSON at
 //!    `http://127.0.0.1:<admin-port>/workloads`, with the status of the configuration.
@@ -40,6 +41,7 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{Json, Router, routing::get};
+use bookinfo::Service;
 use mesh_core::{
     config::{Kind, Resource, ResourceKey, Spec},
     snapshot::{MeshSettings, Snapshot},
@@ -112,10 +114,15 @@ pub(crate) struct Args {
     pub(crate) admin_port: u16,
 
     /// Ports of the workloads: productpage N, details N+1, reviews v1, v2, v3 N+2..N+4,
-    /// ratings N+5; 0 picks free ports (the workloads find each other through the store, so
-    /// their ports do not matter).
+    /// ratings N+5, httpbin N+6 (with --with httpbin); 0 picks free ports (the workloads find
+    /// each other through the store, so their ports do not matter).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(crate) base_port: u16,
+
+    /// Also run these workloads, not part of Bookinfo: `httpbin` (v1, `http://httpbin:8000`
+    /// in the mesh), the target of Istio's circuit-breaking task. Repeatable.
+    #[arg(long = "with", value_enum, value_name = "WORKLOAD")]
+    pub(crate) with: Vec<Extra>,
 
     #[command(flatten)]
     pub(crate) timeouts: AppTimeouts,
@@ -135,6 +142,13 @@ pub(crate) struct Args {
     /// reused otherwise [default: <config dir>/.mesh-ca].
     #[arg(long, value_name = "DIR")]
     pub(crate) ca_dir: Option<PathBuf>,
+}
+
+/// Workloads `up` runs only when asked with `--with`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Extra {
+    /// httpbin v1, for Istio's circuit-breaking task (`meshctl load` against it).
+    Httpbin,
 }
 
 /// The CA directory `up` uses when `--ca-dir` is not given: `.mesh-ca` in the config dir
@@ -255,6 +269,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         (None, None)
     };
     let specs = specs(&args, &dir, gateway_addr, ca.as_ref())?;
+    let with_httpbin = args.with.contains(&Extra::Httpbin);
 
     let watcher = ConfigWatcher::start(store.clone(), compile)
         .await
@@ -327,6 +342,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                         "apply Istio's tasks: cargo run -p meshctl -- --config-dir {} apply -f examples/bookinfo/istio/virtual-service-all-v1.yaml",
                         dir.display()
                     );
+                    if with_httpbin {
+                        let ca = ca.as_ref().map_or_else(String::new, |ca| {
+                            format!(" --ca-dir {}", ca.root.parent().unwrap_or(dir.as_path()).display())
+                        });
+                        say!(
+                            "load httpbin: cargo run -p meshctl -- --config-dir {} load{ca} -c 3 -n 30 http://httpbin:8000/get",
+                            dir.display()
+                        );
+                    }
                 } else if announced && let Some(r) = rows.get(i) {
                     say!(
                         "{} is back (restart {}): pid {}, {}",
@@ -455,23 +479,28 @@ fn specs(
             ca.root.display().to_string(),
         ]
     });
-    let workloads = [
-        ("productpage", "v1"),
-        ("details", "v1"),
-        ("reviews", "v1"),
-        ("reviews", "v2"),
-        ("reviews", "v3"),
-        ("ratings", "v1"),
+    let mut workloads = vec![
+        (Service::Productpage, "v1"),
+        (Service::Details, "v1"),
+        (Service::Reviews, "v1"),
+        (Service::Reviews, "v2"),
+        (Service::Reviews, "v3"),
+        (Service::Ratings, "v1"),
     ];
+    if args.with.contains(&Extra::Httpbin) {
+        workloads.push((Service::Httpbin, "v1"));
+    }
+    let count = workloads.len();
     let dir = dir.display().to_string();
     let mut out = Vec::new();
-    for (i, (app, version)) in workloads.into_iter().enumerate() {
+    for (i, (service, version)) in workloads.into_iter().enumerate() {
+        let app = service.name();
         let port = match args.base_port {
             0 => 0,
             base => u16::try_from(i)
                 .ok()
                 .and_then(|i| base.checked_add(i))
-                .with_context(|| format!("--base-port {base} leaves no room for 6 ports"))?,
+                .with_context(|| format!("--base-port {base} leaves no room for {count} ports"))?,
         };
         let name = format!("{app}-{version}-{}", random_suffix());
         let mut a: Vec<String> = [
@@ -499,7 +528,7 @@ fn specs(
         out.push(ChildSpec {
             name,
             namespace: NAMESPACE.to_owned(),
-            service_account: format!("bookinfo-{app}"),
+            service_account: service.service_account(),
             args: a,
         });
     }
@@ -981,7 +1010,38 @@ mod tests {
             drain_delay: "1s".parse().unwrap(),
             mtls: MtlsMode::On,
             ca_dir: None,
+            with: Vec::new(),
         }
+    }
+
+    #[test]
+    fn with_httpbin_adds_httpbin_v1() {
+        let gw = "127.0.0.1:8080".parse().unwrap();
+        let mut a = args(9080);
+        a.with = vec![Extra::Httpbin];
+        let s = specs(&a, std::path::Path::new("/tmp/x"), gw, None).unwrap();
+        let rows: Vec<Row> = s.iter().map(Row::from).collect();
+        assert_eq!(rows.len(), 8);
+        assert_eq!(
+            (rows[6].app.as_str(), rows[6].version.as_str()),
+            ("httpbin", "v1")
+        );
+        assert!(rows[6].name.starts_with("httpbin-v1-"));
+        assert_eq!(s[6].service_account, "httpbin");
+        assert!(s[6].args.contains(&"127.0.0.1:9086".to_owned()));
+        assert_eq!(rows[7].app, gateway::APP);
+        let err = specs(
+            &{
+                let mut a = args(65530);
+                a.with = vec![Extra::Httpbin];
+                a
+            },
+            std::path::Path::new("/x"),
+            gw,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("7 ports"), "{err}");
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The four Bookinfo services, each an axum `Router` (see [`crate::app`]).
+//! The four Bookinfo services, each an axum `Router` (see [`crate::app`]), and [`httpbin`]
+//! for Istio's circuit-breaking task.
 //!
 //! Every service listens for Istio's paths and answers Istio's JSON; `GET /health` answers
 //! 200 on each. Outbound calls go to `http://<service>:9080/…` through the workload's mesh
 //! client, carrying the [forwarded headers](crate::forward).
 
 pub mod details;
+pub mod httpbin;
 pub mod productpage;
 pub mod ratings;
 pub mod reviews;
