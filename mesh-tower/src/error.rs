@@ -48,6 +48,52 @@ pub struct UpstreamReset {
     pub source: BoxError,
 }
 
+/// A circuit breaker of the destination's cluster was full (Envoy `UO`, 503): too many active
+/// requests, pending requests or outstanding retries, as the DestinationRule's
+/// `connectionPool` allows (see [`breaker`](crate::breaker)).
+///
+/// Never retried: the retry layer classifies it as an
+/// [`Outcome::Other`](mesh_core::policy::retry::Outcome::Other), as Envoy does not retry an
+/// overflow.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream overflow: {limit} reached for {cluster}")]
+pub struct UpstreamOverflow {
+    /// The cluster (`outbound|port|subset|host`, as Envoy names it).
+    pub cluster: String,
+    /// The limit that was reached.
+    pub limit: OverflowLimit,
+}
+
+/// Which circuit-breaker limit an [`UpstreamOverflow`] hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OverflowLimit {
+    /// `http.http2MaxRequests`: active requests (Envoy's `max_requests`).
+    MaxRequests,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection (Envoy's
+    /// `max_pending_requests`).
+    MaxPendingRequests,
+    /// `http.maxRetries`: outstanding retries (Envoy's `max_retries`).
+    MaxRetries,
+}
+
+impl OverflowLimit {
+    /// The Istio field that sets the limit.
+    pub const fn field(self) -> &'static str {
+        match self {
+            Self::MaxRequests => "http2MaxRequests",
+            Self::MaxPendingRequests => "http1MaxPendingRequests",
+            Self::MaxRetries => "maxRetries",
+        }
+    }
+}
+
+impl std::fmt::Display for OverflowLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.field())
+    }
+}
+
 /// The route's timeout elapsed (Envoy `UT`, 504).
 #[derive(Debug, thiserror::Error)]
 #[error("upstream request timeout")]

@@ -4,13 +4,14 @@
 //! ```text
 //! outbound: rescue → route → cors → respond (redirect, direct response) → rewrite/headers
 //!           → timeout (route) → fault → mirror → retry (budget, per-try timeout)
-//!           → balance → connect
+//!           → breaker (connectionPool limits) → balance → connect
 //! inbound:  accept → (telemetry, authz) → app
 //! ```
 
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod breaker;
 pub mod connect;
 pub mod cors;
 pub mod error;

@@ -1,7 +1,7 @@
 //! The outbound stack, composed from the layers in the order Envoy applies them.
 //!
 //! ```text
-//! rescue            errors → Envoy-style local replies (404 NR, 503 UH/UF/UC, 504 UT)
+//! rescue            errors → Envoy-style local replies (404 NR, 503 UH/UF/UC/UO, 504 UT)
 //! route             VirtualService match, weighted destination → Target
 //! cors              preflights answered, CORS response headers
 //! respond           redirect, direct response
@@ -11,8 +11,12 @@
 //! mirror            fire-and-forget copies (after the fault: an aborted request is not
 //!                   mirrored; never retried)
 //! retry             retries, per-try timeout, back-off, budget
+//! breaker           DestinationRule connectionPool limits per cluster (each try takes its
+//!                   slots; overflow → 503 UO, not retried); hands the connection settings
+//!                   down to connect
 //! balance           endpoint choice (least request, round robin, random)
-//! connect           HTTP/1.1 or HTTP/2 connection pools, plaintext or mutual TLS
+//! connect           HTTP/1.1 or HTTP/2 connection pools, plaintext or mutual TLS, per
+//!                   DestinationRule connection settings
 //! ```
 //!
 //! Every layer below `route` reads its policy from the request's
@@ -38,6 +42,7 @@ use tower::{ServiceBuilder, util::BoxCloneSyncService};
 use crate::{
     balance::{BalanceLayer, EndpointStats},
     body::Body,
+    breaker::{CircuitBreakerLayer, CircuitBreakers},
     connect::Connect,
     cors::CorsLayer,
     fault::FaultLayer,
@@ -52,7 +57,7 @@ use crate::{
 };
 
 /// The state the outbound stacks of one mesh share: connection pools, in-flight counts,
-/// retry budgets and counters.
+/// circuit breakers, retry budgets and counters.
 #[derive(Clone, Debug)]
 pub struct StackParts {
     /// Retry budgets, per destination host.
@@ -61,6 +66,8 @@ pub struct StackParts {
     pub retry_stats: Arc<RetryStats>,
     /// In-flight requests per endpoint (least request) and round-robin cursors.
     pub endpoint_stats: EndpointStats,
+    /// Circuit breakers per cluster (DestinationRule `connectionPool`).
+    pub breakers: CircuitBreakers,
     /// The connection pools.
     pub connect: Connect,
 }
@@ -78,6 +85,7 @@ impl StackParts {
             retry_budgets: Arc::new(RetryBudgets::new()),
             retry_stats: Arc::new(RetryStats::new()),
             endpoint_stats: EndpointStats::new(),
+            breakers: CircuitBreakers::new(),
             connect,
         }
     }
@@ -109,13 +117,15 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    // Retries, balancing and the connection: every request goes through them.
+    // Retries, circuit breakers, balancing and the connection: every request goes through
+    // them.
     let lower = ServiceBuilder::new()
         .layer(
             RetryLayer::from_target()
                 .with_budgets(parts.retry_budgets.clone())
                 .with_stats(parts.retry_stats.clone()),
         )
+        .layer(CircuitBreakerLayer::from_target().with_breakers(parts.breakers.clone()))
         .layer(BalanceLayer::from_target(parts.endpoint_stats.clone()))
         .service(leaf);
     // The route's own policies: only requests whose rule has some go through these layers.

@@ -10,7 +10,10 @@ use http::{Response, uri::Authority};
 use hyper_util::client::legacy;
 use mesh_core::BoxError;
 
-use super::{classify::classify, io::ConnTag};
+use super::{
+    classify::classify,
+    io::{ConnTag, IdleOnEnd},
+};
 use crate::body::{self, Body};
 
 /// The upstream's response, with its body boxed into [`Body`], or the failure mapped to the
@@ -34,7 +37,13 @@ impl Future for ResponseFuture {
         Poll::Ready(match result {
             Ok(mut res) => {
                 if let Some(tag) = res.extensions_mut().remove::<ConnTag>() {
-                    tag.responded();
+                    let n = tag.responded();
+                    if tag.is_limited() {
+                        // The connection may close once this response has ended.
+                        return Poll::Ready(
+                            Ok(res.map(|b| body::boxed(IdleOnEnd::new(b, tag, n)))),
+                        );
+                    }
                 }
                 Ok(res.map(body::boxed))
             }

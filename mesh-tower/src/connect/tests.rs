@@ -376,3 +376,61 @@ async fn a_request_without_an_authority_fails_without_a_reset() {
     assert!(cause_ref::<UpstreamReset>(&*err).is_none());
     assert!(cause_ref::<UpstreamConnectFailure>(&*err).is_none());
 }
+
+#[test]
+fn connection_settings_follow_istio_fields_and_defaults() {
+    use mesh_core::config::networking::destination_rule::{
+        ConnectionPoolSettings, HttpSettings, TcpKeepalive as IstioKeepalive, TcpSettings,
+    };
+    let secs = |s: u64| Some(std::time::Duration::from_secs(s).into());
+    let pool = ConnectionPoolSettings {
+        tcp: Some(TcpSettings {
+            max_connections: Some(1),
+            connect_timeout: secs(3),
+            tcp_keepalive: Some(IstioKeepalive {
+                probes: Some(4),
+                time: None,
+                interval: secs(5),
+            }),
+            max_connection_duration: secs(60),
+            idle_timeout: secs(30),
+        }),
+        http: Some(HttpSettings {
+            idle_timeout: secs(0),
+            max_requests_per_connection: Some(0),
+            max_concurrent_streams: Some(-1),
+            ..Default::default()
+        }),
+    };
+    let s = super::ConnectionSettings::from_istio(&pool).expect("settings");
+    assert_eq!(s.get_connect_timeout(), Some(Duration::from_secs(3)));
+    assert_eq!(
+        s.get_keepalive(),
+        Some(super::TcpKeepalive {
+            time: None,
+            interval: Some(Duration::from_secs(5)),
+            probes: Some(4),
+        })
+    );
+    assert_eq!(
+        s.get_max_connection_duration(),
+        Some(Duration::from_secs(60))
+    );
+    // `http.idleTimeout` wins over `tcp.idleTimeout`; zero disables the timeout.
+    assert_eq!(s.get_idle_timeout(), Some(None));
+    // Zero and negative counts are unset.
+    assert_eq!(s.get_max_requests_per_connection(), None);
+    assert_eq!(s.get_max_concurrent_streams(), None);
+    // Limits on requests alone are not connection settings.
+    let limits_only = ConnectionPoolSettings {
+        tcp: Some(TcpSettings {
+            max_connections: Some(1),
+            ..Default::default()
+        }),
+        http: Some(HttpSettings {
+            http1_max_pending_requests: Some(1),
+            ..Default::default()
+        }),
+    };
+    assert_eq!(super::ConnectionSettings::from_istio(&limits_only), None);
+}

@@ -7,6 +7,7 @@
 //! | [`NoHealthyUpstream`] | 503 | `UH` | `no healthy upstream` | 14 UNAVAILABLE |
 //! | [`UpstreamConnectFailure`] | 503 | `UF` | `upstream connect error or disconnect/reset before headers. reset reason: connection failure` (with `, transport failure reason: TLS error: …` when the mTLS handshake failed) | 14 UNAVAILABLE |
 //! | [`UpstreamReset`] | 503 | `UC` | `… reset reason: connection termination` | 14 UNAVAILABLE |
+//! | [`UpstreamOverflow`] (circuit breaking) | 503 | `UO` | `… reset reason: overflow`, with the `x-envoy-overloaded: true` header | 14 UNAVAILABLE |
 //! | [`RouteTimeout`], [`PerTryTimeout`] | 504 | `UT` | `upstream request timeout` | 4 DEADLINE_EXCEEDED |
 //! | anything else | 503 | (none) | `upstream error` | 14 UNAVAILABLE |
 //!
@@ -15,6 +16,8 @@
 //! not an HTTP error. Envoy maps 504 to UNAVAILABLE; we answer DEADLINE_EXCEEDED, the status a
 //! gRPC caller expects for a timeout. The response flag goes into the response extensions
 //! ([`ResponseFlags`]) for telemetry and access logs.
+//!
+//! [`UpstreamOverflow`]: crate::error::UpstreamOverflow
 //!
 //! # Examples
 //! ```
@@ -38,10 +41,14 @@ use crate::{
     body::{self, Body},
     error::{
         NoHealthyUpstream, NoRoute, PerTryTimeout, RouteTimeout, UpstreamConnectFailure,
-        UpstreamReset, cause_ref,
+        UpstreamOverflow, UpstreamReset, cause_ref,
     },
     flags::{ResponseFlag, ResponseFlags},
 };
+
+/// The header Envoy adds to a local reply for a circuit-breaker overflow.
+pub const X_ENVOY_OVERLOADED: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-overloaded");
 
 /// Turns errors from the inner stack into responses.
 #[derive(Clone, Copy, Debug, Default)]
@@ -124,6 +131,13 @@ fn classify(err: &BoxError) -> (StatusCode, Option<ResponseFlag>, &'static str, 
             "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
             14,
         )
+    } else if cause_ref::<UpstreamOverflow>(e).is_some() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(ResponseFlag::UpstreamOverflow),
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            14,
+        )
     } else if cause_ref::<RouteTimeout>(e).is_some() || cause_ref::<PerTryTimeout>(e).is_some() {
         (
             StatusCode::GATEWAY_TIMEOUT,
@@ -178,6 +192,12 @@ pub fn error_response(err: &BoxError, grpc: bool) -> http::Response<Body> {
         }
         res
     };
+    if flag == Some(ResponseFlag::UpstreamOverflow) {
+        // As Envoy marks a circuit-breaker overflow, so callers can tell it from an
+        // upstream's own 503.
+        res.headers_mut()
+            .insert(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+    }
     if let Some(flag) = flag {
         ResponseFlags::add_to(&mut res, flag);
     }
@@ -281,6 +301,16 @@ mod tests {
                 "UT",
                 "upstream request timeout",
             ),
+            (
+                UpstreamOverflow {
+                    cluster: "outbound|9080||reviews".into(),
+                    limit: crate::error::OverflowLimit::MaxPendingRequests,
+                }
+                .into(),
+                503,
+                "UO",
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ),
             ("something else".into(), 503, "-", "upstream error"),
         ];
         for (err, status, flag, body) in cases {
@@ -289,6 +319,22 @@ mod tests {
             assert_eq!(ResponseFlags::of(&res).to_string(), flag, "{err}");
             assert_eq!(text(res).await, body);
         }
+    }
+
+    #[test]
+    fn an_overflow_is_marked_overloaded_as_envoy_does() {
+        let err: BoxError = UpstreamOverflow {
+            cluster: "outbound|9080||reviews".into(),
+            limit: crate::error::OverflowLimit::MaxRequests,
+        }
+        .into();
+        let res = error_response(&err, false);
+        assert_eq!(res.headers()[X_ENVOY_OVERLOADED], "true");
+        let res = error_response(&err, true);
+        assert_eq!(res.headers()["grpc-status"], "14");
+        assert_eq!(res.headers()[X_ENVOY_OVERLOADED], "true");
+        let res = error_response(&RouteTimeout(()).into(), false);
+        assert!(res.headers().get(X_ENVOY_OVERLOADED).is_none());
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! The counters: one [`Cluster`] per destination host, subset and port, shared by every
+//! stack of a mesh.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex, Weak},
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use mesh_core::{
+    config::{Kind, Spec},
+    snapshot::Snapshot,
+};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+
+use super::{PoolLimits, limits::has_connection_pool};
+use crate::error::{OverflowLimit, UpstreamOverflow};
+
+/// The circuit breakers of every cluster, shared by the outbound stacks of one mesh (Envoy
+/// keeps one set of counters per cluster for all its listeners).
+///
+/// A cluster is a destination host, subset and service port, as Envoy's
+/// `outbound|port|subset|host`; one is created the first time a request goes to a
+/// destination whose DestinationRule limits it. Clusters without limits have no state.
+///
+/// # Clone
+///
+/// Clones share the counters.
+#[derive(Clone, Debug, Default)]
+pub struct CircuitBreakers {
+    inner: Arc<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    /// host → its clusters (a short list: subsets × ports); copied on insert.
+    clusters: ArcSwap<foldhash::HashMap<Arc<str>, Vec<Arc<Cluster>>>>,
+    inserting: Mutex<()>,
+    /// Whether the last snapshot seen has any `connectionPool`: while none does, requests
+    /// cost one pointer comparison.
+    last_snapshot: ArcSwapOption<SnapshotInfo>,
+}
+
+#[derive(Debug)]
+struct SnapshotInfo {
+    /// Weak, so the snapshot can be freed; its allocation cannot be reused meanwhile, so a
+    /// pointer comparison is exact.
+    snapshot: Weak<Snapshot>,
+    any_pool: bool,
+}
+
+/// The limits and counters of one cluster.
+#[derive(Debug)]
+pub(super) struct Cluster {
+    subset: Option<Arc<str>>,
+    port: u16,
+    /// `outbound|port|subset|host`, for errors.
+    name: String,
+    limits: PoolLimits,
+    requests: Option<Arc<Semaphore>>,
+    connections: Option<Arc<Semaphore>>,
+    /// Present when `connections` is (pending requests only exist then).
+    pending: Option<Arc<Semaphore>>,
+    retries: Option<Arc<Semaphore>>,
+}
+
+/// What a cluster's circuit breakers hold right now (for tests, metrics and debugging).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Requests admitted and not finished (counted against `http2MaxRequests`).
+    pub active_requests: usize,
+    /// HTTP/1.1 requests holding a connection slot (`maxConnections`).
+    pub active_connections: usize,
+    /// Requests waiting for a connection slot.
+    pub pending_requests: usize,
+    /// Retries in flight (`maxRetries`).
+    pub active_retries: usize,
+}
+
+/// The slots a request holds until its response ends (or it is dropped).
+#[derive(Debug, Default)]
+pub(super) struct Permits {
+    _request: Option<OwnedSemaphorePermit>,
+    _retry: Option<OwnedSemaphorePermit>,
+    pub(super) connection: Option<OwnedSemaphorePermit>,
+}
+
+/// Waits for a connection slot.
+pub(super) type Acquire =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// The breaker's answer to a request.
+pub(super) enum Admission {
+    /// Go ahead, holding these.
+    Admitted(Permits),
+    /// Wait for a connection slot, holding these and a pending slot.
+    Pending {
+        permits: Permits,
+        pending: OwnedSemaphorePermit,
+        acquire: Acquire,
+    },
+    /// A limit is reached.
+    Overflow(UpstreamOverflow),
+}
+
+// === impl CircuitBreakers ===
+
+impl CircuitBreakers {
+    /// No clusters yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True if some DestinationRule in `snapshot` has a `connectionPool`; remembered for the
+    /// last snapshot seen.
+    pub(super) fn any_pool(&self, snapshot: &Arc<Snapshot>) -> bool {
+        let last = self.inner.last_snapshot.load();
+        if let Some(info) = &*last
+            && std::ptr::eq(info.snapshot.as_ptr(), Arc::as_ptr(snapshot))
+        {
+            return info.any_pool;
+        }
+        let any_pool = snapshot_has_pool(snapshot);
+        self.inner.last_snapshot.store(Some(Arc::new(SnapshotInfo {
+            snapshot: Arc::downgrade(snapshot),
+            any_pool,
+        })));
+        any_pool
+    }
+
+    /// The cluster for `host`, `subset` and `port` with `limits`; created (or replaced, if
+    /// the configuration changed its limits: requests in flight keep their old slots) on
+    /// first use.
+    pub(super) fn cluster(
+        &self,
+        host: &Arc<str>,
+        subset: Option<&Arc<str>>,
+        port: u16,
+        limits: PoolLimits,
+    ) -> Arc<Cluster> {
+        let find = |list: &Vec<Arc<Cluster>>| {
+            list.iter()
+                .find(|c| c.port == port && c.subset.as_deref() == subset.map(|s| &**s))
+                .filter(|c| c.limits == limits)
+                .cloned()
+        };
+        if let Some(c) = self.inner.clusters.load().get(&**host).and_then(find) {
+            return c;
+        }
+        let _guard = self
+            .inner
+            .inserting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let current = self.inner.clusters.load_full();
+        if let Some(c) = current.get(&**host).and_then(find) {
+            return c;
+        }
+        let cluster = Arc::new(Cluster::new(host, subset.cloned(), port, limits));
+        let mut next = (*current).clone();
+        let list = next.entry(host.clone()).or_default();
+        list.retain(|c| !(c.port == port && c.subset.as_deref() == subset.map(|s| &**s)));
+        list.push(cluster.clone());
+        self.inner.clusters.store(Arc::new(next));
+        cluster
+    }
+
+    /// What the circuit breakers of a cluster hold, if it has any.
+    pub fn usage(&self, host: &str, subset: Option<&str>, port: u16) -> Option<Usage> {
+        self.inner
+            .clusters
+            .load()
+            .get(host)?
+            .iter()
+            .find(|c| c.port == port && c.subset.as_deref() == subset)
+            .map(|c| c.usage())
+    }
+}
+
+/// True if any DestinationRule in `snapshot` sets a `connectionPool` anywhere.
+fn snapshot_has_pool(snapshot: &Snapshot) -> bool {
+    snapshot
+        .resources_of(Kind::DestinationRule)
+        .any(|r| match &r.spec {
+            Spec::DestinationRule(dr) => {
+                dr.traffic_policy.as_ref().is_some_and(has_connection_pool)
+                    || dr
+                        .subsets
+                        .iter()
+                        .filter_map(|s| s.traffic_policy.as_ref())
+                        .any(has_connection_pool)
+            }
+            _ => false,
+        })
+}
+
+// === impl Cluster ===
+
+/// A semaphore with `max` permits (tokio's maximum if larger).
+fn semaphore(max: u32) -> Arc<Semaphore> {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))
+}
+
+impl Cluster {
+    pub(super) fn new(host: &str, subset: Option<Arc<str>>, port: u16, limits: PoolLimits) -> Self {
+        let name = format!(
+            "outbound|{port}|{}|{host}",
+            subset.as_deref().unwrap_or_default()
+        );
+        let connections = limits.get_max_connections().map(semaphore);
+        Self {
+            subset,
+            port,
+            name,
+            limits,
+            requests: limits.get_max_requests().map(semaphore),
+            pending: connections
+                .as_ref()
+                .map(|_| semaphore(limits.get_max_pending_requests().unwrap_or(u32::MAX))),
+            connections,
+            retries: limits.get_max_retries().map(semaphore),
+        }
+    }
+
+    fn overflow(&self, limit: OverflowLimit) -> Admission {
+        tracing::debug!(cluster = %self.name, %limit, "circuit breaker overflow");
+        Admission::Overflow(UpstreamOverflow {
+            cluster: self.name.clone(),
+            limit,
+        })
+    }
+
+    /// Takes the slots a request needs: a request slot, a retry slot for a retry, and for
+    /// HTTP/1.1 a connection slot, or a pending slot to wait for one.
+    pub(super) fn admit(&self, http1: bool, retry: bool) -> Admission {
+        let take = |s: &Option<Arc<Semaphore>>| match s {
+            None => Ok(None),
+            Some(s) => s.clone().try_acquire_owned().map(Some),
+        };
+        let Ok(retry) = (if retry { take(&self.retries) } else { Ok(None) }) else {
+            return self.overflow(OverflowLimit::MaxRetries);
+        };
+        let Ok(request) = take(&self.requests) else {
+            return self.overflow(OverflowLimit::MaxRequests);
+        };
+        let mut permits = Permits {
+            _request: request,
+            _retry: retry,
+            connection: None,
+        };
+        let (Some(connections), true) = (&self.connections, http1) else {
+            return Admission::Admitted(permits);
+        };
+        // A free slot goes to the requests already waiting first: the semaphore is fair, and
+        // hands released slots to waiters before `try_acquire` can see them.
+        if let Ok(c) = connections.clone().try_acquire_owned() {
+            permits.connection = Some(c);
+            return Admission::Admitted(permits);
+        }
+        let Some(Ok(pending)) = self.pending.as_ref().map(|p| p.clone().try_acquire_owned()) else {
+            return self.overflow(OverflowLimit::MaxPendingRequests);
+        };
+        Admission::Pending {
+            permits,
+            pending,
+            acquire: Box::pin(connections.clone().acquire_owned()),
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        let used = |s: &Option<Arc<Semaphore>>, max: Option<u32>| {
+            s.as_ref().zip(max).map_or(0, |(s, max)| {
+                usize::try_from(max)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS)
+                    .saturating_sub(s.available_permits())
+            })
+        };
+        let l = &self.limits;
+        Usage {
+            active_requests: used(&self.requests, l.get_max_requests()),
+            active_connections: used(&self.connections, l.get_max_connections()),
+            pending_requests: used(
+                &self.pending,
+                self.pending
+                    .as_ref()
+                    .map(|_| l.get_max_pending_requests().unwrap_or(u32::MAX)),
+            ),
+            active_retries: used(&self.retries, l.get_max_retries()),
+        }
+    }
+}
