@@ -13,7 +13,7 @@
 //! | `ROUND_ROBIN`              | [`Algorithm::RoundRobin`]     |
 //! | `RANDOM`                   | [`Algorithm::Random`]         |
 //! | `PASSTHROUGH`              | [`Algorithm::LeastRequest`] (see below) |
-//! | `consistentHash` (any)     | [`Algorithm::LeastRequest`] (not supported yet) |
+//! | `consistentHash`           | [`Balancing::ConsistentHash`]: ring hash or Maglev ([`hash`](super::hash)) |
 //!
 //! `PASSTHROUGH` makes Envoy forward to the address the caller connected to (an
 //! `ORIGINAL_DST` cluster). An in-process client has no intercepted original destination: the
@@ -21,9 +21,18 @@
 //! algorithm instead. Requests for hosts the registry does not know are passed through as
 //! written by the balancer regardless of the algorithm (Istio's `ALLOW_ANY`).
 //!
-//! Consistent hashing (`consistentHash`: header, cookie, source IP or query parameter, ring
-//! hash or Maglev) is not implemented yet; a DestinationRule asking for it gets
-//! LEAST_REQUEST, and the balancer logs that once per host at debug level.
+//! [`balancing`] reads a whole `loadBalancer` block: the simple algorithm with its
+//! [`Warmup`], or consistent hashing with its [`HashKey`] (header, cookie, source IP or query
+//! parameter) and [`HashTable`] (ring hash or Maglev). It borrows from the snapshot, so
+//! reading it per request allocates nothing.
+//!
+//! # Warmup (slow start)
+//!
+//! With `warmup` (or the deprecated `warmupDurationSecs`), ROUND_ROBIN and LEAST_REQUEST
+//! scale the weight of an endpoint the balancer has known for less than `duration` by
+//! Envoy's slow-start factor, `max(minimumPercent / 100, (age / duration)^(1 / aggression))`
+//! ([`Warmup::factor`]). RANDOM and consistent hashing ignore it, as in Envoy (validation
+//! warns).
 //!
 //! # Weights
 //!
@@ -37,8 +46,10 @@
 //!   would always compare the same pair when there are two endpoints and lose the weights);
 //!   fewer in-flight requests wins, ties are broken at random. Idle endpoints then receive
 //!   traffic in proportion to their weights, and load still steers requests away.
-//! - **ROUND_ROBIN**: endpoint *i* is chosen `weight_i / gcd` times per cycle, consecutively
-//!   (Envoy interleaves them with EDF; the shares are the same).
+//! - **ROUND_ROBIN**: endpoint *i* is chosen `weight_i / gcd` times per cycle of
+//!   `Σ weight / gcd` requests, interleaved: the cycle is visited with a stride coprime with
+//!   its length (Envoy interleaves with an EDF scheduler; the shares are the same, and no
+//!   endpoint receives long runs of consecutive requests when warmup makes weights uneven).
 //! - **RANDOM**: uniform, weights ignored, as Envoy's random load balancer does.
 //!
 //! # Examples
@@ -52,8 +63,14 @@
 //! assert_eq!(picked, Some(1));
 //! ```
 
+use std::time::Duration;
+
+pub use super::hash::HashTable;
 use crate::{
-    config::networking::destination_rule::{LoadBalancerSettings, SimpleLb, TrafficPolicy},
+    config::networking::destination_rule::{
+        ConsistentHashLb, HttpCookie, LoadBalancerSettings, SimpleLb, TrafficPolicy,
+        WarmupConfiguration,
+    },
     snapshot::DestinationPolicy,
 };
 
@@ -85,8 +102,8 @@ impl Algorithm {
         }
     }
 
-    /// The algorithm for a `loadBalancer` block: `simple` if set, else LEAST_REQUEST (also
-    /// when `consistentHash` is asked for, which is not supported yet).
+    /// The simple algorithm of a `loadBalancer` block: `simple` if set, else LEAST_REQUEST.
+    /// See [`balancing`] for the whole block, consistent hashing included.
     ///
     /// # Examples
     /// ```
@@ -117,10 +134,197 @@ impl std::fmt::Display for Algorithm {
     }
 }
 
-/// True if `lb` asks for consistent hashing (and no `simple` algorithm), which
-/// [`Algorithm::from_settings`] answers with LEAST_REQUEST for now.
+/// True if `lb` asks for consistent hashing (and no `simple` algorithm).
 pub fn wants_consistent_hash(lb: Option<&LoadBalancerSettings>) -> bool {
     lb.is_some_and(|lb| lb.simple.is_none() && lb.consistent_hash.is_some())
+}
+
+/// How a destination is balanced: a `loadBalancer` block read per request, borrowing from
+/// the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Balancing<'a> {
+    /// A simple algorithm, with slow start for new endpoints if configured (ROUND_ROBIN and
+    /// LEAST_REQUEST only).
+    Simple {
+        /// The algorithm.
+        algorithm: Algorithm,
+        /// Slow start.
+        warmup: Option<Warmup>,
+    },
+    /// Consistent hashing.
+    ConsistentHash {
+        /// What is hashed; `None` when the block names no usable key (`useSourceIp: false`):
+        /// every request then gets a random hash, as Envoy does when it computes no hash.
+        key: Option<HashKey<'a>>,
+        /// Ring hash or Maglev.
+        table: HashTable,
+    },
+}
+
+/// What a consistent-hash load balancer hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashKey<'a> {
+    /// The value of this request header (`httpHeaderName`).
+    Header(&'a str),
+    /// The value of this cookie (`httpCookie`); generated and set on the response when the
+    /// request has none and a `ttl` is given.
+    Cookie(&'a HttpCookie),
+    /// The caller's IP address (`useSourceIp: true`).
+    SourceIp,
+    /// The value of this query parameter (`httpQueryParameterName`).
+    QueryParameter(&'a str),
+}
+
+impl<'a> HashKey<'a> {
+    /// The key a `consistentHash` block names, if any (validation requires exactly one).
+    pub fn from_settings(ch: &'a ConsistentHashLb) -> Option<Self> {
+        if let Some(h) = ch.http_header_name.as_deref() {
+            return Some(Self::Header(h));
+        }
+        if let Some(c) = &ch.http_cookie {
+            return Some(Self::Cookie(c));
+        }
+        if ch.use_source_ip == Some(true) {
+            return Some(Self::SourceIp);
+        }
+        ch.http_query_parameter_name
+            .as_deref()
+            .map(Self::QueryParameter)
+    }
+}
+
+/// The balancing a `loadBalancer` block asks for (LEAST_REQUEST without one).
+///
+/// # Examples
+/// ```
+/// use mesh_core::config::networking::destination_rule::{ConsistentHashLb, LoadBalancerSettings};
+/// use mesh_core::policy::balance::{Algorithm, Balancing, HashKey, HashTable, balancing};
+/// assert_eq!(balancing(None), Balancing::Simple { algorithm: Algorithm::LeastRequest, warmup: None });
+/// let lb = LoadBalancerSettings {
+///     consistent_hash: Some(ConsistentHashLb { http_header_name: Some("x-user".into()), ..Default::default() }),
+///     ..Default::default()
+/// };
+/// assert_eq!(
+///     balancing(Some(&lb)),
+///     Balancing::ConsistentHash { key: Some(HashKey::Header("x-user")), table: HashTable::default() },
+/// );
+/// ```
+pub fn balancing(lb: Option<&LoadBalancerSettings>) -> Balancing<'_> {
+    if let Some(lb) = lb
+        && lb.simple.is_none()
+        && let Some(ch) = &lb.consistent_hash
+    {
+        return Balancing::ConsistentHash {
+            key: HashKey::from_settings(ch),
+            table: HashTable::from_settings(ch),
+        };
+    }
+    let algorithm = Algorithm::from_settings(lb);
+    let warmup = match algorithm {
+        Algorithm::RoundRobin | Algorithm::LeastRequest => lb.and_then(Warmup::from_settings),
+        Algorithm::Random => None,
+    };
+    Balancing::Simple { algorithm, warmup }
+}
+
+/// Istio's default `warmup.minimumPercent`.
+pub const DEFAULT_WARMUP_MINIMUM_PERCENT: f64 = 10.0;
+/// Istio's default `warmup.aggression`.
+pub const DEFAULT_WARMUP_AGGRESSION: f64 = 1.0;
+
+/// Slow start: new endpoints receive a growing share of traffic for `duration`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Warmup {
+    duration: Duration,
+    /// `minimumPercent`, in parts per million of the weight.
+    minimum_ppm: u32,
+    /// `aggression`, in thousandths.
+    aggression_milli: u32,
+}
+
+impl Warmup {
+    /// Slow start over `duration`, starting at `minimum_percent` % of the weight, with the
+    /// curve's `aggression` (1.0 is linear). Invalid numbers (rejected by validation) become
+    /// the defaults; a zero duration means no slow start (`None`).
+    pub fn new(duration: Duration, minimum_percent: f64, aggression: f64) -> Option<Self> {
+        if duration.is_zero() {
+            return None;
+        }
+        let minimum_percent = if minimum_percent.is_finite() {
+            minimum_percent.clamp(0.0, 100.0)
+        } else {
+            DEFAULT_WARMUP_MINIMUM_PERCENT
+        };
+        let aggression = if aggression.is_finite() && aggression > 0.0 {
+            aggression.min(1_000_000.0)
+        } else {
+            DEFAULT_WARMUP_AGGRESSION
+        };
+        Some(Self {
+            duration,
+            minimum_ppm: (minimum_percent * 10_000.0).round() as u32,
+            aggression_milli: ((aggression * 1_000.0).round() as u32).max(1),
+        })
+    }
+
+    /// The slow start of a `loadBalancer` block: `warmup`, else the deprecated
+    /// `warmupDurationSecs` with the default minimum and aggression.
+    pub fn from_settings(lb: &LoadBalancerSettings) -> Option<Self> {
+        match (&lb.warmup, lb.warmup_duration_secs) {
+            (Some(w), _) => Self::from_config(w),
+            (None, Some(d)) => Self::new(
+                d.as_std(),
+                DEFAULT_WARMUP_MINIMUM_PERCENT,
+                DEFAULT_WARMUP_AGGRESSION,
+            ),
+            (None, None) => None,
+        }
+    }
+
+    /// The slow start of a `warmup` block (`None` without a duration).
+    pub fn from_config(w: &WarmupConfiguration) -> Option<Self> {
+        Self::new(
+            w.duration?.as_std(),
+            w.minimum_percent.unwrap_or(DEFAULT_WARMUP_MINIMUM_PERCENT),
+            w.aggression.unwrap_or(DEFAULT_WARMUP_AGGRESSION),
+        )
+    }
+
+    /// The warm-up window.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// The share of its weight an endpoint known for `age` gets: Envoy's
+    /// `max(minimumPercent / 100, (age / duration)^(1 / aggression))`, and 1 once `age`
+    /// reaches `duration`.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use mesh_core::policy::balance::Warmup;
+    /// let w = Warmup::new(Duration::from_secs(100), 10.0, 1.0).unwrap();
+    /// assert_eq!(w.factor(Duration::ZERO), 0.1);
+    /// assert_eq!(w.factor(Duration::from_secs(50)), 0.5);
+    /// assert_eq!(w.factor(Duration::from_secs(100)), 1.0);
+    /// ```
+    pub fn factor(&self, age: Duration) -> f64 {
+        if age >= self.duration {
+            return 1.0;
+        }
+        let bias = age.as_secs_f64() / self.duration.as_secs_f64();
+        let aggression = f64::from(self.aggression_milli) / 1_000.0;
+        let minimum = f64::from(self.minimum_ppm) / 1_000_000.0;
+        bias.powf(1.0 / aggression).max(minimum).min(1.0)
+    }
+
+    /// `weight` (0 counts as 1) scaled by [`factor`](Self::factor), in thousandths: the
+    /// weight to give [`pick`] for an endpoint known for `age` (at least 1). Fully warm
+    /// endpoints of equal weight keep equal weights.
+    pub fn weight(&self, weight: u32, age: Duration) -> u32 {
+        let scaled = f64::from(weight.max(1)) * self.factor(age) * 1_000.0;
+        scaled.round().clamp(1.0, f64::from(u32::MAX)) as u32
+    }
 }
 
 /// The `loadBalancer` settings that apply to traffic for `subset` on service port `port`,
@@ -223,7 +427,8 @@ where
         Algorithm::RoundRobin => {
             let divisor = (0..len).map(weight).fold(0, gcd).max(1);
             let total: u64 = (0..len).map(|k| weight(k) / divisor).sum();
-            eligible.index(by_weight(len, |k| weight(k) / divisor, cursor % total))
+            let point = interleave(cursor % total, total);
+            eligible.index(by_weight(len, |k| weight(k) / divisor, point))
         }
         Algorithm::LeastRequest if len == 1 => eligible.index(0),
         Algorithm::LeastRequest => {
@@ -302,6 +507,21 @@ fn by_weight(len: usize, weight: impl Fn(usize) -> u64, mut point: u64) -> usize
     len - 1
 }
 
+/// Position `i` of a cycle of `total`, visited with a stride coprime with `total` near
+/// `total × 0.618` so that each endpoint's share is spread over the cycle (a permutation of
+/// `0..total`).
+fn interleave(i: u64, total: u64) -> u64 {
+    if total <= 2 {
+        return i;
+    }
+    let mut stride = (total as f64 * 0.618_033_988_75) as u64;
+    stride = stride.clamp(1, total - 1);
+    while gcd(stride, total) != 1 {
+        stride += 1;
+    }
+    ((u128::from(i) * u128::from(stride)) % u128::from(total)) as u64
+}
+
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -375,19 +595,129 @@ mod tests {
     }
 
     #[test]
-    fn consistent_hash_falls_back_to_least_request() {
+    fn consistent_hash_is_its_own_balancing() {
+        let ch = ConsistentHashLb {
+            http_cookie: Some(HttpCookie {
+                name: "session".into(),
+                ..Default::default()
+            }),
+            maglev: Some(Default::default()),
+            ..Default::default()
+        };
         let lb = LoadBalancerSettings {
-            consistent_hash: Some(Default::default()),
+            consistent_hash: Some(ch.clone()),
             ..Default::default()
         };
         assert!(wants_consistent_hash(Some(&lb)));
-        assert_eq!(Algorithm::from_settings(Some(&lb)), Algorithm::LeastRequest);
+        let Balancing::ConsistentHash { key, table } = balancing(Some(&lb)) else {
+            panic!("consistent hash expected");
+        };
+        assert_eq!(key, Some(HashKey::Cookie(ch.http_cookie.as_ref().unwrap())));
+        assert_eq!(table, HashTable::Maglev { table_size: 65_537 });
         let simple = LoadBalancerSettings {
             simple: Some(SimpleLb::Random),
             ..Default::default()
         };
         assert!(!wants_consistent_hash(Some(&simple)));
         assert!(!wants_consistent_hash(None));
+        // Each key; `useSourceIp: false` names none.
+        let key = |ch: ConsistentHashLb| HashKey::from_settings(&ch).map(|k| format!("{k:?}"));
+        let header = ConsistentHashLb {
+            http_header_name: Some("x-user".into()),
+            ..Default::default()
+        };
+        assert_eq!(key(header).as_deref(), Some("Header(\"x-user\")"));
+        let ip = |on| ConsistentHashLb {
+            use_source_ip: Some(on),
+            ..Default::default()
+        };
+        assert_eq!(key(ip(true)).as_deref(), Some("SourceIp"));
+        assert_eq!(key(ip(false)), None);
+        let query = ConsistentHashLb {
+            http_query_parameter_name: Some("u".into()),
+            ..Default::default()
+        };
+        assert_eq!(key(query).as_deref(), Some("QueryParameter(\"u\")"));
+    }
+
+    #[test]
+    fn warmup_applies_to_round_robin_and_least_request_only() {
+        let w = WarmupConfiguration {
+            duration: Some(crate::duration::Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let lb = |simple| LoadBalancerSettings {
+            simple,
+            warmup: Some(w.clone()),
+            ..Default::default()
+        };
+        let warm = Warmup::new(Duration::from_secs(60), 10.0, 1.0);
+        for simple in [
+            None,
+            Some(SimpleLb::RoundRobin),
+            Some(SimpleLb::LeastRequest),
+        ] {
+            let Balancing::Simple { warmup, .. } = balancing(Some(&lb(simple))) else {
+                panic!("simple expected");
+            };
+            assert_eq!(warmup, warm, "{simple:?}");
+        }
+        let Balancing::Simple { warmup, .. } = balancing(Some(&lb(Some(SimpleLb::Random)))) else {
+            panic!("simple expected");
+        };
+        assert_eq!(warmup, None);
+        let deprecated = LoadBalancerSettings {
+            warmup_duration_secs: Some(crate::duration::Duration::from_secs(60)),
+            ..Default::default()
+        };
+        assert_eq!(Warmup::from_settings(&deprecated), warm);
+        assert_eq!(Warmup::from_config(&WarmupConfiguration::default()), None);
+    }
+
+    #[test]
+    fn warmup_follows_envoys_formula() {
+        let s = Duration::from_secs;
+        let linear = Warmup::new(s(100), 10.0, 1.0).unwrap();
+        assert_eq!(linear.duration(), s(100));
+        assert_eq!(linear.factor(s(0)), 0.1);
+        assert_eq!(linear.factor(s(5)), 0.1);
+        assert!((linear.factor(s(25)) - 0.25).abs() < 1e-9);
+        assert_eq!(linear.factor(s(100)), 1.0);
+        assert_eq!(linear.factor(s(1_000)), 1.0);
+        // aggression 2: sqrt curve.
+        let steep = Warmup::new(s(100), 0.0, 2.0).unwrap();
+        assert!((steep.factor(s(25)) - 0.5).abs() < 1e-9);
+        assert_eq!(steep.factor(s(0)), 0.0);
+        // Scaled weights: at least 1, equal when warm.
+        assert_eq!(steep.weight(3, s(0)), 1);
+        assert_eq!(linear.weight(3, s(50)), 1_500);
+        assert_eq!(linear.weight(0, s(100)), linear.weight(1, s(200)));
+        // Invalid numbers fall back to the defaults; a zero duration is no warmup.
+        let odd = Warmup::new(s(10), f64::NAN, -1.0).unwrap();
+        assert_eq!(odd, Warmup::new(s(10), 10.0, 1.0).unwrap());
+        assert_eq!(Warmup::new(Duration::ZERO, 10.0, 1.0), None);
+    }
+
+    #[test]
+    fn weighted_round_robin_interleaves() {
+        let candidates = [Candidate::new(0, 1_000), Candidate::new(0, 137)];
+        let picks: Vec<usize> = (0..1_137)
+            .map(|c| pick(Algorithm::RoundRobin, &candidates, |_| false, c, &mut |_| 0).unwrap())
+            .collect();
+        // Exact shares per cycle.
+        assert_eq!(picks.iter().filter(|i| **i == 1).count(), 137);
+        // No long runs of the heavy endpoint.
+        let longest = picks
+            .split(|i| *i == 1)
+            .map(<[usize]>::len)
+            .max()
+            .unwrap_or(0);
+        assert!(longest <= 16, "{longest}");
+        for total in 1..200 {
+            let mut seen: Vec<u64> = (0..total).map(|i| interleave(i, total)).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..total).collect::<Vec<_>>());
+        }
     }
 
     const RULE: &str = r#"

@@ -6,5 +6,7 @@
 pub mod authz;
 pub mod balance;
 pub mod fault;
+pub mod hash;
+pub mod outlier;
 pub mod peer_authn;
 pub mod retry;

@@ -10,7 +10,13 @@ use http::Response;
 use mesh_core::BoxError;
 use pin_project_lite::pin_project;
 
-use super::stats::InFlight;
+use http::HeaderValue;
+use mesh_core::policy::outlier::Outcome;
+
+use super::{
+    outlier::{OutlierCtx, outcome_of_error},
+    stats::InFlight,
+};
 use crate::{
     body::Body,
     error::{UpstreamConnectFailure, cause_ref},
@@ -22,7 +28,10 @@ pin_project! {
     /// extensions; or the balancer's own error ([`NoHealthyUpstream`]).
     ///
     /// The endpoint counts the request as in flight until this future completes or is
-    /// dropped.
+    /// dropped. When the destination configures outlier detection, the outcome (status
+    /// code, or connect failure, reset or timeout) is recorded for the endpoint; a future
+    /// dropped before it completes records nothing. A hash cookie generated for the request
+    /// is set on the response.
     ///
     /// [`NoHealthyUpstream`]: crate::error::NoHealthyUpstream
     pub struct ResponseFuture<F> {
@@ -39,6 +48,7 @@ pin_project! {
             future: F,
             picked: Option<PickedEndpoint>,
             in_flight: Option<InFlight>,
+            extras: Option<Box<Extras>>,
         },
         Failed {
             error: Option<BoxError>,
@@ -46,17 +56,27 @@ pin_project! {
     }
 }
 
+/// What only some requests carry: a generated hash cookie, outlier detection. Boxed, so
+/// the common future stays small.
+#[derive(Debug, Default)]
+pub(super) struct Extras {
+    pub(super) set_cookie: Option<HeaderValue>,
+    pub(super) outlier: Option<OutlierCtx>,
+}
+
 impl<F> ResponseFuture<F> {
     pub(super) fn called(
         future: F,
         picked: Option<PickedEndpoint>,
         in_flight: Option<InFlight>,
+        extras: Option<Box<Extras>>,
     ) -> Self {
         Self {
             state: State::Called {
                 future,
                 picked,
                 in_flight,
+                extras,
             },
         }
     }
@@ -81,6 +101,7 @@ where
                 future,
                 picked,
                 in_flight,
+                extras,
             } => {
                 let result = ready!(future.poll(cx)).map_err(Into::into);
                 // The request is no longer in flight; a connect failure makes the balancer
@@ -93,10 +114,22 @@ where
                         }
                         Err(_) => {}
                     }
+                    if let Some(outlier) = extras.as_mut().and_then(|x| x.outlier.take()) {
+                        let outcome = match &result {
+                            Ok(res) => Some(Outcome::Response(res.status().as_u16())),
+                            Err(e) => outcome_of_error(e),
+                        };
+                        if let Some(outcome) = outcome {
+                            outlier.record(load.load(), outcome);
+                        }
+                    }
                 }
                 let mut res = result?;
                 if let Some(picked) = picked.take() {
                     res.extensions_mut().insert(picked);
+                }
+                if let Some(cookie) = extras.as_mut().and_then(|x| x.set_cookie.take()) {
+                    super::hash::append_set_cookie(res.headers_mut(), cookie);
                 }
                 Poll::Ready(Ok(res))
             }

@@ -1,6 +1,9 @@
 use std::sync::Arc;
 
-use mesh_core::{policy::balance::Algorithm, snapshot::Endpoint};
+use mesh_core::{
+    policy::{balance::Algorithm, outlier::OutlierPolicy},
+    snapshot::Endpoint,
+};
 
 use super::{EndpointStats, service::Mode};
 
@@ -36,8 +39,29 @@ impl BalanceLayer {
             mode: Mode::Fixed {
                 endpoints: endpoints.into_iter().collect(),
                 algorithm,
+                outlier: None,
             },
         }
+    }
+
+    /// Ejects failing endpoints of a fixed list with `policy` (see the
+    /// [module docs](super#outlier-detection)); with [`from_target`](Self::from_target) the
+    /// DestinationRule decides and this does nothing. The last call wins.
+    ///
+    /// # Examples
+    /// ```
+    /// use mesh_core::policy::{balance::Algorithm, outlier::OutlierPolicy};
+    /// use mesh_tower::balance::BalanceLayer;
+    /// let layer = BalanceLayer::new([], Algorithm::RoundRobin)
+    ///     .outlier_detection(OutlierPolicy::default().consecutive_5xx(3));
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn outlier_detection(mut self, policy: OutlierPolicy) -> Self {
+        if let Mode::Fixed { outlier, .. } = &mut self.mode {
+            *outlier = Some(policy);
+        }
+        self
     }
 
     /// The load statistics the balancers made by this layer share.

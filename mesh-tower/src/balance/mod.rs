@@ -1,12 +1,70 @@
 //! Load balancing: send each request to one endpoint of its destination.
 //!
 //! Per request, [`Balance`] reads the route layer's [`Target`]: the candidates are the
-//! endpoints of the destination host (and subset) in the target's snapshot, and the
-//! algorithm is the DestinationRule's `trafficPolicy.loadBalancer.simple` for that subset and
-//! port (LEAST_REQUEST when unset, as in Istio). The pure choice is
-//! [`mesh_core::policy::balance::pick`], whose docs describe each algorithm, how weights are
-//! used and how Istio's names map (`PASSTHROUGH` and `consistentHash` fall back to
-//! LEAST_REQUEST; the latter is logged once per host at debug level).
+//! endpoints of the destination host (and subset) in the target's snapshot, and the policy
+//! is the DestinationRule's `trafficPolicy.loadBalancer` and `outlierDetection` for that
+//! subset and port, merged as Istio merges them (subset over rule, port-level entries
+//! replacing). Without a `loadBalancer` the algorithm is LEAST_REQUEST, as in Istio. The pure
+//! choice is [`mesh_core::policy::balance::pick`], whose docs describe each simple algorithm,
+//! how weights are used and how Istio's names map (`PASSTHROUGH` balances with
+//! LEAST_REQUEST).
+//!
+//! # Consistent hashing
+//!
+//! `consistentHash` picks the endpoint from a ring hash or a Maglev table
+//! ([`mesh_core::policy::hash`]) built once per endpoint list and cached per destination (the
+//! table is reused while requests carry the same snapshot, and after a configuration change
+//! that leaves the endpoints alone); a request costs one hash of its key and one lookup. The
+//! key is, as in Envoy:
+//!
+//! - `httpHeaderName`: the header's value;
+//! - `httpCookie`: the cookie's value. When the request has no such cookie and `ttl` is set,
+//!   a random value is generated, used, and set on the response as Envoy does:
+//!   `Set-Cookie: name="value"; Max-Age=<ttl>; Path=<path>; <attributes>; HttpOnly` (no
+//!   `Max-Age` for `ttl: 0s`, a session cookie). Without `ttl` no cookie is generated;
+//! - `useSourceIp`: the caller's address: the [`PeerAddr`] in the request's extensions (an
+//!   inbound request forwarded with its extensions, as a gateway does), else the workload's
+//!   own address, given with [`EndpointStats::with_source_ip`] (a random value per
+//!   [`EndpointStats`] otherwise). A sidecar sees its workload's IP as the source of every
+//!   outbound request, so every request of one workload goes to the same endpoint in both;
+//! - `httpQueryParameterName`: the query parameter's value (raw, first occurrence).
+//!
+//! A request without a value for its key gets a random hash (Envoy: a random endpoint).
+//! Endpoints that are ejected, marked down or already tried by this request are walked past
+//! to the next acceptable one on the ring (or in the table).
+//!
+//! # Warmup
+//!
+//! With `warmup` (ROUND_ROBIN and LEAST_REQUEST), an endpoint's weight is scaled by Envoy's
+//! slow-start factor ([`Warmup::factor`]) for `duration` after the balancer first saw it.
+//! First-seen times are recorded per endpoint when a destination with warmup is balanced; an
+//! endpoint present when the balancer first balances the destination warms up together with
+//! the others, which changes nothing (as for the hosts of a new Envoy cluster).
+//!
+//! # Outlier detection
+//!
+//! With `outlierDetection`, the response future reports each outcome to the endpoint's
+//! state: the status code, or a local-origin failure (an [`UpstreamConnectFailure`], an
+//! [`UpstreamReset`], or a timeout error); other errors, such as a layer's own refusal, do
+//! not count. [`mesh_core::policy::outlier`] has the semantics (Envoy's: consecutive 5xx,
+//! gateway and local-origin counts, ejection time growing with each ejection and capped at
+//! 300 s, return at the next `interval` sweep, `maxEjectionPercent` allowing at least one,
+//! `minHealthPercent` panic mode). Ejected endpoints are left out of every algorithm; when all
+//! are, the request fails with [`NoHealthyUpstream`] unless `minHealthPercent` puts the
+//! destination in panic mode. [`EndpointStats::ejected`] and [`EndpointStats::ejections`]
+//! read the state.
+//!
+//! A fixed list ([`BalanceLayer::new`]) has no DestinationRule: enable it there with
+//! [`BalanceLayer::outlier_detection`].
+//!
+//! The state is per endpoint (`address:port`), shared by every destination and client of a
+//! mesh that reaches it, while each destination's own rule decides thresholds and times.
+//! A per-try timeout from the retry layer drops this future rather than completing it with
+//! an error, so it is not counted; connect timeouts are (they are connect failures).
+//!
+//! Without a DestinationRule, or with one that configures neither warmup, consistent hashing
+//! nor outlier detection, none of this costs anything per request: no lock, allocation or
+//! extra map lookup.
 //!
 //! The chosen endpoint is connected to at `endpoint.address` and the port that
 //! [`Endpoint::port_for`] gives for the service port (the registry's port name and
@@ -47,12 +105,13 @@
 //! # Readiness
 //!
 //! The balancer is ready whenever the inner service is: it never waits for an endpoint
-//! (per-endpoint circuit breakers and outlier detection, which would, come later).
+//! (ejected endpoints are left out when picking, not waited for).
 //!
 //! # Errors
 //!
-//! [`NoHealthyUpstream`] as above; [`UpstreamConnectFailure`] if an endpoint address does not
-//! form a valid URI authority; otherwise the inner service's errors.
+//! [`NoHealthyUpstream`] as above, and when outlier detection ejected every endpoint;
+//! [`UpstreamConnectFailure`] if an endpoint address does not form a valid URI authority;
+//! otherwise the inner service's errors.
 //!
 //! # Examples
 //!
@@ -106,9 +165,14 @@
 //! [`Endpoint::port_for`]: mesh_core::snapshot::Endpoint::port_for
 //! [`NoHealthyUpstream`]: crate::error::NoHealthyUpstream
 //! [`UpstreamConnectFailure`]: crate::error::UpstreamConnectFailure
+//! [`UpstreamReset`]: crate::error::UpstreamReset
+//! [`PeerAddr`]: crate::server::PeerAddr
+//! [`Warmup::factor`]: mesh_core::policy::balance::Warmup::factor
 
 pub mod future;
+mod hash;
 mod layer;
+mod outlier;
 mod service;
 mod stats;
 

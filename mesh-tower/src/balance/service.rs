@@ -2,6 +2,7 @@ use std::{
     collections::BTreeMap,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use http::{
@@ -12,8 +13,12 @@ use http::{
 use mesh_core::{
     BoxError,
     config::networking::service_entry::Resolution,
-    policy::balance::{self, Algorithm, Candidate},
-    snapshot::{Endpoint, Service as MeshService},
+    policy::{
+        balance::{self, Algorithm, Balancing, Candidate},
+        hash::{ConsistentTable, HashTable},
+        outlier::{self, OutlierPolicy, panic_mode},
+    },
+    snapshot::{Endpoint, Service as MeshService, Snapshot},
 };
 use rand::RngExt;
 use smallvec::SmallVec;
@@ -21,7 +26,9 @@ use tower::{Layer, Service};
 
 use super::{
     BalanceLayer, EndpointStats,
-    future::ResponseFuture,
+    future::{Extras, ResponseFuture},
+    hash::{CachedTable, request_hash},
+    outlier::{OutlierCtx, Peers},
     stats::{EndpointLoad, InFlight},
 };
 use crate::{
@@ -53,6 +60,8 @@ pub(super) enum Mode {
     Fixed {
         endpoints: Arc<[Arc<Endpoint>]>,
         algorithm: Algorithm,
+        /// Outlier detection, if enabled with [`BalanceLayer::outlier_detection`].
+        outlier: Option<OutlierPolicy>,
     },
 }
 
@@ -61,6 +70,40 @@ struct Decision {
     endpoint: Arc<Endpoint>,
     port: u16,
     counter: Arc<EndpointLoad>,
+    extras: Option<Box<Extras>>,
+}
+
+/// The destination being balanced, for messages and per-destination state.
+#[derive(Clone, Copy)]
+struct Dest<'a> {
+    host: &'a str,
+    subset: Option<&'a str>,
+    /// The service port.
+    port: u16,
+    /// The snapshot the endpoint list belongs to (consistent-hash tables are cached per
+    /// snapshot); `None` for a fixed list.
+    snapshot: Option<&'a Arc<Snapshot>>,
+}
+
+/// What the destination's policy asks for this request.
+struct Plan<'a> {
+    balancing: Balancing<'a>,
+    outlier: Option<OutlierPolicy>,
+    /// The consistent-hash key's hash; `None` draws a random one.
+    hash: Option<u64>,
+}
+
+impl Plan<'_> {
+    fn simple(algorithm: Algorithm) -> Self {
+        Self {
+            balancing: Balancing::Simple {
+                algorithm,
+                warmup: None,
+            },
+            outlier: None,
+            hash: None,
+        }
+    }
 }
 
 // === impl Balance ===
@@ -87,6 +130,7 @@ impl<S> Balance<S> {
             mode: Mode::Fixed {
                 endpoints: endpoints.into_iter().collect(),
                 algorithm,
+                outlier: None,
             },
         }
     }
@@ -125,11 +169,18 @@ impl<S> Balance<S> {
     fn decide_for_target(
         &self,
         target: &Target,
-        tried: Option<&TriedEndpoints>,
+        req: &Request<Body>,
     ) -> Result<Decision, BoxError> {
+        let tried = req.extensions().get::<TriedEndpoints>();
         let snapshot = &target.snapshot;
         let host: &str = &target.host;
         let subset = target.subset.as_deref();
+        let dest = Dest {
+            host,
+            subset,
+            port: target.port,
+            snapshot: Some(snapshot),
+        };
         let service = snapshot.service(host);
         let endpoints = snapshot.endpoints(host, subset);
         if endpoints.is_empty() {
@@ -150,55 +201,91 @@ impl<S> Balance<S> {
                 }
                 _ => target.port,
             };
-            return Ok(self.choose(
+            return self.choose(
                 &[endpoint],
-                Algorithm::LeastRequest,
-                (host, subset),
+                &Plan::simple(Algorithm::LeastRequest),
+                dest,
                 |_| port,
                 tried,
-            ));
-        }
-
-        let lb = snapshot
-            .destination_policy(host)
-            .and_then(|p| balance::load_balancer_settings(p, subset, target.port));
-        if balance::wants_consistent_hash(lb) && self.stats.first_consistent_hash_fallback(host) {
-            tracing::debug!(
-                host,
-                "consistentHash load balancing is not supported yet; using LEAST_REQUEST"
             );
         }
-        let algorithm = Algorithm::from_settings(lb);
-        let port_of = |e: &Endpoint| match service {
-            Some(svc) => service_port_for(svc, e, target.port),
-            None => e.port_for(target.port, None, None),
+
+        let policy = snapshot.destination_policy(host);
+        let lb = policy.and_then(|p| balance::load_balancer_settings(p, subset, target.port));
+        let balancing = balance::balancing(lb);
+        let (hash, set_cookie) = match balancing {
+            Balancing::ConsistentHash { key, .. } => request_hash(key, req, &self.stats),
+            Balancing::Simple { .. } => (None, None),
         };
-        Ok(self.choose(endpoints, algorithm, (host, subset), port_of, tried))
+        let outlier = policy
+            .and_then(|p| outlier::outlier_detection(p, subset, target.port))
+            .map(OutlierPolicy::from_config);
+        let plan = Plan {
+            balancing,
+            outlier,
+            hash,
+        };
+        let port_of = |e: &Endpoint| endpoint_port(service.map(|s| &**s), e, target.port);
+        let mut decision = self.choose(endpoints, &plan, dest, port_of, tried)?;
+        if set_cookie.is_some() || outlier.is_some() {
+            decision.extras = Some(Box::new(Extras {
+                set_cookie,
+                outlier: outlier.map(|policy| OutlierCtx {
+                    policy,
+                    peers: Peers::Target(target.clone()),
+                    stats: self.stats.clone(),
+                }),
+            }));
+        }
+        Ok(decision)
     }
 
     /// Chooses one of `endpoints` (not empty) and takes its in-flight counter, with one
     /// read lock on the statistics and one map lookup per candidate in the common case.
+    ///
+    /// Fails with [`NoHealthyUpstream`] when outlier detection ejected every endpoint and
+    /// `minHealthPercent` does not put the destination in panic mode.
     fn choose(
         &self,
         endpoints: &[Arc<Endpoint>],
-        algorithm: Algorithm,
-        (host, subset): (&str, Option<&str>),
+        plan: &Plan<'_>,
+        dest: Dest<'_>,
         port_of: impl Fn(&Endpoint) -> u16,
         tried: Option<&TriedEndpoints>,
-    ) -> Decision {
+    ) -> Result<Decision, BoxError> {
+        let (algorithm, warmup) = match plan.balancing {
+            Balancing::Simple { algorithm, warmup } => (algorithm, warmup),
+            Balancing::ConsistentHash { table, .. } => {
+                return self.choose_hashed(endpoints, plan, dest, port_of, tried, table);
+            }
+        };
         // Authorities are only needed to compare with earlier attempts (a retry).
         let tried = tried
             .map(TriedEndpoints::snapshot)
             .filter(|t| !t.is_empty());
         let cursor = match algorithm {
             Algorithm::RoundRobin => {
-                let cursor = self.stats.read().next_cursor(host, subset);
-                cursor.unwrap_or_else(|| self.stats.next_cursor_or_insert(host, subset))
+                let cursor = self.stats.read().next_cursor(dest.host, dest.subset);
+                cursor.unwrap_or_else(|| self.stats.next_cursor_or_insert(dest.host, dest.subset))
             }
             _ => 0,
         };
-        // The clock is read only if some candidate was marked down (rare).
-        let mut now_ms = None;
+        // Warmup needs to know when each endpoint was first seen: create missing counters.
+        if warmup.is_some() {
+            let maps = self.stats.read();
+            let missing: SmallVec<[(&str, u16); INLINE]> = endpoints
+                .iter()
+                .map(|e| (e.address.as_str(), port_of(e)))
+                .filter(|(a, p)| maps.counter_ref(a, *p).is_none())
+                .collect();
+            drop(maps);
+            if !missing.is_empty() {
+                self.stats.insert_counters(missing);
+            }
+        }
+        // The clock is read only if some candidate was marked down (rare), or for warmup and
+        // outlier detection.
+        let mut now_ms = (warmup.is_some() || plan.outlier.is_some()).then(|| self.stats.now_ms());
         let maps = self.stats.read();
         let mut ports: SmallVec<[u16; INLINE]> = SmallVec::with_capacity(endpoints.len());
         let mut loads: SmallVec<[Option<&Arc<EndpointLoad>>; INLINE]> =
@@ -206,6 +293,9 @@ impl<S> Balance<S> {
         let mut candidates: SmallVec<[Candidate; INLINE]> =
             SmallVec::with_capacity(endpoints.len());
         let mut excluded: SmallVec<[bool; INLINE]> = SmallVec::with_capacity(endpoints.len());
+        // Filled only with outlier detection.
+        let mut ejected: SmallVec<[bool; INLINE]> = SmallVec::new();
+        let mut ejected_count = 0;
         for e in endpoints {
             let port = port_of(e);
             let load = maps.counter_ref(&e.address, port);
@@ -230,23 +320,187 @@ impl<S> Balance<S> {
                 Algorithm::LeastRequest => load.map_or(0, |l| l.in_flight()),
                 _ => 0,
             };
+            let weight = match (warmup, load, now_ms) {
+                (Some(w), Some(l), Some(now)) => w.weight(
+                    e.weight,
+                    Duration::from_millis(now.saturating_sub(l.first_seen_ms())),
+                ),
+                _ => e.weight,
+            };
+            if plan.outlier.is_some() {
+                let out = load.is_some_and(|l| l.is_ejected(now_ms.unwrap_or_default()));
+                ejected_count += usize::from(out);
+                ejected.push(out);
+            }
             ports.push(port);
             loads.push(load);
-            candidates.push(Candidate::new(in_flight, e.weight));
+            candidates.push(Candidate::new(in_flight, weight));
             excluded.push(down || was_tried);
         }
-        let index = pick(algorithm, &candidates, &excluded, cursor);
+        // Ejected endpoints are left out, unless too few are healthy (panic mode).
+        let skip_ejected = match &plan.outlier {
+            Some(policy) if ejected_count > 0 => {
+                let healthy = endpoints.len() - ejected_count;
+                if panic_mode(policy, healthy, endpoints.len()) {
+                    false
+                } else if healthy == 0 {
+                    return Err(NoHealthyUpstream {
+                        host: dest.host.to_owned(),
+                        subset: dest.subset.map(str::to_owned),
+                    }
+                    .into());
+                } else {
+                    true
+                }
+            }
+            _ => false,
+        };
+        let index = if skip_ejected {
+            let keep: SmallVec<[usize; INLINE]> =
+                (0..endpoints.len()).filter(|i| !ejected[*i]).collect();
+            let kept: SmallVec<[Candidate; INLINE]> = keep.iter().map(|i| candidates[*i]).collect();
+            let kept_excluded: SmallVec<[bool; INLINE]> =
+                keep.iter().map(|i| excluded[*i]).collect();
+            keep[pick(algorithm, &kept, &kept_excluded, cursor)]
+        } else {
+            pick(algorithm, &candidates, &excluded, cursor)
+        };
+        let index = index.min(endpoints.len() - 1);
         let (endpoint, port) = (endpoints[index].clone(), ports[index]);
         let counter = loads[index].cloned();
         drop(loads);
         drop(maps);
         let counter =
             counter.unwrap_or_else(|| self.stats.counter_or_insert(&endpoint.address, port));
-        Decision {
+        Ok(Decision {
             endpoint,
             port,
             counter,
+            extras: None,
+        })
+    }
+
+    /// Chooses an endpoint by consistent hashing: the table is looked up (O(log n) on the
+    /// ring, O(1) in Maglev) and only the endpoints the lookup visits are checked (ejected,
+    /// marked down, already tried), so a request costs no per-endpoint work.
+    fn choose_hashed(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        plan: &Plan<'_>,
+        dest: Dest<'_>,
+        port_of: impl Fn(&Endpoint) -> u16,
+        tried: Option<&TriedEndpoints>,
+        kind: HashTable,
+    ) -> Result<Decision, BoxError> {
+        let tried = tried
+            .map(TriedEndpoints::snapshot)
+            .filter(|t| !t.is_empty());
+        let table = self.table_for(dest, endpoints, &port_of, kind);
+        let hash = plan.hash.unwrap_or_else(rand::random);
+        let now = self.stats.now_ms();
+        let maps = self.stats.read();
+        let load = |i: usize| {
+            let e = &endpoints[i];
+            let port = port_of(e);
+            (maps.counter_ref(&e.address, port), port)
+        };
+        let ejected =
+            |i: usize| plan.outlier.is_some() && load(i).0.is_some_and(|l| l.is_ejected(now));
+        let avoided = |i: usize| {
+            let (l, port) = load(i);
+            let down = l.is_some_and(|l| l.marked_down() && l.is_down(now));
+            let was_tried = tried
+                .as_ref()
+                .is_some_and(|t| match l.and_then(|l| l.authority()) {
+                    Some(a) => t.contains(a),
+                    None => {
+                        let a = authority(&endpoints[i].address, port);
+                        t.iter().any(|x| x == a.as_str())
+                    }
+                });
+            down || was_tried
+        };
+        let mut skipped_ejected = false;
+        let mut index = table.lookup(hash, |i| {
+            if ejected(i) {
+                skipped_ejected = true;
+                return false;
+            }
+            !avoided(i)
+        });
+        let mut skip_ejected = true;
+        if skipped_ejected && let Some(policy) = &plan.outlier {
+            // Some endpoint is ejected: count them for panic mode (rare, so O(n) is fine).
+            let count = (0..endpoints.len()).filter(|i| ejected(*i)).count();
+            let healthy = endpoints.len() - count;
+            if panic_mode(policy, healthy, endpoints.len()) {
+                skip_ejected = false;
+                index = table.lookup(hash, |i| !avoided(i));
+            } else if healthy == 0 {
+                return Err(NoHealthyUpstream {
+                    host: dest.host.to_owned(),
+                    subset: dest.subset.map(str::to_owned),
+                }
+                .into());
+            }
         }
+        // Everything acceptable was avoided (tried or marked down): ignore that.
+        let index = index
+            .or_else(|| table.lookup(hash, |i| !(skip_ejected && ejected(i))))
+            .unwrap_or(0)
+            .min(endpoints.len() - 1);
+        let (counter, port) = load(index);
+        let counter = counter.cloned();
+        drop(maps);
+        let endpoint = endpoints[index].clone();
+        let counter =
+            counter.unwrap_or_else(|| self.stats.counter_or_insert(&endpoint.address, port));
+        Ok(Decision {
+            endpoint,
+            port,
+            counter,
+            extras: None,
+        })
+    }
+
+    /// The destination's consistent-hash table: the cached one if it was built for this
+    /// snapshot's endpoint list, else built (once per endpoint list) and cached.
+    fn table_for(
+        &self,
+        dest: Dest<'_>,
+        endpoints: &[Arc<Endpoint>],
+        port_of: &impl Fn(&Endpoint) -> u16,
+        kind: HashTable,
+    ) -> Arc<ConsistentTable> {
+        let keys = || -> Vec<(String, u32)> {
+            endpoints
+                .iter()
+                .map(|e| (authority(&e.address, port_of(e)), e.weight))
+                .collect()
+        };
+        let Some(snapshot) = dest.snapshot else {
+            // A fixed list (not used by the mesh: fixed lists take simple algorithms).
+            return Arc::new(ConsistentTable::build(kind, &keys()));
+        };
+        let maps = self.stats.read();
+        let cached = maps.table(dest.host, dest.subset, dest.port);
+        if let Some(t) = cached
+            && t.built_for(snapshot, endpoints, kind)
+        {
+            return t.table.clone();
+        }
+        let fresh = Arc::new(CachedTable::new(
+            snapshot,
+            endpoints,
+            kind,
+            keys(),
+            cached.map(|c| &**c),
+        ));
+        drop(maps);
+        let table = fresh.table.clone();
+        self.stats
+            .insert_table(dest.host, dest.subset, dest.port, fresh);
+        table
     }
 }
 
@@ -310,6 +564,38 @@ fn unlisted_endpoint(
     }))
 }
 
+/// The port to connect to on `e` for service port `port`.
+fn endpoint_port(service: Option<&MeshService>, e: &Endpoint, port: u16) -> u16 {
+    match service {
+        Some(svc) => service_port_for(svc, e, port),
+        None => e.port_for(port, None, None),
+    }
+}
+
+/// How many of a destination's endpoints are ejected, and how many it has.
+pub(super) fn count_ejected(stats: &EndpointStats, peers: &Peers, now_ms: u64) -> (usize, usize) {
+    let maps = stats.read();
+    let count = |endpoints: &[Arc<Endpoint>], port_of: &dyn Fn(&Endpoint) -> u16| {
+        let ejected = endpoints
+            .iter()
+            .filter(|e| {
+                maps.counter_ref(&e.address, port_of(e))
+                    .is_some_and(|l| l.is_ejected(now_ms))
+            })
+            .count();
+        (ejected, endpoints.len())
+    };
+    match peers {
+        Peers::Target(target) => {
+            let host: &str = &target.host;
+            let service = target.snapshot.service(host).map(|s| &**s);
+            let endpoints = target.snapshot.endpoints(host, target.subset.as_deref());
+            count(endpoints, &|e| endpoint_port(service, e, target.port))
+        }
+        Peers::Fixed { endpoints, port } => count(endpoints, &|e| e.port_for(*port, None, None)),
+    }
+}
+
 /// The endpoint port for service port `port`: the service port's name and target port from
 /// the registry (implied services have no ports, so the endpoint's only port or `port`).
 fn service_port_for(svc: &MeshService, endpoint: &Endpoint, port: u16) -> u16 {
@@ -368,23 +654,25 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
-    /// Ready when the inner service is: the balancer itself never waits (per-endpoint
-    /// circuit breakers, which would make it wait, come later).
+    /// Ready when the inner service is: the balancer itself never waits (ejected endpoints
+    /// are left out when picking).
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let tried = req.extensions().get::<TriedEndpoints>();
         let decision = match &self.mode {
             Mode::Target => match req.extensions().get::<Target>() {
-                Some(target) => self.decide_for_target(target, tried),
+                Some(target) => self.decide_for_target(target, &req),
                 // No route decision: nothing to balance over.
-                None => return ResponseFuture::called(self.inner.call(req), None, None),
+                None => {
+                    return ResponseFuture::called(self.inner.call(req), None, None, None);
+                }
             },
             Mode::Fixed {
                 endpoints,
                 algorithm,
+                outlier,
             } => {
                 if endpoints.is_empty() {
                     Err(NoHealthyUpstream {
@@ -394,13 +682,39 @@ where
                     .into())
                 } else {
                     let port = request_port(&req);
-                    Ok(self.choose(
+                    let dest = Dest {
+                        host: "",
+                        subset: None,
+                        port,
+                        snapshot: None,
+                    };
+                    let plan = Plan {
+                        outlier: *outlier,
+                        ..Plan::simple(*algorithm)
+                    };
+                    self.choose(
                         endpoints,
-                        *algorithm,
-                        ("", None),
+                        &plan,
+                        dest,
                         |e| e.port_for(port, None, None),
-                        tried,
-                    ))
+                        req.extensions().get::<TriedEndpoints>(),
+                    )
+                    .map(|mut d| {
+                        d.extras = outlier.map(|policy| {
+                            Box::new(Extras {
+                                set_cookie: None,
+                                outlier: Some(OutlierCtx {
+                                    policy,
+                                    peers: Peers::Fixed {
+                                        endpoints: endpoints.clone(),
+                                        port,
+                                    },
+                                    stats: self.stats.clone(),
+                                }),
+                            })
+                        });
+                        d
+                    })
                 }
             }
         };
@@ -408,6 +722,7 @@ where
             endpoint,
             port,
             counter,
+            extras,
         } = match decision {
             Ok(d) => d,
             Err(e) => return ResponseFuture::failed(e),
@@ -458,7 +773,7 @@ where
         };
         req.extensions_mut().insert(picked.clone());
         let in_flight = InFlight::start(counter);
-        ResponseFuture::called(self.inner.call(req), Some(picked), Some(in_flight))
+        ResponseFuture::called(self.inner.call(req), Some(picked), Some(in_flight), extras)
     }
 }
 

@@ -1,8 +1,9 @@
-//! Per-endpoint load the balancer reads: requests in flight and round-robin cursors.
+//! Per-endpoint load the balancer reads: requests in flight, round-robin cursors,
+//! first-seen times, outlier-detection state and consistent-hash tables.
 
 use std::{
-    collections::HashSet,
     fmt,
+    net::IpAddr,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU32, AtomicU64, Ordering},
@@ -12,13 +13,20 @@ use std::{
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
+use mesh_core::policy::{
+    hash::xxh64,
+    outlier::{Outcome, OutlierPolicy, OutlierState},
+};
 use tokio::time::Instant;
+
+use super::hash::CachedTable;
 
 /// Maps looked up on every request: foldhash rather than SipHash.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Requests in flight per endpoint and round-robin positions per destination, shared by every
-/// balancer of one mesh.
+/// balancer of one mesh; also each endpoint's outlier-detection state (ejections), when first
+/// seen (for warmup) and the consistent-hash tables of each destination.
 ///
 /// Create one per `Mesh` (or per process) and pass clones to each [`BalanceLayer`]: clones
 /// share the same counters, so LEAST_REQUEST sees the load that every stack puts on an
@@ -35,9 +43,11 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 ///
 /// # Memory
 ///
-/// Entries are kept when endpoints go away, about a hundred bytes each; call
+/// Entries are kept when endpoints go away, about two hundred bytes each; call
 /// [`prune_idle`](Self::prune_idle) after a configuration change to drop the counters that
-/// have nothing in flight and the cursors (round-robin then restarts at the first endpoint).
+/// have nothing in flight and are not ejected, the cursors (round-robin then restarts at the
+/// first endpoint) and the consistent-hash tables (rebuilt identically on the next request).
+/// A pruned endpoint starts its warmup and its ejection multiplier over.
 ///
 /// [`BalanceLayer`]: super::BalanceLayer
 #[derive(Clone, Default)]
@@ -49,10 +59,12 @@ struct Inner {
     maps: ArcSwap<Maps>,
     /// Serializes the writers (copy, change, publish).
     write: Mutex<()>,
-    /// Time zero for [`EndpointLoad`]'s down-until marks.
+    /// Time zero for [`EndpointLoad`]'s down-until marks, first-seen times and outlier
+    /// detection (whose sweep ticks are multiples of `interval` since then).
     epoch: Instant,
-    /// Hosts whose `consistentHash` fallback was logged already.
-    consistent_hash_logged: Mutex<HashSet<String>>,
+    /// The hash of the caller's own address, for `useSourceIp` when a request does not
+    /// carry its peer's address.
+    source_hash: u64,
 }
 
 /// What the balancer tracks per endpoint: requests in flight, and whether connecting to it
@@ -69,6 +81,13 @@ pub(super) struct EndpointLoad {
     /// Until when (milliseconds since the stats were created) the endpoint is avoided; 0 when
     /// it is not.
     down_until_ms: AtomicU64,
+    /// When the balancer first saw the endpoint (milliseconds since the stats were created).
+    first_seen_ms: u64,
+    /// Until when the endpoint is ejected by outlier detection (milliseconds since the stats
+    /// were created; 0 when it never was). Read without a lock when picking.
+    ejected_until_ms: AtomicU64,
+    /// Outlier detection's counters; locked only for destinations that configure it.
+    outlier: Mutex<OutlierState>,
 }
 
 /// The first pause after a connect failure; it doubles with each consecutive failure.
@@ -84,7 +103,62 @@ impl EndpointLoad {
             in_flight: AtomicU64::new(0),
             connect_failures: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
+            first_seen_ms: millis(epoch.elapsed()),
+            ejected_until_ms: AtomicU64::new(0),
+            outlier: Mutex::default(),
         }
+    }
+
+    /// When the balancer first saw the endpoint (milliseconds since the stats' epoch).
+    pub(super) fn first_seen_ms(&self) -> u64 {
+        self.first_seen_ms
+    }
+
+    /// True while outlier detection has the endpoint ejected.
+    pub(super) fn is_ejected(&self, now_ms: u64) -> bool {
+        now_ms < self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records an outcome for outlier detection at `now_ms`. When a count is reached,
+    /// `may_eject` is asked (it counts the destination's ejected endpoints) and the
+    /// endpoint is ejected if it allows.
+    pub(super) fn record_outcome(
+        &self,
+        policy: &OutlierPolicy,
+        outcome: Outcome,
+        now_ms: u64,
+        may_eject: impl FnOnce() -> bool,
+    ) {
+        let now = Duration::from_millis(now_ms);
+        let mut state = self.outlier.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(reason) = state.record(policy, outcome, now) else {
+            return;
+        };
+        if !may_eject() {
+            tracing::debug!(
+                endpoint = ?self.authority,
+                ?reason,
+                "outlier detection: ejection refused by maxEjectionPercent"
+            );
+            return;
+        }
+        let until = state.eject(policy, now);
+        self.ejected_until_ms
+            .store(millis(until), Ordering::Relaxed);
+        tracing::debug!(
+            endpoint = ?self.authority,
+            ?reason,
+            until_ms = millis(until),
+            "outlier detection: endpoint ejected"
+        );
+    }
+
+    /// How many times outlier detection ejected the endpoint.
+    pub(super) fn ejections(&self) -> u64 {
+        self.outlier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ejections()
     }
 
     /// `address:port` as a URI authority; `None` if the address cannot be one.
@@ -110,7 +184,7 @@ impl EndpointLoad {
     /// Records a connect failure: the endpoint is avoided for a backoff that doubles with
     /// each consecutive failure (0.5 s, 1 s, 2 s … 30 s).
     pub(super) fn connect_failed(&self) {
-        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2);
+        let now_ms = millis(self.epoch.elapsed());
         let n = self
             .connect_failures
             .fetch_add(1, Ordering::Relaxed)
@@ -130,11 +204,20 @@ impl EndpointLoad {
     }
 }
 
+/// Milliseconds in `d`, saturating well below `u64::MAX`.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// Consistent-hash tables by host → subset (`""` for none) → service port.
+type Tables = HashMap<String, HashMap<String, HashMap<u16, Arc<CachedTable>>>>;
+
 /// The counters, as published.
 #[derive(Clone, Default)]
 pub(super) struct Maps {
     in_flight: HashMap<String, HashMap<u16, Arc<EndpointLoad>>>,
     cursors: HashMap<String, HashMap<String, Arc<AtomicU64>>>,
+    tables: Tables,
 }
 
 impl Maps {
@@ -154,6 +237,16 @@ impl Maps {
         self.in_flight.get(address)?.get(&port)
     }
 
+    /// The consistent-hash table cached for a destination.
+    pub(super) fn table(
+        &self,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Option<&Arc<CachedTable>> {
+        self.tables.get(host)?.get(subset.unwrap_or(""))?.get(&port)
+    }
+
     /// Advances the round-robin cursor of `host`/`subset`, returning its previous value.
     pub(super) fn next_cursor(&self, host: &str, subset: Option<&str>) -> Option<u64> {
         let cursor = self.cursors.get(host)?.get(subset.unwrap_or(""))?;
@@ -167,7 +260,9 @@ impl Default for Inner {
             maps: ArcSwap::default(),
             write: Mutex::default(),
             epoch: Instant::now(),
-            consistent_hash_logged: Mutex::default(),
+            // No address known: a random one per mesh, so every request of this workload
+            // hashes alike (as a sidecar sees one source IP) while workloads differ.
+            source_hash: rand::random(),
         }
     }
 }
@@ -185,9 +280,41 @@ impl EndpointStats {
         self.read().in_flight(address, port)
     }
 
+    /// Statistics for a workload whose own address is `ip`: consistent hashing on
+    /// `useSourceIp` hashes it for requests that do not carry a
+    /// [`PeerAddr`](crate::server::PeerAddr) (see the [module docs](super)).
+    pub fn with_source_ip(ip: IpAddr) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source_hash: hash_ip(ip),
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// The `useSourceIp` hash of the workload itself.
+    pub(super) fn source_hash(&self) -> u64 {
+        self.inner.source_hash
+    }
+
     /// Milliseconds since these statistics were created (tokio time, so tests can pause it).
     pub(super) fn now_ms(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+        millis(self.inner.epoch.elapsed())
+    }
+
+    /// True while outlier detection has `address:port` ejected.
+    pub fn ejected(&self, address: &str, port: u16) -> bool {
+        let now = self.now_ms();
+        self.read()
+            .counter_ref(address, port)
+            .is_some_and(|c| c.is_ejected(now))
+    }
+
+    /// How many times outlier detection ejected `address:port`.
+    pub fn ejections(&self, address: &str, port: u16) -> u64 {
+        self.read()
+            .counter_ref(address, port)
+            .map_or(0, |c| c.ejections())
     }
 
     /// True while `address:port` is avoided after connect failures.
@@ -195,18 +322,23 @@ impl EndpointStats {
         self.read().is_down(address, port, self.now_ms())
     }
 
-    /// Drops the counters with nothing in flight and every round-robin cursor.
+    /// Drops the counters with nothing in flight that are not ejected, every round-robin
+    /// cursor and every consistent-hash table.
     pub fn prune_idle(&self) {
+        let now = self.now_ms();
         self.update(|maps| {
             maps.in_flight.retain(|_, ports| {
                 // A counter referenced only by the published maps (the old and this copy) and
                 // at zero has no request in flight. A request that loaded the old maps just
                 // before may still count into a dropped counter; the endpoint then gets a new
                 // one on its next pick, and least-request misjudges its load for one request.
-                ports.retain(|_, c| Arc::strong_count(c) > 2 || c.in_flight() > 0);
+                ports.retain(|_, c| {
+                    Arc::strong_count(c) > 2 || c.in_flight() > 0 || c.is_ejected(now)
+                });
                 !ports.is_empty()
             });
             maps.cursors.clear();
+            maps.tables.clear();
         });
     }
 
@@ -253,14 +385,37 @@ impl EndpointStats {
         })
     }
 
-    /// True the first time it is called for `host` (so a fallback is logged once per host).
-    pub(super) fn first_consistent_hash_fallback(&self, host: &str) -> bool {
-        let mut logged = self
-            .inner
-            .consistent_hash_logged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        !logged.contains(host) && logged.insert(host.to_owned())
+    /// Creates the counters of `endpoints` (`address`, port) that do not exist yet, in one
+    /// update (warmup needs to know when each endpoint was first seen).
+    pub(super) fn insert_counters<'a>(&self, missing: impl IntoIterator<Item = (&'a str, u16)>) {
+        let epoch = self.inner.epoch;
+        self.update(|maps| {
+            for (address, port) in missing {
+                maps.in_flight
+                    .entry(address.to_owned())
+                    .or_default()
+                    .entry(port)
+                    .or_insert_with(|| Arc::new(EndpointLoad::new(epoch, address, port)));
+            }
+        });
+    }
+
+    /// Publishes the consistent-hash table of a destination.
+    pub(super) fn insert_table(
+        &self,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+        table: Arc<CachedTable>,
+    ) {
+        self.update(|maps| {
+            maps.tables
+                .entry(host.to_owned())
+                .or_default()
+                .entry(subset.unwrap_or("").to_owned())
+                .or_default()
+                .insert(port, table);
+        });
     }
 }
 
@@ -294,6 +449,14 @@ impl InFlight {
     /// The endpoint's load.
     pub(super) fn load(&self) -> &EndpointLoad {
         &self.0
+    }
+}
+
+/// The `useSourceIp` hash of an address (its octets).
+pub(super) fn hash_ip(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => xxh64(&v4.octets(), 0),
+        IpAddr::V6(v6) => xxh64(&v6.octets(), 0),
     }
 }
 

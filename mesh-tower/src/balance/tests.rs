@@ -383,16 +383,27 @@ async fn in_flight_ends_when_the_inner_service_fails() {
 }
 
 #[tokio::test]
-async fn consistent_hash_falls_back_to_least_request() {
+async fn consistent_hash_sticks_to_one_endpoint_per_key() {
     let (mut svc, mut handle, _) = from_target();
     let snap = snapshot();
-    let req = request(
-        "http://reviews:9080/",
-        Some(target(&snap, REVIEWS, Some("v1-hash"), 9080)),
-    );
-    let (sent, _) = roundtrip(&mut svc, &mut handle, req).await;
-    let authority = sent.uri().authority().expect("absolute").to_string();
-    assert!(["127.0.0.1:9081", "127.0.0.2:9082"].contains(&authority.as_str()));
+    let mut owners = std::collections::BTreeSet::new();
+    for user in 0..20 {
+        let mut first = None;
+        for _ in 0..3 {
+            let mut req = request(
+                "http://reviews:9080/",
+                Some(target(&snap, REVIEWS, Some("v1-hash"), 9080)),
+            );
+            req.headers_mut()
+                .insert("x-user", format!("user-{user}").parse().expect("header"));
+            let (sent, _) = roundtrip(&mut svc, &mut handle, req).await;
+            let authority = sent.uri().authority().expect("absolute").to_string();
+            assert!(["127.0.0.1:9081", "127.0.0.2:9082"].contains(&authority.as_str()));
+            assert_eq!(first.get_or_insert_with(|| authority.clone()), &authority);
+        }
+        owners.extend(first);
+    }
+    assert_eq!(owners.len(), 2);
 }
 
 #[tokio::test]
@@ -522,4 +533,21 @@ async fn the_only_endpoint_is_used_even_while_it_is_avoided() {
     assert!(fut.await.is_err());
     let (sent, _) = roundtrip(&mut svc, &mut handle, v2()).await;
     assert_eq!(sent.uri().authority().unwrap().as_str(), "127.0.0.3:9083");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pruning_keeps_ejected_endpoints() {
+    use mesh_core::policy::outlier::{Outcome, OutlierPolicy};
+    let stats = EndpointStats::new();
+    let counter = stats.counter_or_insert("127.0.0.1", 1);
+    let policy = OutlierPolicy::default().consecutive_5xx(1);
+    counter.record_outcome(&policy, Outcome::Response(500), stats.now_ms(), || true);
+    drop(counter);
+    assert!(stats.ejected("127.0.0.1", 1));
+    stats.prune_idle();
+    assert!(stats.ejected("127.0.0.1", 1));
+    assert_eq!(stats.ejections("127.0.0.1", 1), 1);
+    tokio::time::advance(std::time::Duration::from_secs(30)).await;
+    stats.prune_idle();
+    assert!(format!("{stats:?}").contains("endpoints: 0"));
 }

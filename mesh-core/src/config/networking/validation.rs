@@ -36,6 +36,7 @@ use super::{
 use crate::{
     config::common::{StringMatch, check_port},
     duration::Duration,
+    policy::hash::{MAGLEV_MAX_TABLE_SIZE, is_prime},
     validate::{Checker, Validate},
 };
 
@@ -1223,9 +1224,6 @@ impl Validate for HttpCookie {
     }
 }
 
-/// Maglev's table size must be a prime below this (Envoy's limit).
-const MAGLEV_MAX_TABLE_SIZE: u64 = 5_000_011;
-
 impl Validate for MagLev {
     fn validate(&self, cx: &mut Checker<'_>) {
         let Some(size) = self.table_size else {
@@ -1241,27 +1239,6 @@ impl Validate for MagLev {
             ));
         }
     }
-}
-
-/// Trial division; only called below [`MAGLEV_MAX_TABLE_SIZE`].
-fn is_prime(n: u64) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n < 4 {
-        return true;
-    }
-    if n.is_multiple_of(2) {
-        return false;
-    }
-    let mut f = 3;
-    while f * f <= n {
-        if n.is_multiple_of(f) {
-            return false;
-        }
-        f += 2;
-    }
-    true
 }
 
 impl Validate for ConnectionPoolSettings {
@@ -1342,6 +1319,17 @@ impl Validate for OutlierDetection {
             cx.at("consecutiveLocalOriginFailures").error(
                 "consecutiveLocalOriginFailures only applies when splitExternalLocalOriginErrors is true",
             );
+        }
+        if let (Some(gateway), Some(any)) =
+            (self.consecutive_gateway_errors, self.consecutive_5xx_errors)
+            && gateway > 0
+            && any > 0
+            && gateway >= any
+        {
+            cx.at("consecutiveGatewayErrors").warning(format!(
+                "consecutiveGatewayErrors ({gateway}) has no effect: gateway errors are 5xx, so \
+                 consecutive5xxErrors ({any}) ejects first"
+            ));
         }
         check_duration(cx, "interval", self.interval);
         check_duration(cx, "baseEjectionTime", self.base_ejection_time);
@@ -2345,6 +2333,28 @@ mod tests {
         assert_eq!(primes, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
         assert!(is_prime(65537));
         assert!(!is_prime(65536));
+    }
+
+    #[test]
+    fn gateway_errors_at_or_above_5xx_are_ineffective() {
+        let dr = |od: &str| {
+            let yaml = format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: r, namespace: default }}\nspec: {{ host: r, trafficPolicy: {{ outlierDetection: {od} }} }}\n"
+            );
+            let loaded = crate::config::load_str(&yaml, None);
+            crate::validate::validate_all(&loaded.resources)
+                .0
+                .iter()
+                .filter_map(|f| f.field.as_ref().map(|p| p.as_str().to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let path = "spec.trafficPolicy.outlierDetection.consecutiveGatewayErrors";
+        assert_eq!(
+            dr("{ consecutive5xxErrors: 3, consecutiveGatewayErrors: 3 }"),
+            [path]
+        );
+        assert!(dr("{ consecutive5xxErrors: 5, consecutiveGatewayErrors: 2 }").is_empty());
+        assert!(dr("{ consecutive5xxErrors: 0, consecutiveGatewayErrors: 2 }").is_empty());
     }
 
     #[test]
