@@ -22,6 +22,7 @@
 //! those seven layers ([`ByRoute`]).
 
 use std::{
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -177,8 +178,10 @@ where
 {
     type Response = http::Response<Body>;
     type Error = BoxError;
+    // The policy path's future nests seven layers' futures: boxed, so that the plain path's
+    // future (and every future wrapping it, up to the caller's) stays small to move.
     type Future = Either<
-        futures_util::future::MapErr<P::Future, fn(P::Error) -> BoxError>,
+        Pin<Box<futures_util::future::MapErr<P::Future, fn(P::Error) -> BoxError>>>,
         futures_util::future::MapErr<L::Future, fn(L::Error) -> BoxError>,
     >;
 
@@ -191,7 +194,9 @@ where
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         use futures_util::TryFutureExt;
         if needs_route_policies(&req) {
-            Either::Left(self.policies.call(req).map_err(Into::into as fn(_) -> _))
+            Either::Left(Box::pin(
+                self.policies.call(req).map_err(Into::into as fn(_) -> _),
+            ))
         } else {
             Either::Right(self.plain.call(req).map_err(Into::into as fn(_) -> _))
         }
