@@ -73,7 +73,7 @@ use mesh_core::{
     validate::{Finding, Findings, Severity, codes},
 };
 use tokio::net::TcpListener;
-use tower::{Service, util::BoxCloneSyncService};
+use tower::Service;
 
 use crate::{
     body::{self, Body},
@@ -402,10 +402,11 @@ impl Mesh {
     /// state.
     pub fn http_client(&self) -> HttpClient {
         HttpClient {
-            inner: stack::outbound(
+            inner: stack::outbound_stack(
                 self.inner.watcher.handle(),
                 self.inner.caller.clone(),
                 &self.inner.parts,
+                self.inner.parts.connect.clone(),
             ),
         }
     }
@@ -548,7 +549,7 @@ where
 /// The outbound client of a [`Mesh`]: a cloneable tower service for any request body.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>,
+    inner: stack::Outbound<Connect>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -564,10 +565,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = BoxError;
-    type Future =
-        <BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError> as Service<
-            http::Request<Body>,
-        >>::Future;
+    type Future = <stack::Outbound<Connect> as Service<http::Request<Body>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

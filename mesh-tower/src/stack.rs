@@ -26,6 +26,7 @@
 //! those seven layers ([`ByRoute`]).
 
 use std::{
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -37,7 +38,10 @@ use mesh_core::{
     BoxError,
     snapshot::{Action, Snapshot},
 };
-use tower::{ServiceBuilder, util::BoxCloneSyncService};
+use tower::{
+    ServiceBuilder, ServiceExt,
+    util::{BoxCloneSyncService, Oneshot},
+};
 
 use crate::{
     balance::{BalanceLayer, EndpointStats},
@@ -91,6 +95,69 @@ impl StackParts {
     }
 }
 
+/// The layers every request goes through below the route: retries, circuit breakers,
+/// balancing, `leaf`.
+pub type Lower<L> = crate::retry::Retry<crate::breaker::CircuitBreaker<crate::balance::Balance<L>>>;
+
+/// The route-policy layers, over [`Lower`].
+pub type Policies<L> = crate::cors::Cors<
+    crate::respond::Respond<
+        crate::headers::Rewrite<
+            crate::headers::HeaderOps<
+                crate::timeout::Timeout<crate::fault::Fault<crate::mirror::Mirror<Lower<L>>>>,
+            >,
+        >,
+    >,
+>;
+
+/// The whole outbound stack over `leaf` as a concrete type ([`outbound_stack`]): cloning it
+/// and calling it box nothing.
+pub type Outbound<L> = RescueService<crate::route::Route<ByRoute<Policies<L>, Lower<L>>>>;
+
+type RescueService<S> = crate::rescue::Rescue<S>;
+
+/// [`outbound_over`] as a concrete type, for a caller that can name it (the mesh's own
+/// client): no boxed service, no boxed future per request.
+pub fn outbound_stack<S>(
+    source: Arc<ArcSwap<Snapshot>>,
+    caller: Caller,
+    parts: &StackParts,
+    leaf: S,
+) -> Outbound<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    // Retries, circuit breakers, balancing and the connection: every request goes through
+    // them.
+    let lower = ServiceBuilder::new()
+        .layer(
+            RetryLayer::from_target()
+                .with_budgets(parts.retry_budgets.clone())
+                .with_stats(parts.retry_stats.clone()),
+        )
+        .layer(CircuitBreakerLayer::from_target().with_breakers(parts.breakers.clone()))
+        .layer(BalanceLayer::from_target(parts.endpoint_stats.clone()))
+        .service(leaf);
+    // The route's own policies: only requests whose rule has some go through these layers.
+    let policies = ServiceBuilder::new()
+        .layer(CorsLayer::from_target())
+        .layer(RespondLayer::from_target())
+        .layer(RewriteLayer::from_target())
+        .layer(HeaderOpsLayer::from_target())
+        .layer(RouteTimeoutLayer::from_target())
+        .layer(FaultLayer::from_target())
+        .layer(MirrorLayer::from_target())
+        .service(lower.clone());
+    ServiceBuilder::new()
+        .layer(RescueLayer::new())
+        .layer(RouteLayer::from_shared(source, caller))
+        .service(ByRoute {
+            policies: Arc::new(policies),
+            plain: lower,
+        })
+}
+
 /// The outbound client stack, routing with the snapshots in `source` for `caller`.
 pub fn outbound(
     source: Arc<ArcSwap<Snapshot>>,
@@ -117,35 +184,7 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    // Retries, circuit breakers, balancing and the connection: every request goes through
-    // them.
-    let lower = ServiceBuilder::new()
-        .layer(
-            RetryLayer::from_target()
-                .with_budgets(parts.retry_budgets.clone())
-                .with_stats(parts.retry_stats.clone()),
-        )
-        .layer(CircuitBreakerLayer::from_target().with_breakers(parts.breakers.clone()))
-        .layer(BalanceLayer::from_target(parts.endpoint_stats.clone()))
-        .service(leaf);
-    // The route's own policies: only requests whose rule has some go through these layers.
-    let policies = ServiceBuilder::new()
-        .layer(CorsLayer::from_target())
-        .layer(RespondLayer::from_target())
-        .layer(RewriteLayer::from_target())
-        .layer(HeaderOpsLayer::from_target())
-        .layer(RouteTimeoutLayer::from_target())
-        .layer(FaultLayer::from_target())
-        .layer(MirrorLayer::from_target())
-        .service(lower.clone());
-    let svc = ServiceBuilder::new()
-        .layer(RescueLayer::new())
-        .layer(RouteLayer::from_shared(source, caller))
-        .service(ByRoute {
-            policies,
-            plain: lower,
-        });
-    BoxCloneSyncService::new(svc)
+    BoxCloneSyncService::new(outbound_stack(source, caller, parts, leaf))
 }
 
 /// Sends a request through the route-policy layers (CORS, redirects and direct responses,
@@ -155,7 +194,9 @@ where
 /// seven layers that would do nothing saves their futures and request moves on every request.
 #[derive(Clone, Debug)]
 pub struct ByRoute<P, L> {
-    policies: P,
+    /// Shared, and cloned only for a request that takes it: cloning the stack (once per
+    /// request in tower) then clones the plain path alone.
+    policies: Arc<P>,
     plain: L,
 }
 
@@ -180,28 +221,40 @@ pub fn needs_route_policies<B>(req: &http::Request<B>) -> bool {
 
 impl<P, L> tower::Service<http::Request<Body>> for ByRoute<P, L>
 where
-    P: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+    P: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone,
     P::Error: Into<BoxError>,
     L: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
     L::Error: Into<BoxError>,
 {
     type Response = http::Response<Body>;
     type Error = BoxError;
+    // The policy path's future nests seven layers' futures: boxed, so that the plain path's
+    // future (and every future wrapping it, up to the caller's) stays small to move.
     type Future = Either<
-        futures_util::future::MapErr<P::Future, fn(P::Error) -> BoxError>,
+        Pin<
+            Box<
+                futures_util::future::MapErr<
+                    Oneshot<P, http::Request<Body>>,
+                    fn(P::Error) -> BoxError,
+                >,
+            >,
+        >,
         futures_util::future::MapErr<L::Future, fn(L::Error) -> BoxError>,
     >;
 
+    /// Ready when the plain path is; the policy path is driven to readiness by the request
+    /// that takes it.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Both must be ready: which one a request takes is only known in `call`.
-        std::task::ready!(self.policies.poll_ready(cx)).map_err(Into::into)?;
         self.plain.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         use futures_util::TryFutureExt;
         if needs_route_policies(&req) {
-            Either::Left(self.policies.call(req).map_err(Into::into as fn(_) -> _))
+            let policies = P::clone(&self.policies);
+            Either::Left(Box::pin(
+                policies.oneshot(req).map_err(Into::into as fn(_) -> _),
+            ))
         } else {
             Either::Right(self.plain.call(req).map_err(Into::into as fn(_) -> _))
         }

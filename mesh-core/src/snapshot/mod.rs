@@ -779,10 +779,14 @@ impl Snapshot {
                 dst.copy_from_slice(part.as_bytes());
                 len += part.len();
             }
-            if let Some(fqdn) = buf.get(..len).and_then(|b| std::str::from_utf8(b).ok())
-                && known(fqdn)
-            {
-                return self.intern_str(fqdn);
+            if let Some(fqdn) = buf.get(..len).and_then(|b| std::str::from_utf8(b).ok()) {
+                // One lookup: every host a service, rule or route names exactly is interned.
+                if let Some(shared) = self.interned.get(fqdn) {
+                    return Arc::clone(shared);
+                }
+                if known(fqdn) {
+                    return self.intern_str(fqdn);
+                }
             }
         }
         let path = host::search_path(requested, ns, &self.settings.domain);

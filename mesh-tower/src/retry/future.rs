@@ -28,19 +28,20 @@ use super::{
 };
 use crate::{
     body::Body,
-    error::PerTryTimeout,
+    error::{PerTryTimeout, UpstreamConnectFailure, UpstreamReset},
     flags::{ResponseFlag, ResponseFlags},
-    target::{DestinationHeaders, Target, TriedEndpoints},
+    target::{DestinationHeaders, PickedEndpoint, Target, TriedEndpoints},
 };
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry): the inner future itself when the
-    /// request cannot be retried, else the retry loop.
-    pub struct ResponseFuture<F> {
+    /// request cannot be retried; the first try polled in place, with what a retry needs kept
+    /// aside, for a request whose body needs no buffering; else the retry loop.
+    pub struct ResponseFuture<S, F> {
         #[pin]
-        kind: Kind<F>,
+        kind: Kind<S, F>,
         // Counts the request as active until it completes (the retry loop holds its own).
         active: Option<RequestGuard>,
     }
@@ -48,17 +49,37 @@ pin_project! {
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F> {
+    enum Kind<S, F> {
         Once { #[pin] future: F },
+        First { #[pin] future: F, rest: Option<FirstTry<S>> },
         Retrying { future: BoxFuture },
     }
 }
 
-impl<F> ResponseFuture<F> {
+/// What the retries of a request whose first try is in flight need.
+pub(super) struct FirstTry<S> {
+    pub(super) svc: S,
+    pub(super) template: Template,
+    pub(super) policy: PolicyRef,
+    pub(super) shared: Arc<Shared>,
+}
+
+impl<S, F> ResponseFuture<S, F> {
     pub(super) fn once(future: F, active: Option<RequestGuard>) -> Self {
         Self {
             kind: Kind::Once { future },
             active,
+        }
+    }
+
+    /// The first try `future` is in flight; `rest` holds what retries need.
+    pub(super) fn first(future: F, rest: FirstTry<S>, active: RequestGuard) -> Self {
+        Self {
+            kind: Kind::First {
+                future,
+                rest: Some(rest),
+            },
+            active: Some(active),
         }
     }
 
@@ -70,10 +91,11 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<S, F> fmt::Debug for ResponseFuture<S, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
             Kind::Once { .. } => "once",
+            Kind::First { .. } => "first try",
             Kind::Retrying { .. } => "retrying",
         };
         f.debug_struct("ResponseFuture")
@@ -82,21 +104,62 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<S, F, E> Future for ResponseFuture<S, F>
 where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
     F: Future<Output = Result<Response<Body>, E>>,
     E: Into<BoxError>,
 {
     type Output = Result<Response<Body>, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let out = match this.kind.project() {
-            KindProj::Once { future } => std::task::ready!(future.poll(cx)).map_err(Into::into),
-            KindProj::Retrying { future } => std::task::ready!(future.as_mut().poll(cx)),
-        };
-        this.active.take();
-        Poll::Ready(out)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let out = match this.kind.as_mut().project() {
+                KindProj::Once { future } => std::task::ready!(future.poll(cx)).map_err(Into::into),
+                KindProj::Retrying { future } => std::task::ready!(future.as_mut().poll(cx)),
+                KindProj::First { future, rest } => {
+                    let result = std::task::ready!(future.poll(cx)).map_err(Into::into);
+                    let Some(first) = rest.take() else {
+                        return Poll::Ready(result);
+                    };
+                    // The common case: nothing to retry, decided without the loop.
+                    if !first
+                        .policy
+                        .get()
+                        .retriable(&first.template.method, &classify::outcome(&result))
+                    {
+                        result
+                    } else {
+                        let Some(active) = this.active.take() else {
+                            return Poll::Ready(result);
+                        };
+                        let FirstTry {
+                            svc,
+                            template,
+                            policy,
+                            shared,
+                        } = first;
+                        let method = template.method.clone();
+                        let retrying = Box::pin(retry_after(
+                            svc,
+                            Some(template),
+                            policy,
+                            shared,
+                            active,
+                            method,
+                            result,
+                        ));
+                        this.kind.set(Kind::Retrying { future: retrying });
+                        continue;
+                    }
+                }
+            };
+            this.active.take();
+            return Poll::Ready(out);
+        }
     }
 }
 
@@ -133,7 +196,8 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send,
 {
-    let policy = policy.get();
+    let policy_ref = policy;
+    let policy = policy_ref.get();
     let max_retries = policy.max_retries();
     let per_try = policy.per_try_timeout();
 
@@ -146,23 +210,52 @@ where
             Prepared::Once(body) => (body, None),
         }
     };
+    // Which endpoints were tried: the balancer records its picks in a `TriedEndpoints`. The
+    // first try's endpoint is also known from its outcome (the response's `PickedEndpoint`,
+    // the connect or reset error's endpoint), except when a per-try timeout drops the try:
+    // only then does the first try need the shared list; otherwise it is created for the
+    // first retry, which saves an allocation and a map insert on every request.
+    let avoid = policy.ignore_previous_hosts();
     let template = replay.map(|replay| {
-        if policy.ignore_previous_hosts() && parts.extensions.get::<TriedEndpoints>().is_none() {
+        if avoid && per_try.is_some() && parts.extensions.get::<TriedEndpoints>().is_none() {
             parts.extensions.insert(TriedEndpoints::default());
         }
         Template::new(&parts, replay)
     });
     let method = parts.method.clone();
 
-    let mut req = Request::from_parts(parts, first_body);
+    let req = Request::from_parts(parts, first_body);
+    let first = try_once(&mut svc, req, false, per_try).await;
+    retry_after(svc, template, policy_ref, shared, active, method, first).await
+}
+
+/// The retry loop after the first try gave `result`: retries while the policy, the tries
+/// left and the budget allow, and returns the last outcome.
+pub(super) async fn retry_after<S>(
+    mut svc: S,
+    mut template: Option<Template>,
+    policy: PolicyRef,
+    shared: Arc<Shared>,
+    active: RequestGuard,
+    method: Method,
+    mut result: Result<Response<Body>, BoxError>,
+) -> Result<Response<Body>, BoxError>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    let policy = policy.get();
+    let max_retries = policy.max_retries();
+    let per_try = policy.per_try_timeout();
+    let avoid = policy.ignore_previous_hosts();
     let mut retries = 0;
     let mut in_flight: Option<RetryGuard> = None;
     loop {
-        let result = try_once(&mut svc, req, retries > 0, per_try).await;
         // The retry (if this was one) is over.
         drop(in_flight.take());
 
-        let Some(template) = &template else {
+        let Some(template) = &mut template else {
             return result;
         };
         if !policy.retriable(&method, &classify::outcome(&result)) {
@@ -178,6 +271,9 @@ where
             return exhausted(result);
         };
         in_flight = Some(guard);
+        if avoid {
+            template.track_tries(&result);
+        }
         drop(result);
 
         retries += 1;
@@ -187,7 +283,7 @@ where
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
-        req = template.request();
+        result = try_once(&mut svc, template.request(), true, per_try).await;
     }
 }
 
@@ -224,6 +320,21 @@ fn exhausted(result: Result<Response<Body>, BoxError>) -> Result<Response<Body>,
     })
 }
 
+/// The endpoint a failed try went to, from the connect or reset error in `e`'s chain.
+fn failed_endpoint<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a str> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(f) = err.downcast_ref::<UpstreamConnectFailure>() {
+            return Some(&f.endpoint);
+        }
+        if let Some(r) = err.downcast_ref::<UpstreamReset>() {
+            return Some(&r.endpoint);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// A uniformly random pause below `ceiling`.
 fn draw_backoff(ceiling: Duration) -> Duration {
     if ceiling.is_zero() {
@@ -233,7 +344,7 @@ fn draw_backoff(ceiling: Duration) -> Duration {
 }
 
 /// What every try of a request is built from.
-struct Template {
+pub(super) struct Template {
     method: Method,
     uri: Uri,
     version: Version,
@@ -285,6 +396,22 @@ impl ReplayExtensions {
         }
     }
 
+    fn tried(&self) -> Option<&TriedEndpoints> {
+        match self {
+            Self::Mesh { tried, .. } => tried.as_ref(),
+            Self::All(extensions) => extensions.get::<TriedEndpoints>(),
+        }
+    }
+
+    fn set_tried(&mut self, list: TriedEndpoints) {
+        match self {
+            Self::Mesh { tried, .. } => *tried = Some(list),
+            Self::All(extensions) => {
+                extensions.insert(list);
+            }
+        }
+    }
+
     fn to_extensions(&self) -> Extensions {
         match self {
             Self::Mesh {
@@ -310,7 +437,7 @@ impl ReplayExtensions {
 }
 
 impl Template {
-    fn new(parts: &http::request::Parts, body: Replay) -> Self {
+    pub(super) fn new(parts: &http::request::Parts, body: Replay) -> Self {
         Self {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -319,6 +446,28 @@ impl Template {
             extensions: ReplayExtensions::capture(&parts.extensions),
             body,
         }
+    }
+
+    /// Makes sure the next tries share a [`TriedEndpoints`], seeded with the endpoint of the
+    /// try that produced `result` when the list was not there yet.
+    fn track_tries(&mut self, result: &Result<Response<Body>, BoxError>) {
+        if self.extensions.tried().is_some() {
+            return;
+        }
+        let tried = TriedEndpoints::default();
+        match result {
+            Ok(res) => {
+                if let Some(picked) = res.extensions().get::<PickedEndpoint>() {
+                    tried.record_authority(&picked.authority);
+                }
+            }
+            Err(e) => {
+                if let Some(endpoint) = failed_endpoint(e.as_ref()) {
+                    tried.record(endpoint);
+                }
+            }
+        }
+        self.extensions.set_tried(tried);
     }
 
     /// A copy of the request for one more try.

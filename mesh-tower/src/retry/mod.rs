@@ -29,9 +29,12 @@
 //! - **Back-off**: before retry `n` the layer sleeps a uniformly random duration below
 //!   [`backoff_ceiling`]`(n, base)` = `min((2^n − 1) × base, 10 × base)`, `base` = the policy's
 //!   `backoff` (25 ms unless set), so 250 ms at most by default.
-//! - **Other endpoints**: unless `retryIgnorePreviousHosts: false`, the first try's request
-//!   extensions get a [`TriedEndpoints`] (or keep the one already there) that every try shares;
-//!   the balancer records its picks there and prefers endpoints not tried yet.
+//! - **Other endpoints**: unless `retryIgnorePreviousHosts: false`, the retries' request
+//!   extensions get a [`TriedEndpoints`] (or keep the one already there) that every try shares,
+//!   seeded with the first try's endpoint (from its response's
+//!   [`PickedEndpoint`](crate::target::PickedEndpoint) or its connect or reset error); the
+//!   balancer records its picks there and prefers endpoints not tried yet. With a per-try
+//!   timeout the first try gets it too, as a timed-out try leaves no outcome to read.
 //! - **Outcome**: when a retry was wanted but the tries or the budget ran out, the last
 //!   response gets the [`UpstreamRetryLimitExceeded`](crate::flags::ResponseFlag::UpstreamRetryLimitExceeded)
 //!   flag (`URX`), as Envoy sets it. An error is returned as it came.

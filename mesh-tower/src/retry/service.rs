@@ -7,11 +7,13 @@ use std::{
 };
 
 use http::{Request, Response};
+use http_body::Body as _;
 use mesh_core::{BoxError, policy::retry::RetryPolicy};
 use tower::{Layer, Service};
 
 use super::{
-    future::{PolicyRef, ResponseFuture, run},
+    body::Replay,
+    future::{FirstTry, PolicyRef, ResponseFuture, Template, run},
     layer::{PolicySource, RetryLayer, Shared},
 };
 use crate::{body::Body, target::Target};
@@ -69,7 +71,7 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -101,7 +103,21 @@ where
             return ResponseFuture::once(self.inner.call(req), Some(active));
         }
         let clone = self.inner.clone();
-        let svc = mem::replace(&mut self.inner, clone);
+        let mut svc = mem::replace(&mut self.inner, clone);
+        // A request without a body and without a per-try timeout (most requests): the first
+        // try is polled in place and the retry loop is only started when a retry is wanted.
+        if p.per_try_timeout().is_none() && req.body().is_end_stream() {
+            let (parts, body) = req.into_parts();
+            let template = Template::new(&parts, Replay::default());
+            let future = svc.call(Request::from_parts(parts, body));
+            let rest = FirstTry {
+                svc,
+                template,
+                policy,
+                shared: self.shared.clone(),
+            };
+            return ResponseFuture::first(future, rest, active);
+        }
         ResponseFuture::retrying(Box::pin(run(svc, req, policy, self.shared.clone(), active)))
     }
 }

@@ -631,17 +631,66 @@ async fn a_failing_request_body_fails_the_request() {
 // === endpoints tried ===
 
 #[tokio::test(start_paused = true)]
-async fn tried_endpoints_are_shared_across_tries() {
+async fn retries_know_the_endpoints_tried_before() {
+    // A connect failure names its endpoint: the retry's list starts with it.
     let (mut svc, mut handle) = spawn_policy(RetryPolicy::MeshDefault);
     let fut = call(&mut svc, get());
     let (first, send) = handle.next_request().await.unwrap();
-    let tried = first.extensions().get::<TriedEndpoints>().unwrap().clone();
-    tried.record("10.0.0.1:9080"); // what the balancer does
+    assert!(
+        first.extensions().get::<TriedEndpoints>().is_none(),
+        "the first try's endpoint is read from its outcome"
+    );
     send.send_error(connect_failure());
+    let (second, send) = handle.next_request().await.unwrap();
+    let tried = second.extensions().get::<TriedEndpoints>().unwrap().clone();
+    assert_eq!(tried.snapshot().as_slice(), ["10.0.0.1:9080"]);
+    tried.record("10.0.0.2:9080"); // what the balancer does
+    send.send_error(connect_failure());
+    let third = respond(&mut handle, status(200)).await;
+    let again = third.extensions().get::<TriedEndpoints>().unwrap();
+    assert!(
+        Arc::ptr_eq(&tried.0, &again.0),
+        "later tries share the list"
+    );
+    assert!(again.contains("10.0.0.2:9080"));
+    fut.await.unwrap().unwrap();
+
+    // A response carries the endpoint it came from.
+    let fut = call(&mut svc, get());
+    let (_first, send) = handle.next_request().await.unwrap();
+    let mut res = status(503);
+    res.extensions_mut().insert(crate::target::PickedEndpoint {
+        endpoint: Arc::new(mesh_core::snapshot::Endpoint {
+            address: "10.0.0.3".into(),
+            ports: Default::default(),
+            labels: Default::default(),
+            service_account: String::new(),
+            namespace: String::new(),
+            weight: 1,
+            workload: None,
+        }),
+        authority: "10.0.0.3:9080".parse().unwrap(),
+    });
+    send.send_response(res);
+    let second = respond(&mut handle, status(200)).await;
+    let tried = second.extensions().get::<TriedEndpoints>().unwrap();
+    assert_eq!(tried.snapshot().as_slice(), ["10.0.0.3:9080"]);
+    fut.await.unwrap().unwrap();
+
+    // With a per-try timeout the first try shares the list (a timed-out try has no
+    // outcome to read).
+    let mut policy = explicit("5xx", 1);
+    policy.per_try_timeout = Some(Duration::from_secs(1));
+    let (mut svc, mut handle) = spawn_policy(RetryPolicy::Explicit(policy));
+    let fut = call(&mut svc, get());
+    let (first, _send) = handle.next_request().await.unwrap();
+    let tried = first.extensions().get::<TriedEndpoints>().unwrap().clone();
+    tried.record("10.0.0.4:9080");
+    tokio::time::advance(Duration::from_secs(2)).await;
     let second = respond(&mut handle, status(200)).await;
     let again = second.extensions().get::<TriedEndpoints>().unwrap();
     assert!(Arc::ptr_eq(&tried.0, &again.0));
-    assert!(again.contains("10.0.0.1:9080"));
+    assert!(again.contains("10.0.0.4:9080"));
     fut.await.unwrap().unwrap();
 
     // One already in the request is kept.
