@@ -398,3 +398,74 @@ async fn mutual_tls_with_ca_dir() {
 
     httpbin.stop().await;
 }
+
+/// Istio's circuit-breaking task, with its DestinationRule applied by `meshctl apply`: one
+/// caller at a time always finds the connection free; three at once overflow the pending
+/// queue and get the mesh's own 503 with flag `UO`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_circuit_breaking_task() {
+    let httpbin = Httpbin::start().await;
+    let rules = tempfile::tempdir().unwrap();
+    let rule = rules.path().join("httpbin-circuit-breaker.yaml");
+    std::fs::write(
+        &rule,
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: httpbin, namespace: default }
+spec:
+  host: httpbin
+  trafficPolicy:
+    connectionPool:
+      tcp: { maxConnections: 1 }
+      http: { http1MaxPendingRequests: 1, maxRequestsPerConnection: 1 }
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 3m
+      maxEjectionPercent: 100
+",
+    )
+    .unwrap();
+    let out = meshctl(vec![
+        "--config-dir".to_owned(),
+        httpbin.dir().display().to_string(),
+        "apply".to_owned(),
+        "-f".to_owned(),
+        rule.display().to_string(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One caller: never more than one request in flight, all 200.
+    let one = load_json(
+        httpbin.dir(),
+        &["-c", "1", "-n", "20", "http://httpbin:8000/get"],
+    )
+    .await;
+    assert_eq!(one["codes"], serde_json::json!({"200": 20}), "{one}");
+    assert_eq!(one["flags"], serde_json::json!({}), "{one}");
+
+    // Three callers: one request active, one pending, the third overflows. Each request takes
+    // 50 ms so that the callers overlap on any machine (Istio's task relies on the sidecars'
+    // latency for that).
+    let three = load_json(
+        httpbin.dir(),
+        &["-c", "3", "-n", "30", "http://httpbin:8000/delay/0.05"],
+    )
+    .await;
+    assert_eq!(sum(&three["codes"]), 30, "{three}");
+    let ok = three["codes"]["200"].as_u64().unwrap_or(0);
+    let overflowed = three["codes"]["503"].as_u64().unwrap_or(0);
+    assert!(ok > 0 && overflowed > 0, "{three}");
+    assert_eq!(ok + overflowed, 30, "{three}");
+    assert_eq!(
+        three["flags"],
+        serde_json::json!({"UO": overflowed}),
+        "every 503 is the mesh's overflow: {three}"
+    );
+    httpbin.stop().await;
+}

@@ -1376,6 +1376,11 @@ impl Validate for ClientTlsSettings {
                 }
             }
             Some(ClientTlsMode::Simple | ClientTlsMode::Mutual) if set(&self.credential_name) => {
+                cx.at("credentialName").warning(
+                    "credentialName names a Kubernetes secret, which the mesh does not read: \
+                     connections to this destination are refused; give caCertificates, \
+                     clientCertificate and privateKey files instead",
+                );
                 for (key, value) in files {
                     if set(value) {
                         cx.at(key).error(format!(
@@ -2355,6 +2360,35 @@ mod tests {
         );
         assert!(dr("{ consecutive5xxErrors: 5, consecutiveGatewayErrors: 2 }").is_empty());
         assert!(dr("{ consecutive5xxErrors: 0, consecutiveGatewayErrors: 2 }").is_empty());
+    }
+
+    #[test]
+    fn tls_origination_from_a_kubernetes_secret_is_reported() {
+        let fields = |tls: &str| {
+            let yaml = format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: r, namespace: default }}\nspec: {{ host: r, trafficPolicy: {{ tls: {tls} }} }}\n"
+            );
+            let loaded = crate::config::load_str(&yaml, None);
+            crate::validate::validate_all(&loaded.resources)
+                .0
+                .iter()
+                .map(|f| {
+                    (
+                        f.field.as_ref().map(|p| p.as_str().to_owned()),
+                        f.message.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let found = fields("{ mode: SIMPLE, credentialName: api-cert }");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].0.as_deref(),
+            Some("spec.trafficPolicy.tls.credentialName")
+        );
+        assert!(found[0].1.contains("files"), "{found:?}");
+        // Files are what the mesh reads: nothing to report.
+        assert!(fields("{ mode: SIMPLE, caCertificates: /etc/certs/ca.pem }").is_empty());
     }
 
     #[test]
