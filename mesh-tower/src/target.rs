@@ -33,7 +33,7 @@ impl Target {
     }
 }
 
-/// The endpoint a request was sent to, in the request's (and response's) extensions.
+/// The endpoint a request was sent to, in the response's extensions (put there by the balancer).
 #[derive(Clone, Debug)]
 pub struct PickedEndpoint {
     /// The endpoint.

@@ -463,6 +463,8 @@ pub struct Snapshot {
     /// Every host named exactly by a service, a route or a DestinationRule, shared so that
     /// routing a request to one copies no string.
     interned: HashMap<String, Arc<str>>,
+    /// Whether some DestinationRule sets a `connectionPool` (rule, port or subset level).
+    connection_pools: bool,
 }
 
 /// A resource that passed validation still could not be compiled.
@@ -630,6 +632,24 @@ impl Snapshot {
             }
         }
         snap.subset_endpoints = subset_endpoints;
+        let pools = |tp: &TrafficPolicy| {
+            tp.connection_pool.is_some()
+                || tp
+                    .port_level_settings
+                    .iter()
+                    .any(|p| p.connection_pool.is_some())
+        };
+        snap.connection_pools = snap
+            .destination_rules
+            .values()
+            .chain(&snap.wildcard_destination_rules)
+            .any(|p| {
+                p.traffic_policy.as_ref().is_some_and(pools)
+                    || p.subsets
+                        .values()
+                        .filter_map(|s| s.traffic_policy.as_ref())
+                        .any(pools)
+            });
         let hosts: Vec<String> = snap
             .services
             .keys()
@@ -801,6 +821,12 @@ impl Snapshot {
         } else {
             self.intern_str(path.first().map_or("", String::as_str))
         }
+    }
+
+    /// True if some DestinationRule sets a `connectionPool` (at the rule, port or subset
+    /// level): while none does, circuit breakers have nothing to look up.
+    pub fn has_connection_pools(&self) -> bool {
+        self.connection_pools
     }
 
     /// The shared copy of `host` if the configuration names it, else a new one.

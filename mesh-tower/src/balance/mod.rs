@@ -77,8 +77,8 @@
 //!   upstream application sees the name it was called by. A request without a URI authority
 //!   keeps its `Host` header. Over HTTP/2 the `:authority` pseudo-header is the endpoint
 //!   address (hyper derives it from the URI) and `Host` carries the original name;
-//! - inserts [`PickedEndpoint`] into the request's extensions, and copies it onto the
-//!   response's (for telemetry and access logs, Envoy's `%UPSTREAM_HOST%`);
+//! - inserts [`PickedEndpoint`] into the response's extensions (for retries, telemetry and
+//!   access logs, Envoy's `%UPSTREAM_HOST%`; the request carries the endpoint in its URI);
 //! - records the endpoint in the request's [`TriedEndpoints`], if the retry layer put one
 //!   there, and avoids the endpoints recorded by earlier attempts while another candidate
 //!   is left (Istio's `retryIgnorePreviousHosts`).

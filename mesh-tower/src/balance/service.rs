@@ -767,11 +767,12 @@ where
             req.headers_mut().insert(HOST, value);
         }
         *req.uri_mut() = uri;
+        // On the response only: the request's endpoint is its URI, and an extension on the
+        // request would cost an allocation and a map insert for nothing.
         let picked = PickedEndpoint {
             endpoint,
             authority,
         };
-        req.extensions_mut().insert(picked.clone());
         let in_flight = InFlight::start(counter);
         ResponseFuture::called(self.inner.call(req), Some(picked), Some(in_flight), extras)
     }

@@ -152,12 +152,3 @@ fn at_port(tp: &TrafficPolicy, port: u16) -> Option<Option<&ConnectionPoolSettin
         .find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)))
         .map(|p| p.connection_pool.as_ref())
 }
-
-/// True if any part of `tp` (its own or a port-level entry) sets a `connectionPool`.
-pub(super) fn has_connection_pool(tp: &TrafficPolicy) -> bool {
-    tp.connection_pool.is_some()
-        || tp
-            .port_level_settings
-            .iter()
-            .any(|p| p.connection_pool.is_some())
-}

@@ -4,17 +4,14 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex},
 };
 
-use arc_swap::{ArcSwap, ArcSwapOption};
-use mesh_core::{
-    config::{Kind, Spec},
-    snapshot::Snapshot,
-};
+use arc_swap::ArcSwap;
+use mesh_core::snapshot::Snapshot;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
-use super::{PoolLimits, limits::has_connection_pool};
+use super::PoolLimits;
 use crate::error::{OverflowLimit, UpstreamOverflow};
 
 /// The circuit breakers of every cluster, shared by the outbound stacks of one mesh (Envoy
@@ -37,17 +34,6 @@ struct Registry {
     /// host → its clusters (a short list: subsets × ports); copied on insert.
     clusters: ArcSwap<foldhash::HashMap<Arc<str>, Vec<Arc<Cluster>>>>,
     inserting: Mutex<()>,
-    /// Whether the last snapshot seen has any `connectionPool`: while none does, requests
-    /// cost one pointer comparison.
-    last_snapshot: ArcSwapOption<SnapshotInfo>,
-}
-
-#[derive(Debug)]
-struct SnapshotInfo {
-    /// Weak, so the snapshot can be freed; its allocation cannot be reused meanwhile, so a
-    /// pointer comparison is exact.
-    snapshot: Weak<Snapshot>,
-    any_pool: bool,
 }
 
 /// The limits and counters of one cluster.
@@ -113,21 +99,10 @@ impl CircuitBreakers {
         Self::default()
     }
 
-    /// True if some DestinationRule in `snapshot` has a `connectionPool`; remembered for the
-    /// last snapshot seen.
+    /// True if some DestinationRule in `snapshot` has a `connectionPool` (the snapshot knows
+    /// it from its build).
     pub(super) fn any_pool(&self, snapshot: &Arc<Snapshot>) -> bool {
-        let last = self.inner.last_snapshot.load();
-        if let Some(info) = &*last
-            && std::ptr::eq(info.snapshot.as_ptr(), Arc::as_ptr(snapshot))
-        {
-            return info.any_pool;
-        }
-        let any_pool = snapshot_has_pool(snapshot);
-        self.inner.last_snapshot.store(Some(Arc::new(SnapshotInfo {
-            snapshot: Arc::downgrade(snapshot),
-            any_pool,
-        })));
-        any_pool
+        snapshot.has_connection_pools()
     }
 
     /// The cluster for `host`, `subset` and `port` with `limits`; created (or replaced, if
@@ -180,22 +155,6 @@ impl CircuitBreakers {
 }
 
 /// True if any DestinationRule in `snapshot` sets a `connectionPool` anywhere.
-fn snapshot_has_pool(snapshot: &Snapshot) -> bool {
-    snapshot
-        .resources_of(Kind::DestinationRule)
-        .any(|r| match &r.spec {
-            Spec::DestinationRule(dr) => {
-                dr.traffic_policy.as_ref().is_some_and(has_connection_pool)
-                    || dr
-                        .subsets
-                        .iter()
-                        .filter_map(|s| s.traffic_policy.as_ref())
-                        .any(has_connection_pool)
-            }
-            _ => false,
-        })
-}
-
 // === impl Cluster ===
 
 /// A semaphore with `max` permits (tokio's maximum if larger).
