@@ -68,8 +68,7 @@ use std::time::Duration;
 pub use super::hash::HashTable;
 use crate::{
     config::networking::destination_rule::{
-        ConsistentHashLb, HttpCookie, LoadBalancerSettings, SimpleLb, TrafficPolicy,
-        WarmupConfiguration,
+        ConsistentHashLb, HttpCookie, LoadBalancerSettings, SimpleLb, WarmupConfiguration,
     },
     snapshot::DestinationPolicy,
 };
@@ -343,29 +342,13 @@ pub fn load_balancer_settings<'a>(
     subset: Option<&str>,
     port: u16,
 ) -> Option<&'a LoadBalancerSettings> {
-    let base = policy
-        .traffic_policy
-        .as_ref()
-        .and_then(|tp| at_port(tp, port).unwrap_or(tp.load_balancer.as_ref()));
-    let Some(sub) = subset
-        .and_then(|s| policy.subsets.get(s))
-        .and_then(|s| s.traffic_policy.as_ref())
-    else {
-        return base;
-    };
-    if let Some(lb) = at_port(sub, port) {
-        return lb;
-    }
-    sub.load_balancer.as_ref().or(base)
-}
-
-/// The load balancer of `tp`'s port-level entry for `port`: `None` if there is no entry,
-/// `Some(None)` if the entry does not set one.
-fn at_port(tp: &TrafficPolicy, port: u16) -> Option<Option<&LoadBalancerSettings>> {
-    tp.port_level_settings
-        .iter()
-        .find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)))
-        .map(|p| p.load_balancer.as_ref())
+    super::traffic_setting(
+        policy,
+        subset,
+        port,
+        |tp| tp.load_balancer.as_ref(),
+        |p| p.load_balancer.as_ref(),
+    )
 }
 
 /// What [`pick`] knows about one candidate endpoint.

@@ -49,10 +49,7 @@
 
 use std::time::Duration;
 
-use crate::{
-    config::networking::destination_rule::{OutlierDetection, TrafficPolicy},
-    snapshot::DestinationPolicy,
-};
+use crate::{config::networking::destination_rule::OutlierDetection, snapshot::DestinationPolicy};
 
 /// Istio's default `consecutive5xxErrors`.
 pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
@@ -226,27 +223,13 @@ pub fn outlier_detection<'a>(
     subset: Option<&str>,
     port: u16,
 ) -> Option<&'a OutlierDetection> {
-    let base = policy
-        .traffic_policy
-        .as_ref()
-        .and_then(|tp| at_port(tp, port).unwrap_or(tp.outlier_detection.as_ref()));
-    let Some(sub) = subset
-        .and_then(|s| policy.subsets.get(s))
-        .and_then(|s| s.traffic_policy.as_ref())
-    else {
-        return base;
-    };
-    if let Some(od) = at_port(sub, port) {
-        return od;
-    }
-    sub.outlier_detection.as_ref().or(base)
-}
-
-fn at_port(tp: &TrafficPolicy, port: u16) -> Option<Option<&OutlierDetection>> {
-    tp.port_level_settings
-        .iter()
-        .find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)))
-        .map(|p| p.outlier_detection.as_ref())
+    super::traffic_setting(
+        policy,
+        subset,
+        port,
+        |tp| tp.outlier_detection.as_ref(),
+        |p| p.outlier_detection.as_ref(),
+    )
 }
 
 /// What became of one request to an endpoint.

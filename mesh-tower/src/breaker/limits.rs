@@ -1,8 +1,7 @@
 //! The limits of one cluster, from a DestinationRule's `connectionPool`.
 
 use mesh_core::{
-    config::networking::destination_rule::{ConnectionPoolSettings, TrafficPolicy},
-    snapshot::DestinationPolicy,
+    config::networking::destination_rule::ConnectionPoolSettings, snapshot::DestinationPolicy,
 };
 
 /// The circuit-breaker limits of one cluster (Envoy's `circuit_breakers.thresholds`), from
@@ -128,27 +127,11 @@ pub fn connection_pool_settings<'a>(
     subset: Option<&str>,
     port: u16,
 ) -> Option<&'a ConnectionPoolSettings> {
-    let base = policy
-        .traffic_policy
-        .as_ref()
-        .and_then(|tp| at_port(tp, port).unwrap_or(tp.connection_pool.as_ref()));
-    let Some(sub) = subset
-        .and_then(|s| policy.subsets.get(s))
-        .and_then(|s| s.traffic_policy.as_ref())
-    else {
-        return base;
-    };
-    if let Some(pool) = at_port(sub, port) {
-        return pool;
-    }
-    sub.connection_pool.as_ref().or(base)
-}
-
-/// The connection pool of `tp`'s port-level entry for `port`: `None` if there is no entry,
-/// `Some(None)` if the entry does not set one.
-fn at_port(tp: &TrafficPolicy, port: u16) -> Option<Option<&ConnectionPoolSettings>> {
-    tp.port_level_settings
-        .iter()
-        .find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)))
-        .map(|p| p.connection_pool.as_ref())
+    mesh_core::policy::traffic_setting(
+        policy,
+        subset,
+        port,
+        |tp| tp.connection_pool.as_ref(),
+        |p| p.connection_pool.as_ref(),
+    )
 }

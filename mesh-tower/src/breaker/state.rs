@@ -154,7 +154,6 @@ impl CircuitBreakers {
     }
 }
 
-/// True if any DestinationRule in `snapshot` sets a `connectionPool` anywhere.
 // === impl Cluster ===
 
 /// A semaphore with `max` permits (tokio's maximum if larger).
