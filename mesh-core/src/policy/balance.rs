@@ -335,7 +335,7 @@ impl Warmup {
 /// 2. the subset's `trafficPolicy.loadBalancer`, if set, overrides that;
 /// 3. the subset's `portLevelSettings` entry for `port`, if any, replaces both.
 ///
-/// Borrowing instead of cloning the merged [`TrafficPolicy`] keeps the request path free of
+/// Borrowing instead of cloning the merged `TrafficPolicy` keeps the request path free of
 /// allocations.
 pub fn load_balancer_settings<'a>(
     policy: &'a DestinationPolicy,
