@@ -8,6 +8,7 @@
 //! circuit-breaking task (`bookinfo up --with httpbin`).
 
 pub mod forward;
+pub mod graph;
 pub mod services;
 
 use std::time::Duration;

@@ -19,7 +19,9 @@
 //!    gateway (`bookinfo gateway …`), each with `--supervised`.
 //! 5. Reads each child's ready line (see [`super::child`]), prints the table of
 //!    workloads once all are ready, and serves it as JSON at
-//!    `http://127.0.0.1:<admin-port>/workloads`, with the status of the configuration.
+//!    `http://127.0.0.1:<admin-port>/workloads`, with the status of the configuration; and
+//!    the live service graph at `/graph` ([`bookinfo::graph`]), from the metrics each child
+//!    serves at `/metrics` on its admin port, scraped every 5 s.
 //! 6. Restarts a child that exits when it was not asked to, with exponential back-off (250 ms
 //!    doubling to 10 s, reset once a child has run for 10 s); its registration is removed
 //!    while it is down. A restarted child keeps its name (as a pod does).
@@ -41,7 +43,10 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{Json, Router, routing::get};
-use bookinfo::Service;
+use bookinfo::{
+    Service,
+    graph::{GraphCollector, Target},
+};
 use mesh_core::{
     config::{Kind, Resource, ResourceKey, Spec},
     snapshot::{MeshSettings, Snapshot},
@@ -96,6 +101,8 @@ const READY_PATIENCE: Duration = Duration::from_secs(30);
 const NAMESPACE: &str = "default";
 /// The namespace of the gateway (Istio's).
 const GATEWAY_NAMESPACE: &str = "istio-system";
+/// How often the service graph scrapes the workloads' metrics (and its page reloads).
+const GRAPH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Flags of `bookinfo up`.
 #[derive(Debug, clap::Args)]
@@ -109,7 +116,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 8080, value_name = "PORT")]
     pub(crate) gateway_port: u16,
 
-    /// The supervisor's admin port, on 127.0.0.1 (`/workloads`).
+    /// The supervisor's admin port, on 127.0.0.1 (`/workloads`, `/graph`).
     #[arg(long, default_value_t = 15000, value_name = "PORT")]
     pub(crate) admin_port: u16,
 
@@ -296,6 +303,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(ready_tx);
 
+    let graph = GraphCollector::new(
+        {
+            let rows = rows.clone();
+            move || graph_targets(&lock(&rows))
+        },
+        GRAPH_INTERVAL,
+    );
+    let graph_task = graph.spawn();
+
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(super::admin::serve(
         admin_listener,
@@ -305,7 +321,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             dir.clone(),
             gateway_addr,
             ca.clone(),
-        ),
+        )
+        .merge(graph.router()),
         async move {
             let _ = admin_stopped.await;
         },
@@ -338,6 +355,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     say!("{}", table(&rows));
                     say!("Bookinfo: http://{gateway_addr}/productpage");
                     say!("workloads: http://{admin_addr}/workloads");
+                    say!("service graph: http://{admin_addr}/graph");
                     say!(
                         "apply Istio's tasks: cargo run -p meshctl -- --config-dir {} apply -f examples/bookinfo/istio/virtual-service-all-v1.yaml",
                         dir.display()
@@ -390,6 +408,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    graph_task.abort();
     let _ = admin_stop.send(());
     let _ = admin.await;
     let _ = ca_stop.send(());
@@ -584,6 +603,28 @@ impl From<&ChildSpec> for Row {
     }
 }
 
+/// What the service graph scrapes: every child that has reported its admin listener, at
+/// `/metrics` there, drawn as the workload Istio's labels name (`reviews-v2`: the app and
+/// version, as Istio's Deployments are named; the gateway `istio-ingressgateway`). A child
+/// that is down keeps its last address, so the graph shows it failing rather than gone.
+fn graph_targets(rows: &[Row]) -> Vec<Target> {
+    rows.iter()
+        .filter(|r| r.state != State::Stopped)
+        .filter_map(|r| {
+            let admin = r.admin.as_deref()?;
+            Some(Target {
+                workload: if r.version.is_empty() {
+                    r.app.clone()
+                } else {
+                    format!("{}-{}", r.app, r.version)
+                },
+                instance: r.name.clone(),
+                url: format!("{}/metrics", admin.trim_end_matches('/')),
+            })
+        })
+        .collect()
+}
+
 /// The table of workloads, for a person.
 fn table(rows: &[Row]) -> String {
     let mut out = format!(
@@ -759,6 +800,7 @@ fn admin_router(
                 "configDir": dir,
                 "mtls": mtls,
                 "productpage": format!("http://{gateway}/productpage"),
+                "graph": "/graph",
                 "config": status,
                 "workloads": workloads_json(&lock(&rows), &status),
             }))
@@ -1116,5 +1158,23 @@ mod tests {
         assert_eq!(j[0]["admin"], "http://127.0.0.1:41235/");
         assert_eq!(j[0]["state"], "ready");
         assert!(j[0]["config"].is_object());
+    }
+
+    #[test]
+    fn graph_targets_are_the_children_with_an_admin_listener() {
+        let gw = "127.0.0.1:8080".parse().unwrap();
+        let s = specs(&args(0), std::path::Path::new("/tmp/x"), gw, None).unwrap();
+        let mut rows: Vec<Row> = s.iter().map(Row::from).collect();
+        assert!(graph_targets(&rows).is_empty());
+        rows[3].admin = Some("http://127.0.0.1:41235/".into());
+        rows[6].admin = Some("http://127.0.0.1:41236/".into());
+        let t = graph_targets(&rows);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].workload, "reviews-v2");
+        assert_eq!(t[0].instance, rows[3].name);
+        assert_eq!(t[0].url, "http://127.0.0.1:41235/metrics");
+        assert_eq!(t[1].workload, "istio-ingressgateway");
+        rows[3].state = State::Stopped;
+        assert_eq!(graph_targets(&rows).len(), 1);
     }
 }
