@@ -182,7 +182,12 @@ impl<S> Balance<S> {
             snapshot: Some(snapshot),
         };
         let service = snapshot.service(host);
-        let endpoints = snapshot.endpoints(host, subset);
+        // The service's own list without a subset: no second lookup of the host.
+        let endpoints = match (subset, service) {
+            (None, Some(svc)) => &svc.endpoints[..],
+            (None, None) => &[],
+            (Some(_), _) => snapshot.endpoints(host, subset),
+        };
         if endpoints.is_empty() {
             let Some(endpoint) =
                 unlisted_endpoint(service, host, subset, &snapshot.settings().domain)
