@@ -27,6 +27,7 @@ pub mod route;
 pub mod server;
 pub mod stack;
 pub mod target;
+pub mod telemetry;
 pub mod timeout;
 pub mod tls;
 

@@ -1,0 +1,632 @@
+//! Trace context propagation: W3C Trace Context and Zipkin's B3, plus `x-request-id`.
+//!
+//! Istio's proxies join the spans of one request across services by the headers the
+//! application forwards: `traceparent` and `tracestate` (W3C), the B3 headers `x-b3-traceid`,
+//! `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`, `x-b3-flags` (or the single `b3`), and
+//! `x-request-id`. This module reads and writes them.
+//!
+//! # Precedence
+//!
+//! [`extract`] takes the first valid context of:
+//!
+//! 1. W3C `traceparent` (with `tracestate` when that is valid);
+//! 2. B3 single header `b3`;
+//! 3. B3 multi headers `x-b3-*`.
+//!
+//! W3C comes first because it is the standard and the OpenTelemetry default; the single `b3`
+//! header comes before the multi headers as in openzipkin's B3 specification. An invalid
+//! source is skipped, not an error: a malformed `traceparent` falls back to B3, and with
+//! nothing valid the caller starts a new trace ([`TraceContext::new_root`]), keeping a bare
+//! sampling decision (`b3: 0`, `x-b3-sampled: 0` without ids) from [`sampling_decision`].
+//!
+//! # What is written
+//!
+//! [`inject`] always writes both W3C (`traceparent`, and `tracestate` when the context carries
+//! one) and B3 multi headers, whatever the context was read from, and removes a stale single
+//! `b3` header. Envoy's tracers write one format each; writing both means an application that
+//! forwards either set keeps the trace, which is what Istio's documentation asks
+//! applications to forward. B3 trace ids that fit in 64 bits are written as 16 hex digits, so
+//! a 64-bit B3 trace keeps its id.
+//!
+//! # Parsing rules
+//!
+//! - `traceparent`: version `00` is exactly `00-{32 hex}-{16 hex}-{2 hex}`, lower-case only;
+//!   the trace id and the span id must not be all zeros; version `ff` is invalid. A higher
+//!   version is read as W3C says: its first 55 characters have the version 00 layout, and
+//!   anything after them must start with `-`. Only the `sampled` bit of the flags is kept.
+//!   Several `traceparent` headers are invalid.
+//! - `tracestate`: kept as an opaque value when it is valid: at most 512 characters and 32
+//!   list members, every member `key=value` with the specification's key and value syntax,
+//!   no key twice. An invalid `tracestate` is dropped, the `traceparent` kept. Several
+//!   `tracestate` headers are joined with `,` (the only case that allocates).
+//! - B3: trace ids are 16 or 32 hex digits, span ids 16, not all zeros (an all-zero parent is
+//!   read as no parent); upper-case hex is accepted as Envoy does. `x-b3-sampled` is `1`, `0`,
+//!   or the legacy `true` / `false`; `x-b3-flags: 1` means debug, which implies sampled. The
+//!   single header is `{trace}-{span}`, optionally `-{0|1|d}` and then `-{parent}`, or only
+//!   `0`, `1` or `d`. Any other value makes that source invalid.
+//!
+//! Extracting allocates nothing (a `tracestate` is kept by cloning its `HeaderValue`).
+//!
+//! # Examples
+//!
+//! ```
+//! use http::HeaderMap;
+//! use mesh_tower::telemetry::propagation::{extract, inject, TraceContext};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert(
+//!     "traceparent",
+//!     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse()?,
+//! );
+//! let parent = extract(&headers).unwrap_or_else(|| TraceContext::new_root(false));
+//! assert_eq!(parent.sampled, Some(true));
+//!
+//! let span = parent.child();
+//! let mut outgoing = HeaderMap::new();
+//! inject(&span, &mut outgoing);
+//! assert_eq!(outgoing["x-b3-traceid"], "4bf92f3577b34da6a3ce929d0e0e4736");
+//! assert_eq!(outgoing["x-b3-parentspanid"], "00f067aa0ba902b7");
+//! # Ok::<_, mesh_tower::BoxError>(())
+//! ```
+
+use std::fmt;
+
+use http::header::Entry;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+#[cfg(test)]
+mod tests;
+
+/// `traceparent` (W3C).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `tracestate` (W3C).
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// `b3`: B3 single header.
+pub const B3: HeaderName = HeaderName::from_static("b3");
+/// `x-b3-traceid`.
+pub const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+/// `x-b3-spanid`.
+pub const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+/// `x-b3-parentspanid`.
+pub const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+/// `x-b3-sampled`.
+pub const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+/// `x-b3-flags`.
+pub const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+/// `x-request-id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Most characters a `tracestate` may have to be kept.
+pub const MAX_TRACESTATE_LEN: usize = 512;
+/// Most list members a `tracestate` may have to be kept.
+pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+// === TraceContext ===
+
+/// The position of a request in a trace: which trace, which span, its parent, and whether
+/// the trace is sampled.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    /// The trace id (a 64-bit B3 id is in the last 8 bytes); never all zeros.
+    pub trace_id: [u8; 16],
+    /// The span id; never all zeros.
+    pub span_id: [u8; 8],
+    /// The parent span, when known (B3 carries it; W3C does not).
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The sampling decision; `None` defers it to the receiver (B3 only: W3C always decides).
+    pub sampled: Option<bool>,
+    /// B3 debug (`x-b3-flags: 1`, `b3: …-d`): sample and keep, whatever the sampler says.
+    pub debug: bool,
+    /// The W3C `tracestate`, opaque, when it was valid.
+    pub tracestate: Option<HeaderValue>,
+}
+
+impl TraceContext {
+    /// The first span of a new trace, with random ids.
+    pub fn new_root(sampled: bool) -> Self {
+        Self {
+            trace_id: random_nonzero_u128().to_be_bytes(),
+            span_id: random_nonzero_u64().to_be_bytes(),
+            parent_span_id: None,
+            sampled: Some(sampled),
+            debug: false,
+            tracestate: None,
+        }
+    }
+
+    /// A new span of the same trace, child of this one: same trace id, sampling and
+    /// `tracestate`, a random span id, and this span as its parent.
+    #[must_use]
+    pub fn child(&self) -> Self {
+        Self {
+            trace_id: self.trace_id,
+            span_id: random_nonzero_u64().to_be_bytes(),
+            parent_span_id: Some(self.span_id),
+            sampled: self.sampled,
+            debug: self.debug,
+            tracestate: self.tracestate.clone(),
+        }
+    }
+
+    /// True if the trace is sampled (debug counts as sampled).
+    pub fn is_sampled(&self) -> bool {
+        self.debug || self.sampled == Some(true)
+    }
+
+    /// The trace id as lower-case hex (32 digits), formatted without allocating.
+    pub fn trace_id_hex(&self) -> Hex<'_> {
+        Hex(&self.trace_id)
+    }
+
+    /// The span id as lower-case hex (16 digits), formatted without allocating.
+    pub fn span_id_hex(&self) -> Hex<'_> {
+        Hex(&self.span_id)
+    }
+
+    /// The W3C `traceparent` value (version 00): flags `01` when sampled, else `00`.
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut buf = [0u8; 55];
+        buf[..3].copy_from_slice(b"00-");
+        encode_hex(&self.trace_id, &mut buf[3..35]);
+        buf[35] = b'-';
+        encode_hex(&self.span_id, &mut buf[36..52]);
+        buf[52] = b'-';
+        buf[53] = b'0';
+        buf[54] = if self.is_sampled() { b'1' } else { b'0' };
+        hex_header(&buf)
+    }
+}
+
+/// Bytes shown as lower-case hex by `Display`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+// === extract ===
+
+/// The trace context of incoming `headers`: W3C first, then B3 single, then B3 multi (see
+/// the [module docs](self) for why and for the parsing rules). `None` when no source is valid.
+pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
+    extract_w3c(headers)
+        .or_else(|| extract_b3_single(headers))
+        .or_else(|| extract_b3_multi(headers))
+}
+
+/// The context of a single valid `traceparent`, with the `tracestate` when that is valid.
+pub fn extract_w3c(headers: &HeaderMap) -> Option<TraceContext> {
+    let mut values = headers.get_all(TRACEPARENT).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (trace_id, span_id, flags) = parse_traceparent(value.as_bytes())?;
+    Some(TraceContext {
+        trace_id,
+        span_id,
+        parent_span_id: None,
+        sampled: Some(flags & 1 == 1),
+        debug: false,
+        tracestate: extract_tracestate(headers),
+    })
+}
+
+/// The context of the B3 single header `b3`, when it carries ids.
+pub fn extract_b3_single(headers: &HeaderMap) -> Option<TraceContext> {
+    match parse_b3_single(headers.get(B3)?.as_bytes())? {
+        B3Single::Context(ctx) => Some(ctx),
+        B3Single::SamplingOnly { .. } => None,
+    }
+}
+
+/// The context of the B3 multi headers `x-b3-*`.
+pub fn extract_b3_multi(headers: &HeaderMap) -> Option<TraceContext> {
+    let trace_id = parse_b3_trace_id(headers.get(X_B3_TRACEID)?.as_bytes())?;
+    let span_id = parse_b3_span_id(headers.get(X_B3_SPANID)?.as_bytes())?;
+    let parent_span_id = match headers.get(X_B3_PARENTSPANID) {
+        None => None,
+        Some(v) => parse_b3_parent(v.as_bytes())?,
+    };
+    let debug = b3_debug(headers);
+    let sampled = match headers.get(X_B3_SAMPLED) {
+        None => None,
+        Some(v) => Some(parse_b3_sampled(v.as_bytes())?),
+    };
+    Some(TraceContext {
+        trace_id,
+        span_id,
+        parent_span_id,
+        sampled: if debug { Some(true) } else { sampled },
+        debug,
+        tracestate: None,
+    })
+}
+
+/// A sampling decision carried without a trace context (`b3: 0`, `b3: d`, `x-b3-sampled: 0`
+/// or `x-b3-flags: 1` without valid ids), for the caller's new root span; `None` when the
+/// headers carry no decision or [`extract`] finds a context (whose decision wins).
+pub fn sampling_decision(headers: &HeaderMap) -> Option<bool> {
+    if extract(headers).is_some() {
+        return None;
+    }
+    if let Some(B3Single::SamplingOnly { sampled }) =
+        headers.get(B3).and_then(|v| parse_b3_single(v.as_bytes()))
+    {
+        return Some(sampled);
+    }
+    if b3_debug(headers) {
+        return Some(true);
+    }
+    headers
+        .get(X_B3_SAMPLED)
+        .and_then(|v| parse_b3_sampled(v.as_bytes()))
+}
+
+/// Parses a `traceparent` value: trace id, span id, flags.
+pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    if v.len() < 55 {
+        return None;
+    }
+    let version = decode_hex_lower::<1>(&v[0..2])?[0];
+    match version {
+        0xff => return None,
+        0 if v.len() != 55 => return None,
+        // A future version may append fields, after a `-`.
+        _ if v.len() > 55 && v[55] != b'-' => return None,
+        _ => {}
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let trace_id = nonzero(decode_hex_lower::<16>(&v[3..35])?)?;
+    let span_id = nonzero(decode_hex_lower::<8>(&v[36..52])?)?;
+    let flags = decode_hex_lower::<1>(&v[53..55])?[0];
+    Some((trace_id, span_id, flags))
+}
+
+/// The valid `tracestate` of `headers` (several headers joined with `,`).
+fn extract_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(TRACESTATE).iter();
+    let first = values.next()?;
+    let value = match values.next() {
+        None => first.clone(),
+        Some(_) => {
+            let mut joined = Vec::new();
+            for (i, v) in headers.get_all(TRACESTATE).iter().enumerate() {
+                if i > 0 {
+                    joined.push(b',');
+                }
+                joined.extend_from_slice(v.as_bytes());
+                if joined.len() > MAX_TRACESTATE_LEN {
+                    return None;
+                }
+            }
+            HeaderValue::from_bytes(&joined).ok()?
+        }
+    };
+    is_valid_tracestate(value.as_bytes()).then_some(value)
+}
+
+/// True if `v` is a `tracestate` worth keeping: W3C's syntax, at most
+/// [`MAX_TRACESTATE_LEN`] characters and [`MAX_TRACESTATE_MEMBERS`] members, no duplicate
+/// keys, at least one member.
+pub fn is_valid_tracestate(v: &[u8]) -> bool {
+    if v.len() > MAX_TRACESTATE_LEN {
+        return false;
+    }
+    let mut keys: [&[u8]; MAX_TRACESTATE_MEMBERS] = [&[]; MAX_TRACESTATE_MEMBERS];
+    let mut count = 0;
+    for member in v.split(|&b| b == b',') {
+        let member = member.trim_ascii();
+        if member.is_empty() {
+            continue;
+        }
+        if count == MAX_TRACESTATE_MEMBERS {
+            return false;
+        }
+        let Some(eq) = member.iter().position(|&b| b == b'=') else {
+            return false;
+        };
+        let (key, value) = (&member[..eq], &member[eq + 1..]);
+        if !is_valid_tracestate_key(key)
+            || !is_valid_tracestate_value(value)
+            || keys[..count].contains(&key)
+        {
+            return false;
+        }
+        keys[count] = key;
+        count += 1;
+    }
+    count > 0
+}
+
+fn is_key_char(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+}
+
+fn is_valid_tracestate_key(key: &[u8]) -> bool {
+    match key.iter().position(|&b| b == b'@') {
+        // simple-key = lcalpha 0*255(lcalpha / DIGIT / "_" / "-" / "*" / "/")
+        None => {
+            key.len() <= 256
+                && key.first().is_some_and(u8::is_ascii_lowercase)
+                && key.iter().all(|&b| is_key_char(b))
+        }
+        // tenant-id "@" system-id
+        Some(at) => {
+            let (tenant, system) = (&key[..at], &key[at + 1..]);
+            (1..=241).contains(&tenant.len())
+                && tenant
+                    .first()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && tenant.iter().all(|&b| is_key_char(b))
+                && (1..=14).contains(&system.len())
+                && system.first().is_some_and(u8::is_ascii_lowercase)
+                && system.iter().all(|&b| is_key_char(b))
+        }
+    }
+}
+
+fn is_valid_tracestate_value(value: &[u8]) -> bool {
+    // value = 0*255(chr) nblk-chr; chr = %x20 / nblk-chr;
+    // nblk-chr = %x21-2B / %x2D-3C / %x3E-7E
+    let nblk = |b: u8| matches!(b, 0x21..=0x2b | 0x2d..=0x3c | 0x3e..=0x7e);
+    (1..=256).contains(&value.len())
+        && value.last().is_some_and(|&b| nblk(b))
+        && value.iter().all(|&b| b == b' ' || nblk(b))
+}
+
+enum B3Single {
+    Context(TraceContext),
+    SamplingOnly { sampled: bool },
+}
+
+/// `{trace}-{span}[-{0|1|d}[-{parent}]]`, or only `0`, `1`, `d`.
+fn parse_b3_single(v: &[u8]) -> Option<B3Single> {
+    let mut parts: [&[u8]; 4] = [&[]; 4];
+    let mut n = 0;
+    for part in v.split(|&b| b == b'-') {
+        if n == parts.len() {
+            return None;
+        }
+        parts[n] = part;
+        n += 1;
+    }
+    // (sampled, debug)
+    let sampling = |s: &[u8]| match s {
+        b"0" => Some((false, false)),
+        b"1" => Some((true, false)),
+        b"d" => Some((true, true)),
+        _ => None,
+    };
+    if n == 1 {
+        let (sampled, _) = sampling(parts[0])?;
+        return Some(B3Single::SamplingOnly { sampled });
+    }
+    let trace_id = parse_b3_trace_id(parts[0])?;
+    let span_id = parse_b3_span_id(parts[1])?;
+    let (sampled, debug) = match n {
+        2 => (None, false),
+        _ => {
+            let (sampled, debug) = sampling(parts[2])?;
+            (Some(sampled), debug)
+        }
+    };
+    let parent_span_id = match n {
+        4 => parse_b3_parent(parts[3])?,
+        _ => None,
+    };
+    Some(B3Single::Context(TraceContext {
+        trace_id,
+        span_id,
+        parent_span_id,
+        sampled,
+        debug,
+        tracestate: None,
+    }))
+}
+
+fn parse_b3_trace_id(v: &[u8]) -> Option<[u8; 16]> {
+    let id = match v.len() {
+        32 => decode_hex::<16>(v)?,
+        16 => {
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&decode_hex::<8>(v)?);
+            id
+        }
+        _ => return None,
+    };
+    nonzero(id)
+}
+
+fn parse_b3_span_id(v: &[u8]) -> Option<[u8; 8]> {
+    if v.len() != 16 {
+        return None;
+    }
+    nonzero(decode_hex::<8>(v)?)
+}
+
+/// A parent span id: `Some(None)` for all zeros (no parent), `None` if malformed.
+fn parse_b3_parent(v: &[u8]) -> Option<Option<[u8; 8]>> {
+    if v.len() != 16 {
+        return None;
+    }
+    Some(nonzero(decode_hex::<8>(v)?))
+}
+
+fn parse_b3_sampled(v: &[u8]) -> Option<bool> {
+    match v {
+        b"1" | b"true" => Some(true),
+        b"0" | b"false" => Some(false),
+        _ => None,
+    }
+}
+
+fn b3_debug(headers: &HeaderMap) -> bool {
+    headers.get(X_B3_FLAGS).is_some_and(|v| v == "1")
+}
+
+// === inject ===
+
+/// Writes `ctx` into outgoing `headers` as W3C (`traceparent`, `tracestate`) and B3 multi
+/// headers, replacing any values there and removing a single `b3` header (see the
+/// [module docs](self)).
+pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
+    headers.insert(TRACEPARENT, ctx.traceparent());
+    match &ctx.tracestate {
+        Some(state) => {
+            headers.insert(TRACESTATE, state.clone());
+        }
+        None => {
+            headers.remove(TRACESTATE);
+        }
+    }
+
+    let mut buf = [0u8; 32];
+    let trace_id: &[u8] = if ctx.trace_id[..8] == [0; 8] {
+        &ctx.trace_id[8..]
+    } else {
+        &ctx.trace_id
+    };
+    let len = trace_id.len() * 2;
+    encode_hex(trace_id, &mut buf[..len]);
+    headers.insert(X_B3_TRACEID, hex_header(&buf[..len]));
+    encode_hex(&ctx.span_id, &mut buf[..16]);
+    headers.insert(X_B3_SPANID, hex_header(&buf[..16]));
+    match ctx.parent_span_id {
+        Some(parent) => {
+            encode_hex(&parent, &mut buf[..16]);
+            headers.insert(X_B3_PARENTSPANID, hex_header(&buf[..16]));
+        }
+        None => {
+            headers.remove(X_B3_PARENTSPANID);
+        }
+    }
+    // Debug implies sampled: B3 sends only the flag.
+    if ctx.debug {
+        headers.insert(X_B3_FLAGS, HeaderValue::from_static("1"));
+        headers.remove(X_B3_SAMPLED);
+    } else {
+        headers.remove(X_B3_FLAGS);
+        match ctx.sampled {
+            Some(sampled) => {
+                let v = HeaderValue::from_static(if sampled { "1" } else { "0" });
+                headers.insert(X_B3_SAMPLED, v);
+            }
+            None => {
+                headers.remove(X_B3_SAMPLED);
+            }
+        }
+    }
+    headers.remove(B3);
+}
+
+// === x-request-id ===
+
+/// A new random `x-request-id`: a UUID v4 (`6ba7b810-9dad-41d1-80b4-00c04fd430c8`), formatted
+/// on the stack; the only allocation is the `HeaderValue`'s.
+pub fn new_request_id() -> HeaderValue {
+    let mut b = rand::random::<u128>().to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let mut out = [0u8; 36];
+    let mut at = 0;
+    for (i, group) in [4usize, 2, 2, 2, 6].into_iter().enumerate() {
+        if i > 0 {
+            out[at] = b'-';
+            at += 1;
+        }
+        let start = [0usize, 4, 6, 8, 10][i];
+        encode_hex(&b[start..start + group], &mut out[at..at + group * 2]);
+        at += group * 2;
+    }
+    hex_header(&out)
+}
+
+/// The request's `x-request-id`: kept when present and not empty (Envoy preserves the id a
+/// caller sends, whatever its form), otherwise a new one ([`new_request_id`]) is inserted.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
+    match headers.entry(X_REQUEST_ID) {
+        Entry::Occupied(mut e) => {
+            if e.get().is_empty() {
+                e.insert(new_request_id());
+            }
+            e.into_mut()
+        }
+        Entry::Vacant(e) => e.insert(new_request_id()),
+    }
+}
+
+// === hex and ids ===
+
+fn random_nonzero_u64() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn random_nonzero_u128() -> u128 {
+    loop {
+        let id = rand::random::<u128>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn nonzero<const N: usize>(id: [u8; N]) -> Option<[u8; N]> {
+    (id != [0; N]).then_some(id)
+}
+
+fn hex_digit(b: u8, upper_ok: bool) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' if upper_ok => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn decode<const N: usize>(v: &[u8], upper_ok: bool) -> Option<[u8; N]> {
+    if v.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(v.chunks_exact(2)) {
+        *o = hex_digit(pair[0], upper_ok)? << 4 | hex_digit(pair[1], upper_ok)?;
+    }
+    Some(out)
+}
+
+/// Lower-case hex only (W3C).
+fn decode_hex_lower<const N: usize>(v: &[u8]) -> Option<[u8; N]> {
+    decode(v, false)
+}
+
+/// Either case (B3, as Envoy reads it).
+fn decode_hex<const N: usize>(v: &[u8]) -> Option<[u8; N]> {
+    decode(v, true)
+}
+
+fn encode_hex(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        o[0] = HEX[usize::from(b >> 4)];
+        o[1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
+/// A header value from bytes known to be visible ASCII.
+fn hex_header(bytes: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
