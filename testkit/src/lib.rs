@@ -1,0 +1,1 @@
+//! Real components for the workspace's tests, started on loopback with free ports.
