@@ -8,6 +8,7 @@
 //! inbound:  accept → (telemetry, authz) → app
 //! ```
 
+pub mod admin;
 pub mod authz;
 pub mod balance;
 pub mod body;

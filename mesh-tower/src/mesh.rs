@@ -396,6 +396,27 @@ impl Mesh {
         &self.inner.name
     }
 
+    /// The workload's admin endpoint (`/ready`, `/config_dump`, `/clusters`, `/certs`,
+    /// `/metrics`) as a tower service; serve it with [`admin::serve`](crate::admin::serve)
+    /// on a loopback port.
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin::new(self.clone(), None)
+    }
+
+    /// The balancer's per-endpoint state (requests in flight, ejections), shared by every
+    /// client of this mesh.
+    pub fn endpoint_stats(&self) -> &crate::balance::EndpointStats {
+        &self.inner.parts.endpoint_stats
+    }
+
+    /// The workload's current certificate, if it has one.
+    pub fn identity(&self) -> Option<Arc<tls::TlsIdentity>> {
+        self.inner
+            .identity
+            .as_ref()
+            .and_then(|id| id.borrow().clone())
+    }
+
     /// The outbound client: send any `http::Request` for a mesh host through the mesh.
     ///
     /// Cloning is cheap; clones share connection pools, retry budgets and load balancing

@@ -1,12 +1,12 @@
-//! A small admin listener per workload, on its own port (like Envoy's `:15000`, which a
-//! later issue grows into the full admin endpoint).
+//! The admin listener of each workload, on its own port (like Envoy's `:15000`): the mesh's
+//! admin endpoint ([`mesh_tower::admin`]) plus what `bookinfo up` reads about the process.
 //!
 //! | path | answer |
 //! |---|---|
 //! | `/` | the workload (name, app, version, address, service account, pid) and its config status |
 //! | `/config` | the workload's config status: generation, store revision, `lastError` findings |
-//! | `/ready` | `200 ready` (the listener only starts once the mesh is ready) |
 //! | `/health` | `200 {"status":"ok"}` |
+//! | `/metrics`, `/ready`, `/config_dump`, `/clusters`, `/certs` | the mesh's admin endpoint |
 
 use std::future::Future;
 
@@ -20,6 +20,7 @@ use super::child::Ready;
 /// The admin router of the workload described by `me`.
 pub(crate) fn router(mesh: Mesh, me: Ready, service_account: String) -> Router {
     let status = mesh.clone();
+    let admin = mesh.admin();
     Router::new()
         .route(
             "/",
@@ -48,8 +49,8 @@ pub(crate) fn router(mesh: Mesh, me: Ready, service_account: String) -> Router {
                 async move { Json(mesh.status()) }
             }),
         )
-        .route("/ready", get(|| async { "ready\n" }))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .fallback_service(admin)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; errors are logged.
