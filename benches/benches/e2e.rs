@@ -107,12 +107,11 @@ async fn bare_server() -> std::net::SocketAddr {
     addr
 }
 
-async fn drive<S>(mode: &'static str, svc: S, uri: String, requests: usize) -> Run
+async fn drive<S, B>(mode: &'static str, svc: S, uri: String, requests: usize) -> Run
 where
-    S: Service<http::Request<Empty<Bytes>>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<Empty<Bytes>>, Response = http::Response<B>> + Clone + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::fmt::Debug,
     S::Error: std::fmt::Debug + Send,
     S::Future: Send,
 {

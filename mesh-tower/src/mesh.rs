@@ -81,6 +81,12 @@ use crate::{
     route::Caller,
     server::{self, InboundTls, InboundTlsStats, ServeSummary, ShutdownOptions},
     stack::{self, StackParts},
+    telemetry::{
+        access_log::{AccessLogConfig, AccessLogSink},
+        layer::{LocalWorkload, Telemetry, TelemetryLayer},
+        metrics::{IstioMetrics, MeshCounters},
+        trace::{RecordTarget, Trace, TraceLayer, Tracing},
+    },
     tls::{self, IdentityWatch, TlsAcceptor},
 };
 
@@ -168,6 +174,9 @@ pub enum MeshError {
     /// The TLS configuration could not be built.
     #[error("mutual TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    /// The access log file could not be opened.
+    #[error("access log: {0}")]
+    AccessLog(#[source] std::io::Error),
 }
 
 /// Builds a [`Mesh`].
@@ -182,9 +191,31 @@ pub struct MeshBuilder {
     shutdown: ShutdownOptions,
     connect_timeout: Duration,
     identity: Option<IdentityWatch>,
+    access_log: Option<AccessLogConfig>,
+    tracing: Tracing,
 }
 
 impl MeshBuilder {
+    /// Distributed tracing: sampling and where spans go (see
+    /// [`Tracing::builder`](crate::telemetry::trace::Tracing::builder)). Without it the mesh
+    /// still propagates trace headers (W3C and B3) and `x-request-id` through the request
+    /// path, so the application's outbound calls continue the caller's trace, but builds no
+    /// spans.
+    pub fn tracing(mut self, tracing: Tracing) -> Self {
+        self.tracing = tracing;
+        self
+    }
+
+    /// Writes an access log line per request, on both sides, in Istio's text format or its
+    /// JSON form, to standard output or a file (off by default, as in Istio's default
+    /// profile). Lines are written by a background task; when it falls behind, lines are
+    /// dropped and counted (`mesh_access_log_dropped_total`) rather than making requests
+    /// wait.
+    pub fn access_log(mut self, config: AccessLogConfig) -> Self {
+        self.access_log = Some(config);
+        self
+    }
+
     /// The workload's TLS credentials: with them the mesh speaks mutual TLS (see the
     /// [module docs](self#mutual-tls)); without them it stays plaintext. The value current at
     /// each handshake is used, so a rotated certificate applies to new connections;
@@ -274,6 +305,20 @@ impl MeshBuilder {
                 },
             );
         let parts = StackParts::with_connect(connect.build());
+        // Telemetry: one metrics registry per mesh; the two layers are built once so their
+        // label caches are shared by every client and listener of this mesh.
+        let access_log = match &self.access_log {
+            Some(config) => AccessLogSink::spawn(config).map_err(MeshError::AccessLog)?,
+            None => AccessLogSink::off(),
+        };
+        let metrics = IstioMetrics::new();
+        let local = LocalWorkload::from_workload(&self.workload)
+            .trust_domain(self.settings.trust_domain.clone())
+            .domain(self.settings.domain.clone());
+        let outbound_telemetry =
+            TelemetryLayer::outbound(&metrics, local.clone()).access_log(access_log.clone());
+        let inbound_telemetry =
+            TelemetryLayer::inbound(&metrics, local).access_log(access_log.clone());
         // Endpoints that left the registry leave their load counters behind; drop the idle
         // ones on each new snapshot. The task ends with the watcher (its channel closes).
         let stats = parts.endpoint_stats.clone();
@@ -284,17 +329,38 @@ impl MeshBuilder {
             }
         });
         let mesh = Mesh {
-            inner: Arc::new(Inner {
-                store: self.store,
-                workload: tokio::sync::Mutex::new(self.workload.clone()),
-                name: self.workload.key(),
-                watcher,
-                caller,
-                parts,
-                drain_delay: self.drain_delay,
-                shutdown: self.shutdown,
-                identity: self.identity,
-                tls_stats: Arc::default(),
+            inner: Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
+                let weak = weak.clone();
+                let mut counters = MeshCounters::new()
+                    .retries(&metrics, parts.retry_stats.clone())
+                    .breakers(&metrics, parts.breakers.clone())
+                    .outlier(&metrics, parts.endpoint_stats.clone())
+                    .config(&metrics, move || {
+                        weak.upgrade()
+                            .map(|inner| inner.watcher.status())
+                            .unwrap_or_default()
+                    })
+                    .access_log(&metrics, access_log.clone());
+                if let Some(identity) = &self.identity {
+                    counters = counters.certificate(&metrics, identity.clone());
+                }
+                Inner {
+                    store: self.store,
+                    workload: tokio::sync::Mutex::new(self.workload.clone()),
+                    name: self.workload.key(),
+                    watcher,
+                    caller,
+                    parts,
+                    drain_delay: self.drain_delay,
+                    shutdown: self.shutdown,
+                    identity: self.identity,
+                    tls_stats: Arc::default(),
+                    metrics,
+                    counters,
+                    outbound_telemetry,
+                    inbound_telemetry,
+                    tracing: self.tracing,
+                }
             }),
         };
         if let Some(addr) = self.workload.address {
@@ -322,6 +388,13 @@ struct Inner {
     shutdown: ShutdownOptions,
     identity: Option<IdentityWatch>,
     tls_stats: Arc<InboundTlsStats>,
+    metrics: IstioMetrics,
+    /// Reports the mesh's own counters at scrape time while it lives.
+    #[allow(dead_code)]
+    counters: MeshCounters,
+    outbound_telemetry: TelemetryLayer,
+    inbound_telemetry: TelemetryLayer,
+    tracing: Tracing,
 }
 
 impl Mesh {
@@ -336,6 +409,8 @@ impl Mesh {
             shutdown: ShutdownOptions::default(),
             connect_timeout: Duration::from_secs(10),
             identity: None,
+            access_log: None,
+            tracing: Tracing::disabled(),
         }
     }
 
@@ -400,7 +475,24 @@ impl Mesh {
     /// `/metrics`) as a tower service; serve it with [`admin::serve`](crate::admin::serve)
     /// on a loopback port.
     pub fn admin(&self) -> crate::admin::Admin {
-        crate::admin::Admin::new(self.clone(), None)
+        let metrics = self.inner.metrics.clone();
+        crate::admin::Admin::new(
+            self.clone(),
+            Some(Arc::new(move |out: &mut String| metrics.encode_into(out))),
+        )
+    }
+
+    /// The workload's metrics: Istio's standard request metrics, reported by its client
+    /// (`reporter="source"`) and its listeners (`reporter="destination"`), and the mesh's own
+    /// counters; [`IstioMetrics::encode`] gives the Prometheus text `/metrics` serves.
+    pub fn metrics(&self) -> &IstioMetrics {
+        &self.inner.metrics
+    }
+
+    /// The mesh's tracing: call [`Tracing::shutdown`] (or `force_flush`) before the process
+    /// exits so the last spans are exported.
+    pub fn tracing(&self) -> &Tracing {
+        &self.inner.tracing
     }
 
     /// The balancer's per-endpoint state (requests in flight, ejections), shared by every
@@ -423,12 +515,15 @@ impl Mesh {
     /// state.
     pub fn http_client(&self) -> HttpClient {
         HttpClient {
-            inner: stack::outbound_stack(
-                self.inner.watcher.handle(),
-                self.inner.caller.clone(),
-                &self.inner.parts,
-                self.inner.parts.connect.clone(),
-            ),
+            inner: tower::ServiceBuilder::new()
+                .layer(self.inner.outbound_telemetry.clone())
+                .layer(TraceLayer::outbound(self.inner.tracing.clone()))
+                .service(stack::outbound_stack(
+                    self.inner.watcher.handle(),
+                    self.inner.caller.clone(),
+                    &self.inner.parts,
+                    RecordTarget::new(self.inner.parts.connect.clone()),
+                )),
         }
     }
 
@@ -509,6 +604,8 @@ impl Mesh {
         // The inbound stack: AuthorizationPolicy in front of the application.
         let source: Arc<dyn crate::route::SnapshotSource> = self.inner.watcher.handle();
         let app = tower::ServiceBuilder::new()
+            .layer(self.inner.inbound_telemetry.clone())
+            .layer(TraceLayer::inbound(self.inner.tracing.clone()).port(local.port()))
             .layer(crate::authz::AuthorizationLayer::new(
                 source,
                 namespace,
@@ -570,8 +667,11 @@ where
 /// The outbound client of a [`Mesh`]: a cloneable tower service for any request body.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: stack::Outbound<Connect>,
+    inner: Client,
 }
+
+/// The whole outbound stack of a mesh's client.
+type Client = Telemetry<Trace<stack::Outbound<RecordTarget<Connect>>>>;
 
 impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -584,9 +684,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = http::Response<Body>;
+    type Response = http::Response<crate::telemetry::layer::ResponseBody<Body>>;
     type Error = BoxError;
-    type Future = <stack::Outbound<Connect> as Service<http::Request<Body>>>::Future;
+    type Future = <Client as Service<http::Request<Body>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

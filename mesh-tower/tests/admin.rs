@@ -190,8 +190,17 @@ async fn the_admin_endpoint_shows_readiness_config_clusters_and_certificates() {
     assert_eq!(certs["chain"][0]["isCa"], false);
     assert_eq!(certs["roots"][0]["isCa"], true);
 
-    // Without a metrics source /metrics says so; unknown pages and other methods are refused.
-    assert_eq!(get(addr, "/metrics").await.0, 404);
+    // Metrics in Prometheus' text format: the mesh's own counters are there from the start
+    // (Istio's request metrics appear with the first request).
+    let (status, ctype, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(
+        text.contains("# TYPE mesh_config_generation gauge"),
+        "{text}"
+    );
+    assert!(text.contains("mesh_certificate_expiry_seconds"), "{text}");
+    // Unknown pages and other methods are refused.
     assert_eq!(get(addr, "/nope").await.0, 404);
     let post = http::Request::post("/ready").body(()).expect("request");
     assert_eq!(mesh.admin().respond(&post).status(), 405);

@@ -317,6 +317,18 @@ impl EndpointStats {
             .map_or(0, |c| c.ejections())
     }
 
+    /// How many ejections outlier detection made, summed over the endpoints these statistics
+    /// track (for telemetry; an endpoint dropped by [`prune_idle`](Self::prune_idle) takes its
+    /// count with it).
+    pub fn total_ejections(&self) -> u64 {
+        self.read()
+            .in_flight
+            .values()
+            .flat_map(|ports| ports.values())
+            .map(|c| c.ejections())
+            .sum()
+    }
+
     /// True while `address:port` is avoided after connect failures.
     pub fn is_down(&self, address: &str, port: u16) -> bool {
         self.read().is_down(address, port, self.now_ms())

@@ -276,7 +276,10 @@ where
                 let ready = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::waiting(acquire, pending, permits, ready, req)
             }
-            Admission::Overflow(overflow) => ResponseFuture::failed(overflow.into()),
+            Admission::Overflow(overflow) => {
+                self.breakers.record_overflow();
+                ResponseFuture::failed(overflow.into())
+            }
         }
     }
 }

@@ -34,6 +34,8 @@ struct Registry {
     /// host → its clusters (a short list: subsets × ports); copied on insert.
     clusters: ArcSwap<foldhash::HashMap<Arc<str>, Vec<Arc<Cluster>>>>,
     inserting: Mutex<()>,
+    /// Requests refused because a limit was reached (for telemetry).
+    overflows: std::sync::atomic::AtomicU64,
 }
 
 /// The limits and counters of one cluster.
@@ -97,6 +99,21 @@ impl CircuitBreakers {
     /// No clusters yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Requests refused because a cluster's limit was reached, since these breakers were
+    /// created (Envoy's `upstream_rq_pending_overflow`, summed over clusters).
+    pub fn overflows(&self) -> u64 {
+        self.inner
+            .overflows
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one overflow.
+    pub(super) fn record_overflow(&self) {
+        self.inner
+            .overflows
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// True if some DestinationRule in `snapshot` has a `connectionPool` (the snapshot knows

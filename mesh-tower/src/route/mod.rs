@@ -321,6 +321,10 @@ where
         let snapshot = self.shared.source.snapshot();
         match decide_with(&snapshot, &self.shared.caller, &req, rand::random::<u32>) {
             Ok((target, headers)) => {
+                // The outbound telemetry layer above reads the decision from its slot.
+                if let Some(slot) = req.extensions().get::<crate::telemetry::layer::RouteSlot>() {
+                    slot.set(&target);
+                }
                 req.extensions_mut().insert(target);
                 if let Some(h) = headers {
                     req.extensions_mut().insert(h);

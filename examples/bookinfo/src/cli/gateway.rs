@@ -277,7 +277,7 @@ async fn forward(client: HttpClient, req: Request<Body>) -> Response<Body> {
     match client.oneshot(req).await {
         Ok(mut res) => {
             strip_hop_by_hop(res.headers_mut());
-            res
+            res.map(mesh_tower::body::boxed)
         }
         Err(e) => {
             // The mesh's rescue layer turns its failures into local replies; what is left is

@@ -1,0 +1,697 @@
+//! [`TraceLayer`]: the inbound and outbound span layers, and their future and body.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use opentelemetry::{
+    KeyValue,
+    trace::{Span as _, SpanKind, Status},
+};
+use opentelemetry_sdk::trace::Span;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::{CURRENT, RequestTrace, Scoped, Tracing, current};
+use crate::{
+    BoxError,
+    body::Body,
+    flags::ResponseFlags,
+    mirror::Mirrored,
+    server::PeerAddr,
+    target::{PickedEndpoint, Target},
+    telemetry::propagation::{
+        TraceContext, X_REQUEST_ID, ensure_request_id, extract, inject, sampling_decision,
+    },
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Inbound,
+    Outbound,
+}
+
+// === TraceLayer ===
+
+/// Starts a span per request and propagates the trace; see the [module docs](super).
+///
+/// Both forms take and return `http::Request<Body>` / `http::Response<Body>` (the mesh's
+/// [`Body`]); a sampled response's body is wrapped to end the span when it ends.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct TraceLayer {
+    tracing: Tracing,
+    direction: Direction,
+    port: Option<u16>,
+}
+
+impl TraceLayer {
+    /// The server side: wraps the application (below the server, above authorization, so
+    /// denied requests are traced too).
+    pub fn inbound(tracing: Tracing) -> Self {
+        Self {
+            tracing,
+            direction: Direction::Inbound,
+            port: None,
+        }
+    }
+
+    /// The client side: wraps the whole outbound stack (above the rescue layer, so local
+    /// replies are traced, and above retries, so one span covers every try).
+    pub fn outbound(tracing: Tracing) -> Self {
+        Self {
+            tracing,
+            direction: Direction::Outbound,
+            port: None,
+        }
+    }
+
+    /// The listener's port (inbound): in the span name and `upstream_cluster`
+    /// (`inbound|9080||`). Without it, the port of the request's `Host`, else 80.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace {
+            inner,
+            tracing: self.tracing.clone(),
+            direction: self.direction,
+            port: self.port,
+        }
+    }
+}
+
+/// The service of [`TraceLayer`].
+#[derive(Clone, Debug)]
+pub struct Trace<S> {
+    inner: S,
+    tracing: Tracing,
+    direction: Direction,
+    port: Option<u16>,
+}
+
+impl<S> Trace<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> Service<Request<Body>> for Trace<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Error: std::fmt::Display,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        match self.direction {
+            Direction::Inbound => self.call_inbound(req),
+            Direction::Outbound => self.call_outbound(req),
+        }
+    }
+}
+
+impl<S> Trace<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+{
+    fn call_inbound(&mut self, mut req: Request<Body>) -> ResponseFuture<S::Future> {
+        let headers = req.headers_mut();
+        let request_id = ensure_request_id(headers).clone();
+        let mut ctx = match extract(headers) {
+            Some(parent) => parent.child(),
+            None => TraceContext::new_root(
+                sampling_decision(headers).unwrap_or_else(|| self.tracing.sample()),
+            ),
+        };
+        if ctx.sampled.is_none() && !ctx.debug {
+            ctx.sampled = Some(self.tracing.sample());
+        }
+        // Towards the application the headers carry the server span, as Envoy writes them:
+        // an application forwarding them by hand makes its calls children of this span.
+        inject(&ctx, headers);
+
+        let port = self
+            .port
+            .or_else(|| host_port(&req))
+            .unwrap_or(default_port(&req));
+        let span = self.tracing.start(
+            &ctx,
+            SpanKind::Server,
+            match self.tracing.service_host() {
+                Some(host) => format!("{host}:{port}/*"),
+                None => format!("{}:{port}/*", host_name(&req).unwrap_or("unknown")),
+            },
+            |attrs| {
+                request_attributes(&req, &request_id, attrs);
+                attrs.push(KeyValue::new("downstream_cluster", "-"));
+                if let Some(peer) = req.extensions().get::<PeerAddr>() {
+                    attrs.push(KeyValue::new("peer.address", peer.0.ip().to_string()));
+                }
+            },
+        );
+        let state = span.map(|span| {
+            let request_bytes = count_request_body(&mut req);
+            Box::new(SpanState {
+                span,
+                direction: Direction::Inbound,
+                request_bytes,
+                response_bytes: 0,
+                slot: None,
+                upstream_cluster: Some(format!("inbound|{port}||")),
+            })
+        });
+
+        let trace = RequestTrace {
+            context: ctx,
+            request_id: Some(request_id),
+        };
+        req.extensions_mut().insert(trace.clone());
+        let inner = &mut self.inner;
+        let fut = CURRENT.sync_scope(Some(trace.clone()), || inner.call(req));
+        ResponseFuture {
+            kind: Kind::Scoped {
+                fut: super::scope(Some(trace), fut),
+            },
+            state,
+        }
+    }
+
+    fn call_outbound(&mut self, mut req: Request<Body>) -> ResponseFuture<S::Future> {
+        let ext = req.extensions();
+        let parent = ext
+            .get::<RequestTrace>()
+            .cloned()
+            .or_else(|| {
+                ext.get::<TraceContext>().map(|c| RequestTrace {
+                    context: c.clone(),
+                    request_id: None,
+                })
+            })
+            .or_else(current);
+        let headers = req.headers_mut();
+        let (mut ctx, request_id) = match parent {
+            Some(parent) => (parent.context.child(), parent.request_id),
+            // Headers the application forwarded by hand: continue that trace.
+            None => match extract(headers) {
+                Some(parent) => (parent.child(), None),
+                None => (
+                    TraceContext::new_root(
+                        sampling_decision(headers).unwrap_or_else(|| self.tracing.sample()),
+                    ),
+                    None,
+                ),
+            },
+        };
+        if ctx.sampled.is_none() && !ctx.debug {
+            ctx.sampled = Some(self.tracing.sample());
+        }
+        // An id the application set wins; else the inbound request's; else a new one.
+        if let Some(id) = request_id
+            && !headers.contains_key(X_REQUEST_ID)
+        {
+            headers.insert(X_REQUEST_ID, id);
+        }
+        let request_id = ensure_request_id(headers).clone();
+        inject(&ctx, headers);
+
+        let port = host_port(&req).unwrap_or(default_port(&req));
+        let host = host_name(&req).unwrap_or("unknown");
+        let span = self.tracing.start(
+            &ctx,
+            SpanKind::Client,
+            format!("{host}:{port}/*"),
+            |attrs| request_attributes(&req, &request_id, attrs),
+        );
+        let cluster = span
+            .is_some()
+            .then(|| format!("outbound|{port}||{}", host_name(&req).unwrap_or("unknown")));
+        let state = span.map(|span| {
+            let request_bytes = count_request_body(&mut req);
+            let slot = TargetSlot::default();
+            req.extensions_mut().insert(slot.clone());
+            Box::new(SpanState {
+                span,
+                direction: Direction::Outbound,
+                request_bytes,
+                response_bytes: 0,
+                slot: Some(slot),
+                upstream_cluster: cluster,
+            })
+        });
+        ResponseFuture {
+            kind: Kind::Plain {
+                fut: self.inner.call(req),
+            },
+            state,
+        }
+    }
+}
+
+/// The host of the request: its URI's, else its `Host` header's.
+fn host_name<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().host().or_else(|| {
+        let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+        Some(match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        })
+    })
+}
+
+/// The port of the request: its URI's, else its `Host` header's.
+fn host_port<B>(req: &Request<B>) -> Option<u16> {
+    req.uri().port_u16().or_else(|| {
+        let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+        host.rsplit_once(':')?.1.parse().ok()
+    })
+}
+
+fn default_port<B>(req: &Request<B>) -> u16 {
+    if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    }
+}
+
+/// Envoy's request tags (`http.url`, `http.method`, `http.protocol`, `user_agent`,
+/// `guid:x-request-id`).
+fn request_attributes<B>(
+    req: &Request<B>,
+    request_id: &http::HeaderValue,
+    attrs: &mut Vec<KeyValue>,
+) {
+    let scheme = req.uri().scheme_str().unwrap_or("http");
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok())
+        .unwrap_or("");
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    // Envoy truncates the URL tag at 256 characters.
+    let mut url = format!("{scheme}://{authority}{path}");
+    if url.len() > 256 {
+        let mut end = 256;
+        while !url.is_char_boundary(end) {
+            end -= 1;
+        }
+        url.truncate(end);
+    }
+    attrs.push(KeyValue::new("http.url", url));
+    attrs.push(KeyValue::new(
+        "http.method",
+        req.method().as_str().to_owned(),
+    ));
+    attrs.push(KeyValue::new("http.protocol", protocol(req.version())));
+    attrs.push(KeyValue::new(
+        "user_agent",
+        header_str(req.headers(), http::header::USER_AGENT),
+    ));
+    attrs.push(KeyValue::new(
+        "guid:x-request-id",
+        String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+    ));
+}
+
+fn header_str(headers: &HeaderMap, name: http::HeaderName) -> String {
+    headers.get(name).map_or_else(
+        || "-".to_owned(),
+        |v| String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    )
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Replaces the request's body with one that counts its bytes.
+fn count_request_body(req: &mut Request<Body>) -> Arc<AtomicU64> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let body = std::mem::take(req.body_mut());
+    *req.body_mut() = Body::new(CountingBody {
+        inner: body,
+        counter: counter.clone(),
+    });
+    counter
+}
+
+// === the span of one request ===
+
+/// Where the outbound span learns the route's decision: [`RecordTarget`], at the leaf of
+/// the outbound stack, fills it from the request's [`Target`].
+#[derive(Clone, Debug, Default)]
+struct TargetSlot(Arc<OnceLock<Target>>);
+
+struct SpanState {
+    span: Span,
+    direction: Direction,
+    request_bytes: Arc<AtomicU64>,
+    response_bytes: u64,
+    slot: Option<TargetSlot>,
+    upstream_cluster: Option<String>,
+}
+
+impl SpanState {
+    /// Records what the response head says.
+    fn response(&mut self, res: &Response<Body>) {
+        let status = res.status();
+        self.span.set_attribute(KeyValue::new(
+            "http.status_code",
+            status.as_u16().to_string(),
+        ));
+        self.span.set_attribute(KeyValue::new(
+            "response_flags",
+            ResponseFlags::of(res).to_string(),
+        ));
+        if self.direction == Direction::Outbound {
+            if let Some(target) = self.slot.as_ref().and_then(|s| s.0.get()) {
+                self.span
+                    .update_name(format!("{}:{}/*", target.host, target.port));
+                self.upstream_cluster = Some(format!(
+                    "outbound|{}|{}|{}",
+                    target.port,
+                    target.subset.as_deref().unwrap_or(""),
+                    target.host
+                ));
+            }
+            if let Some(picked) = res.extensions().get::<PickedEndpoint>() {
+                self.span.set_attribute(KeyValue::new(
+                    "upstream_address",
+                    picked.authority.as_str().to_owned(),
+                ));
+            }
+        }
+        if status.is_server_error() {
+            self.span.set_attribute(KeyValue::new("error", "true"));
+            self.span.set_status(Status::error(status.to_string()));
+        }
+    }
+
+    /// The request failed before a response.
+    fn failed(&mut self, error: &dyn std::fmt::Display) {
+        self.span.set_attribute(KeyValue::new("error", "true"));
+        self.span.set_status(Status::error(error.to_string()));
+    }
+
+    fn end(&mut self) {
+        if let Some(cluster) = self.upstream_cluster.take() {
+            self.span
+                .set_attribute(KeyValue::new("upstream_cluster.name", cluster.clone()));
+            self.span
+                .set_attribute(KeyValue::new("upstream_cluster", cluster));
+        }
+        self.span.set_attribute(KeyValue::new(
+            "request_size",
+            self.request_bytes.load(Ordering::Relaxed).to_string(),
+        ));
+        self.span.set_attribute(KeyValue::new(
+            "response_size",
+            self.response_bytes.to_string(),
+        ));
+        self.span.end();
+    }
+}
+
+/// Ends the span when dropped (a response body dropped before its end, a cancelled
+/// request).
+struct SpanGuard(Option<Box<SpanState>>);
+
+impl Drop for SpanGuard {
+    fn drop(&mut self) {
+        if let Some(mut state) = self.0.take() {
+            state.end();
+        }
+    }
+}
+
+// === ResponseFuture ===
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Scoped { #[pin] fut: Scoped<F> },
+        Plain { #[pin] fut: F },
+    }
+}
+
+pin_project! {
+    /// The future of [`Trace`]: the inner response, its body wrapped when the request is
+    /// traced.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+        state: Option<Box<SpanState>>,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("traced", &self.state.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: std::fmt::Display,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.kind.project() {
+            KindProj::Scoped { fut } => std::task::ready!(fut.poll(cx)),
+            KindProj::Plain { fut } => std::task::ready!(fut.poll(cx)),
+        };
+        let Some(mut state) = this.state.take() else {
+            return Poll::Ready(result);
+        };
+        Poll::Ready(match result {
+            Ok(res) => {
+                state.response(&res);
+                if res.body().is_end_stream() {
+                    state.end();
+                    Ok(res)
+                } else {
+                    Ok(res.map(|inner| {
+                        Body::new(TracedBody {
+                            inner,
+                            guard: SpanGuard(Some(state)),
+                        })
+                    }))
+                }
+            }
+            Err(e) => {
+                state.failed(&e);
+                state.end();
+                Err(e)
+            }
+        })
+    }
+}
+
+// === bodies ===
+
+pin_project! {
+    /// A traced response's body: counts its bytes and ends the span when it ends, fails or
+    /// is dropped.
+    pub struct TracedBody<B> {
+        #[pin]
+        inner: B,
+        guard: SpanGuard,
+    }
+}
+
+impl<B> std::fmt::Debug for TracedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracedBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> HttpBody for TracedBody<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(state) = this.guard.0.as_mut() {
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        state.response_bytes += data.len() as u64;
+                    }
+                }
+                Some(Err(e)) => {
+                    state.failed(e);
+                    if let Some(mut state) = this.guard.0.take() {
+                        state.end();
+                    }
+                }
+                None => {
+                    if let Some(mut state) = this.guard.0.take() {
+                        state.end();
+                    }
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    struct CountingBody {
+        #[pin]
+        inner: Body,
+        counter: Arc<AtomicU64>,
+    }
+}
+
+impl HttpBody for CountingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(data) = f.data_ref()
+        {
+            this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === RecordTarget ===
+
+/// Places [`RecordTarget`] at the leaf of the outbound stack (over the connection pools),
+/// where requests carry the route's [`Target`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordTargetLayer;
+
+impl<S> Layer<S> for RecordTargetLayer {
+    type Service = RecordTarget<S>;
+
+    fn layer(&self, inner: S) -> RecordTarget<S> {
+        RecordTarget { inner }
+    }
+}
+
+/// Tells a traced request's client span which route it took (the destination host, port
+/// and subset, for Istio's span name `reviews.default.svc.cluster.local:9080/*` and
+/// `upstream_cluster` `outbound|9080|v1|reviews.default.svc.cluster.local`). Without it the
+/// client span is named after the request's authority. Does nothing for untraced requests.
+#[derive(Clone, Debug)]
+pub struct RecordTarget<S> {
+    inner: S,
+}
+
+impl<S> RecordTarget<S> {
+    /// Wraps the leaf service (the connection pools).
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for RecordTarget<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let ext = req.extensions();
+        if let Some(slot) = ext.get::<TargetSlot>()
+            && ext.get::<Mirrored>().is_none()
+            && let Some(target) = ext.get::<Target>()
+        {
+            // The first try decides; retries go to the same route.
+            let _ = slot.0.set(target.clone());
+        }
+        self.inner.call(req)
+    }
+}
