@@ -61,6 +61,9 @@ pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) ca: mtls::CaArgs,
 
+    #[command(flatten)]
+    pub(crate) telemetry: super::telemetry::TelemetryArgs,
+
     /// Run under `bookinfo up`: print the ready line as JSON and stop when stdin closes.
     #[arg(long, hide = true)]
     pub(crate) supervised: bool,
@@ -109,12 +112,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let workload = Workload::new(&name, &args.namespace)
         .label("app", APP)
         .label("istio", "ingressgateway")
+        .label(super::telemetry::WORKLOAD_NAME_LABEL, APP)
         .service_account(&service_account);
     // With an identity the gateway's calls use mutual TLS; its public port stays plaintext
     // (`Mesh::serves_mutual_tls`: PeerAuthentication does not govern a gateway's listeners).
-    let mut builder = Mesh::builder(store, workload)
-        .gateway(true)
-        .drain_delay(args.drain_delay.as_std());
+    let mut builder = args.telemetry.apply(
+        Mesh::builder(store, workload.clone())
+            .gateway(true)
+            .drain_delay(args.drain_delay.as_std()),
+        &workload,
+    )?;
     if let Some(identity) = &identity {
         builder = builder.identity(identity.watch.clone());
     }

@@ -17,6 +17,7 @@ pub(crate) mod gateway;
 pub(crate) mod mtls;
 pub(crate) mod seed;
 pub(crate) mod service;
+pub(crate) mod telemetry;
 pub(crate) mod up;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};

@@ -18,7 +18,10 @@ use bookinfo::{Service, Settings};
 use mesh_tower::mesh::{Mesh, Workload};
 use tokio::net::TcpListener;
 
-use super::{GoDuration, StoreArgs, child, mtls, random_suffix};
+use super::{
+    GoDuration, StoreArgs, child, mtls, random_suffix,
+    telemetry::{TelemetryArgs, WORKLOAD_NAME_LABEL},
+};
 
 /// Flags of `bookinfo service`.
 #[derive(Debug, clap::Args)]
@@ -56,6 +59,9 @@ pub(crate) struct Args {
 
     #[command(flatten)]
     pub(crate) ca: mtls::CaArgs,
+
+    #[command(flatten)]
+    pub(crate) telemetry: TelemetryArgs,
 
     /// How long to keep serving after deregistering on shutdown, so callers move away first.
     #[arg(long, default_value = "1s", value_name = "DURATION")]
@@ -207,10 +213,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let workload = Workload::new(&name, &args.namespace)
         .label("app", service.name())
         .label("version", &args.version)
+        .label(
+            WORKLOAD_NAME_LABEL,
+            format!("{}-{}", service.name(), args.version),
+        )
         .service_account(&service_account);
     // No address yet: `start` would register it before the mesh is ready. It is registered
     // below, once the application is built and the admin listener runs.
-    let mut builder = Mesh::builder(store, workload).drain_delay(args.drain_delay.as_std());
+    let mut builder = args.telemetry.apply(
+        Mesh::builder(store, workload.clone()).drain_delay(args.drain_delay.as_std()),
+        &workload,
+    )?;
     if let Some(identity) = &identity {
         builder = builder.identity(identity.watch.clone());
     }

@@ -149,6 +149,9 @@ pub(crate) struct Args {
     /// reused otherwise [default: <config dir>/.mesh-ca].
     #[arg(long, value_name = "DIR")]
     pub(crate) ca_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) telemetry: super::telemetry::TelemetryArgs,
 }
 
 /// Workloads `up` runs only when asked with `--with`.
@@ -543,6 +546,7 @@ fn specs(
         .map(|s| (*s).to_owned())
         .collect();
         a.extend(args.timeouts.to_args());
+        a.extend(args.telemetry.to_args());
         a.extend(ca_args.iter().cloned());
         out.push(ChildSpec {
             name,
@@ -569,6 +573,7 @@ fn specs(
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    a.extend(args.telemetry.to_args());
     a.extend(ca_args);
     out.push(ChildSpec {
         name,
@@ -1053,6 +1058,7 @@ mod tests {
             mtls: MtlsMode::On,
             ca_dir: None,
             with: Vec::new(),
+            telemetry: super::super::telemetry::TelemetryArgs::default(),
         }
     }
 
