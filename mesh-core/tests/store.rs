@@ -598,7 +598,7 @@ async fn open_accepts_file_urls_and_plain_paths() {
     store.apply(parse(&ap("a"))).await.unwrap();
     let plain = mesh_core::store::open(tmp.path().to_str().unwrap()).unwrap();
     assert_eq!(plain.list().await.unwrap().resources.len(), 1);
-    let err = mesh_core::store::open("etcd://127.0.0.1:2379").unwrap_err();
+    let err = mesh_core::store::open("etcds://127.0.0.1:2379").unwrap_err();
     assert!(err.to_string().contains("not supported yet"), "{err}");
 }
 

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The store is chosen with `--config-dir DIR` (env `MESH_CONFIG_DIR`) or `--store URL`
-//! (env `MESH_STORE`, e.g. `file:/etc/mesh`). Exit codes: 0 success; 1 failure (refused
+//! (env `MESH_STORE`, e.g. `file:/etc/mesh` or `etcd://10.0.0.1:2379,10.0.0.2:2379`); every
+//! verb works on either. Exit codes: 0 success; 1 failure (refused
 //! apply, I/O; `load` that cannot start); 2 usage error; 79 `analyze` found issues at or
 //! above `--failure-threshold` (the code `istioctl analyze` uses). `load` exits 0 once its
 //! run completes, whatever the responses' statuses (as fortio).
@@ -38,7 +39,8 @@ struct Cli {
     #[arg(long, global = true, env = "MESH_CONFIG_DIR", value_name = "DIR")]
     config_dir: Option<PathBuf>,
 
-    /// The store, as a URL: `file:DIR` (etcd comes later). Overrides --config-dir.
+    /// The store, as a URL: `file:DIR`, or `etcd://HOST:PORT[,HOST:PORT…]` with optional
+    /// `?prefix=/mesh&lease_ttl=10s`. Overrides --config-dir.
     #[arg(long, global = true, env = "MESH_STORE", value_name = "URL")]
     store: Option<String>,
 

@@ -11,7 +11,7 @@
 //! | backend | URL | what it is for |
 //! |---|---|---|
 //! | [`FileStore`] | `file:DIR` or a plain path | one machine; the embedded default |
-//! | etcd | `etcd://host:2379` | many machines (not implemented yet) |
+//! | [`EtcdStore`] | `etcd://host:2379[,host:2379…][?prefix=/mesh&lease_ttl=10s]` | many machines: leases, watches (cargo feature `etcd`, on by default) |
 //!
 //! The trait is object safe (its methods return boxed futures), so callers hold an
 //! `Arc<dyn Store>` from [`open`] and do not care which backend they got.
@@ -35,6 +35,8 @@
 //! person may have dropped a broken file into the directory) and keeps the last good snapshot
 //! when the new content does not validate.
 
+#[cfg(feature = "etcd")]
+mod etcd;
 mod file;
 mod watch;
 
@@ -48,9 +50,12 @@ use std::{
     pin::Pin,
     str::FromStr,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use self::etcd::{DEFAULT_LEASE_TTL, DEFAULT_PREFIX, EtcdStore};
 pub use self::{
     file::FileStore,
     watch::{ConfigStatus, ConfigWatcher},
@@ -132,8 +137,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// change to the stored configuration, however it was made.
     ///
     /// Revisions are only ordered within one store handle; two handles (or processes) on the
-    /// same data count independently. Several changes in a short time may show up as one
-    /// tick.
+    /// same data count independently (the etcd store's revision is etcd's own, the same for
+    /// every handle on one cluster). Several changes in a short time may show up as one
+    /// tick. A tick that leaves the value as it was means "look again": the etcd store sends
+    /// one when it loses or regains its connection, so a [`ConfigWatcher`] reads, and
+    /// records the store error or clears it.
     fn watch(&self) -> BoxFuture<'_, Result<tokio::sync::watch::Receiver<u64>, StoreError>>;
 
     /// Where the store keeps its data, as a URL [`open`] accepts (`file:/etc/mesh`).
@@ -264,11 +272,23 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The store URL names a backend this build does not have.
+    /// The store URL names a backend this build does not have (`etcd://` without the
+    /// `etcd` cargo feature, `etcds://`: this build has no etcd TLS).
     #[error("the {scheme} store is not supported yet (use file:DIR)")]
     Unsupported {
         /// The URL scheme (`etcd`).
         scheme: String,
+    },
+    /// A remote store (etcd) could not be reached or refused a request; the operation did
+    /// not happen, or it is unknown whether it did.
+    #[error("{url}: cannot {op}: {reason}")]
+    Unavailable {
+        /// The store, as a URL.
+        url: String,
+        /// What was being done (`list /mesh/`, `put /mesh/workloadentries/default/a`).
+        op: String,
+        /// The cause, as the client reported it.
+        reason: String,
     },
     /// [`Store::register`] was given something other than a WorkloadEntry.
     #[error("only a WorkloadEntry can be registered, not {key}")]
@@ -311,19 +331,35 @@ impl StoreError {
     }
 }
 
+/// `/mesh/` → `/mesh`; `mesh` → `/mesh`; `/` → `` (the key prefix of an etcd URL).
+pub(crate) fn normalize_prefix(p: &str) -> String {
+    let trimmed = p.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else if trimmed.starts_with('/') {
+        trimmed.to_owned()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
 /// A parsed store URL, as `--config-dir` / `MESH_CONFIG_DIR` and [`open`] take it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoreUrl {
     /// `file:DIR`, `file:///abs/dir` or a plain path: a [`FileStore`] in that directory.
     File(PathBuf),
-    /// `etcd://host:2379[,host:2379…]` (also `etcds://`, `http://`, `https://`): etcd
-    /// endpoints. Parsed, but not supported yet.
+    /// `etcd://host:2379[,host:2379…][?prefix=/mesh&lease_ttl=10s]` (also `etcds://`,
+    /// `http://`, `https://`): etcd endpoints and options.
     Etcd {
         /// The endpoints, as written.
         endpoints: Vec<String>,
         /// True for `etcds://` and `https://`.
         tls: bool,
+        /// `?prefix=`: the key prefix (default `/mesh`), without a trailing `/`.
+        prefix: Option<String>,
+        /// `?lease_ttl=`: the registration lease TTL (default 10 s), a Go duration.
+        lease_ttl: Option<Duration>,
     },
 }
 
@@ -331,7 +367,7 @@ impl FromStr for StoreUrl {
     type Err = StoreError;
 
     /// Accepts `file:DIR`, `file:///abs/dir`, `file://localhost/abs/dir`, a plain path
-    /// (`./config`, `/etc/mesh`) and `etcd://host:port[,host:port]`.
+    /// (`./config`, `/etc/mesh`) and `etcd://host:port[,host:port][?prefix=P&lease_ttl=D]`.
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         let bad = |reason: &str| StoreError::BadUrl {
             url: url.to_owned(),
@@ -368,6 +404,30 @@ impl FromStr for StoreUrl {
                     )));
                 }
             };
+            let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut prefix = None;
+            let mut lease_ttl = None;
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                match name {
+                    "prefix" => prefix = Some(normalize_prefix(value)),
+                    "lease_ttl" => {
+                        let d = value
+                            .parse::<crate::duration::Duration>()
+                            .map_err(|e| bad(&format!("lease_ttl: {e}")))?
+                            .as_std();
+                        if d < Duration::from_secs(1) {
+                            return Err(bad("lease_ttl must be at least 1s"));
+                        }
+                        lease_ttl = Some(d);
+                    }
+                    other => {
+                        return Err(bad(&format!(
+                            "unknown option {other:?}; expected prefix or lease_ttl"
+                        )));
+                    }
+                }
+            }
             let endpoints: Vec<String> = rest
                 .trim_end_matches('/')
                 .split(',')
@@ -378,7 +438,12 @@ impl FromStr for StoreUrl {
             if endpoints.is_empty() {
                 return Err(bad("no etcd endpoint"));
             }
-            return Ok(StoreUrl::Etcd { endpoints, tls });
+            return Ok(StoreUrl::Etcd {
+                endpoints,
+                tls,
+                prefix,
+                lease_ttl,
+            });
         }
         Ok(StoreUrl::File(PathBuf::from(url)))
     }
@@ -388,9 +453,27 @@ impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreUrl::File(dir) => write!(f, "file:{}", dir.display()),
-            StoreUrl::Etcd { endpoints, tls } => {
+            StoreUrl::Etcd {
+                endpoints,
+                tls,
+                prefix,
+                lease_ttl,
+            } => {
                 let scheme = if *tls { "etcds" } else { "etcd" };
-                write!(f, "{scheme}://{}", endpoints.join(","))
+                write!(f, "{scheme}://{}", endpoints.join(","))?;
+                let mut sep = '?';
+                if let Some(p) = prefix {
+                    write!(f, "{sep}prefix={p}")?;
+                    sep = '&';
+                }
+                if let Some(d) = lease_ttl {
+                    write!(
+                        f,
+                        "{sep}lease_ttl={}",
+                        crate::duration::Duration::from_std(*d)
+                    )?;
+                }
+                Ok(())
             }
         }
     }
@@ -400,20 +483,38 @@ impl StoreUrl {
     /// Opens the store this URL names.
     ///
     /// # Errors
-    /// [`StoreError::Unsupported`] for a backend this build does not have (etcd, for now).
+    /// [`StoreError::Unsupported`] for a backend this build does not have: etcd without
+    /// the `etcd` cargo feature, or `etcds://` (no etcd TLS in this build).
     pub fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
         match self {
             StoreUrl::File(dir) => Ok(Arc::new(FileStore::new(dir.clone()))),
-            StoreUrl::Etcd { .. } => Err(StoreError::Unsupported {
-                scheme: "etcd".to_owned(),
+            #[cfg(feature = "etcd")]
+            StoreUrl::Etcd {
+                endpoints,
+                tls: false,
+                prefix,
+                lease_ttl,
+            } => {
+                let mut store = EtcdStore::new(endpoints.iter().cloned());
+                if let Some(p) = prefix {
+                    store = store.prefix(p.clone());
+                }
+                if let Some(d) = lease_ttl {
+                    store = store.lease_ttl(*d);
+                }
+                Ok(Arc::new(store))
+            }
+            StoreUrl::Etcd { tls, .. } => Err(StoreError::Unsupported {
+                scheme: if *tls { "etcds" } else { "etcd" }.to_owned(),
             }),
         }
     }
 }
 
-/// Opens the store at `url`: `file:DIR` or a plain path (etcd comes later).
+/// Opens the store at `url`: `file:DIR`, a plain path, or `etcd://host:port[,…]`.
 ///
-/// Opening does no I/O; a [`FileStore`] creates its directory on the first write or watch.
+/// Opening does no I/O; a [`FileStore`] creates its directory on the first write or watch,
+/// an etcd store connects on its first call.
 ///
 /// # Errors
 /// [`StoreError::BadUrl`] for a URL that cannot be parsed, [`StoreError::Unsupported`] for a
@@ -423,7 +524,7 @@ impl StoreUrl {
 /// ```
 /// let store = mesh_core::store::open("file:/tmp/mesh-config")?;
 /// assert_eq!(store.url(), "file:/tmp/mesh-config");
-/// let err = mesh_core::store::open("etcd://127.0.0.1:2379").unwrap_err();
+/// let err = mesh_core::store::open("etcds://127.0.0.1:2379").unwrap_err();
 /// assert!(err.to_string().contains("not supported yet"));
 /// # Ok::<_, mesh_core::store::StoreError>(())
 /// ```

@@ -50,20 +50,50 @@ fn parses_store_urls() {
         file("etcd://a:2379,b:2379"),
         StoreUrl::Etcd {
             endpoints: vec!["a:2379".into(), "b:2379".into()],
-            tls: false
+            tls: false,
+            prefix: None,
+            lease_ttl: None,
         }
     );
     assert_eq!(file("etcd://a:2379").to_string(), "etcd://a:2379");
-    for bad in ["", "file:", "file://host/x", "ftp://x", "etcd://"] {
+    assert_eq!(
+        file("etcd://a:2379,b:1/?lease_ttl=2s&prefix=prod/mesh/"),
+        StoreUrl::Etcd {
+            endpoints: vec!["a:2379".into(), "b:1".into()],
+            tls: false,
+            prefix: Some("/prod/mesh".into()),
+            lease_ttl: Some(Duration::from_secs(2)),
+        }
+    );
+    assert_eq!(
+        file("etcd://a:2379?lease_ttl=1500ms&prefix=/m").to_string(),
+        "etcd://a:2379?prefix=/m&lease_ttl=1.5s"
+    );
+    for bad in [
+        "",
+        "file:",
+        "file://host/x",
+        "ftp://x",
+        "etcd://",
+        "etcd://a:1?lease_ttl=100ms",
+        "etcd://a:1?lease_ttl=soon",
+        "etcd://a:1?ttl=2s",
+    ] {
         let err = bad.parse::<StoreUrl>().unwrap_err();
         assert!(matches!(err, StoreError::BadUrl { .. }), "{bad:?}: {err}");
     }
-    let err = super::open("etcd://127.0.0.1:2379").unwrap_err();
+    let err = super::open("etcds://127.0.0.1:2379").unwrap_err();
     assert!(matches!(err, StoreError::Unsupported { .. }), "{err}");
     assert_eq!(
         err.to_string(),
-        "the etcd store is not supported yet (use file:DIR)"
+        "the etcds store is not supported yet (use file:DIR)"
     );
+    let etcd = super::open("etcd://127.0.0.1:2379?lease_ttl=3s");
+    if cfg!(feature = "etcd") {
+        assert_eq!(etcd.unwrap().url(), "etcd://127.0.0.1:2379?lease_ttl=3s");
+    } else {
+        assert!(matches!(etcd, Err(StoreError::Unsupported { .. })));
+    }
 }
 
 #[test]

@@ -49,7 +49,9 @@ pub struct ConfigStatus {
     /// How many changes have been refused since the watcher started (a change is counted
     /// once however many times it is re-read).
     pub rejected_count: u64,
-    /// The last failure to read the store at all; `None` once a read succeeds.
+    /// The last failure to read the store at all (the directory is unreadable, every etcd
+    /// member is unreachable); `None` once a read succeeds. While it is set the live
+    /// snapshot is the last good one, and the watcher keeps trying as the store ticks.
     #[serde(serialize_with = "ser_store_error")]
     pub store_error: Option<StoreError>,
 }

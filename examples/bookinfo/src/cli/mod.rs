@@ -56,7 +56,8 @@ pub(crate) struct StoreArgs {
     #[arg(long, env = "MESH_CONFIG_DIR", value_name = "DIR")]
     pub(crate) config_dir: Option<PathBuf>,
 
-    /// The store, as a URL (`file:DIR`). Overrides --config-dir.
+    /// The store, as a URL (`file:DIR` or `etcd://HOST:PORT[,HOST:PORT…]`). Overrides
+    /// --config-dir.
     #[arg(long, env = "MESH_STORE", value_name = "URL")]
     pub(crate) store: Option<String>,
 }

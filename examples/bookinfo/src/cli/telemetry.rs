@@ -58,9 +58,7 @@ impl Default for TelemetryArgs {
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number"))?;
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if (0.0..=100.0).contains(&v) {
         Ok(v)
     } else {
@@ -113,10 +111,12 @@ impl TelemetryArgs {
         if let Some(endpoint) = &self.tracing_endpoint {
             tracing = tracing.otlp(endpoint.clone());
         }
-        let tracing = tracing.build().with_context(|| match &self.tracing_endpoint {
-            Some(e) => format!("cannot set up tracing to {e}"),
-            None => "cannot set up tracing".to_owned(),
-        })?;
+        let tracing = tracing
+            .build()
+            .with_context(|| match &self.tracing_endpoint {
+                Some(e) => format!("cannot set up tracing to {e}"),
+                None => "cannot set up tracing".to_owned(),
+            })?;
         Ok(builder.tracing(tracing))
     }
 }
@@ -134,7 +134,11 @@ mod tests {
     fn percentages_are_checked() {
         assert_eq!(parse_percent("1"), Ok(1.0));
         assert_eq!(parse_percent("100"), Ok(100.0));
-        assert!(parse_percent("101").unwrap_err().contains("between 0 and 100"));
+        assert!(
+            parse_percent("101")
+                .unwrap_err()
+                .contains("between 0 and 100")
+        );
         assert!(parse_percent("x").unwrap_err().contains("not a number"));
     }
 }

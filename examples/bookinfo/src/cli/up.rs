@@ -112,6 +112,12 @@ pub(crate) struct Args {
     #[arg(long, env = "MESH_CONFIG_DIR", value_name = "DIR")]
     pub(crate) config_dir: Option<PathBuf>,
 
+    /// The store, as a URL: `file:DIR` or `etcd://HOST:PORT[,HOST:PORT…][?lease_ttl=10s]`
+    /// (then the workloads' registrations live on etcd leases). Every workload is given it.
+    /// Overrides the config dir as the store; the CA files stay in the config dir.
+    #[arg(long, env = "MESH_STORE", value_name = "URL")]
+    pub(crate) store: Option<String>,
+
     /// The ingress gateway's port, on 127.0.0.1.
     #[arg(long, default_value_t = 8080, value_name = "PORT")]
     pub(crate) gateway_port: u16,
@@ -238,7 +244,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     say!("config dir: {}", dir.display());
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the config dir {}", dir.display()))?;
-    let store = store::open(&format!("file:{}", dir.display()))?;
+    let store_url = store_url(&args, &dir);
+    if args.store.is_some() {
+        say!("store: {store_url}");
+    }
+    let store = store::open(&store_url)
+        .with_context(|| format!("cannot open the config store {store_url}"))?;
     let strict = args.mtls == MtlsMode::On;
     match seed::seed(&*store, strict).await {
         Ok(lines) => {
@@ -360,16 +371,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     say!("workloads: http://{admin_addr}/workloads");
                     say!("service graph: http://{admin_addr}/graph");
                     say!(
-                        "apply Istio's tasks: cargo run -p meshctl -- --config-dir {} apply -f examples/bookinfo/istio/virtual-service-all-v1.yaml",
-                        dir.display()
+                        "apply Istio's tasks: cargo run -p meshctl -- --store {store_url} apply -f examples/bookinfo/istio/virtual-service-all-v1.yaml",
                     );
                     if with_httpbin {
                         let ca = ca.as_ref().map_or_else(String::new, |ca| {
                             format!(" --ca-dir {}", ca.root.parent().unwrap_or(dir.as_path()).display())
                         });
                         say!(
-                            "load httpbin: cargo run -p meshctl -- --config-dir {} load{ca} -c 3 -n 30 http://httpbin:8000/get",
-                            dir.display()
+                            "load httpbin: cargo run -p meshctl -- --store {store_url} load{ca} -c 3 -n 30 http://httpbin:8000/get",
                         );
                     }
                 } else if announced && let Some(r) = rows.get(i) {
@@ -486,6 +495,13 @@ async fn start_ca(
     ))
 }
 
+/// The store every process uses: `--store`, or the config dir as a file store.
+fn store_url(args: &Args, dir: &std::path::Path) -> String {
+    args.store
+        .clone()
+        .unwrap_or_else(|| format!("file:{}", dir.display()))
+}
+
 /// The children to run, in table order; with `ca`, each is told where the CA is.
 fn specs(
     args: &Args,
@@ -513,7 +529,7 @@ fn specs(
         workloads.push((Service::Httpbin, "v1"));
     }
     let count = workloads.len();
-    let dir = dir.display().to_string();
+    let store = store_url(args, dir);
     let mut out = Vec::new();
     for (i, (service, version)) in workloads.into_iter().enumerate() {
         let app = service.name();
@@ -536,8 +552,8 @@ fn specs(
             NAMESPACE,
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--config-dir",
-            &dir,
+            "--store",
+            &store,
             "--drain-delay",
             &args.drain_delay.to_string(),
             "--supervised",
@@ -564,8 +580,8 @@ fn specs(
         GATEWAY_NAMESPACE,
         "--listen",
         &gateway.to_string(),
-        "--config-dir",
-        &dir,
+        "--store",
+        &store,
         "--drain-delay",
         &args.drain_delay.to_string(),
         "--supervised",
@@ -1047,6 +1063,7 @@ mod tests {
     fn args(base: u16) -> Args {
         Args {
             config_dir: None,
+            store: None,
             gateway_port: 8080,
             admin_port: 15000,
             base_port: base,
