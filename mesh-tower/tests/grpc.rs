@@ -33,6 +33,7 @@ async fn tonic_client_and_server_over_the_mesh_with_grpc_faults() {
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
+    let server_metrics = server.metrics().clone();
     let serving = tokio::spawn(async move {
         server
             .serve(listener, health, async {
@@ -83,6 +84,46 @@ async fn tonic_client_and_server_over_the_mesh_with_grpc_faults() {
         "the server's own status comes through"
     );
 
+    // Istio's gRPC metrics, on both sides: one message each way for the answered call, one
+    // request message and no response message for NOT_FOUND, with its gRPC status.
+    for (metrics, reporter) in [
+        (client_mesh.metrics(), "source"),
+        (&server_metrics, "destination"),
+    ] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = metrics.encode();
+            let count = |metric: &str, status: &str| {
+                sum_series(
+                    &text,
+                    metric,
+                    &[
+                        ("reporter", reporter),
+                        ("request_protocol", "grpc"),
+                        ("grpc_response_status", status),
+                        ("destination_service", "health.default.svc.cluster.local"),
+                    ],
+                )
+            };
+            let seen = [
+                count("istio_requests_total", "0"),
+                count("istio_request_messages_total", "0"),
+                count("istio_response_messages_total", "0"),
+                count("istio_requests_total", "5"),
+                count("istio_request_messages_total", "5"),
+                count("istio_response_messages_total", "5"),
+            ];
+            if seen == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0] {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{reporter}: {seen:?}\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     // Istio's gRPC abort: every call now fails with UNAVAILABLE, from the client's mesh.
     let loaded = load_str(
         r#"
@@ -121,4 +162,16 @@ spec:
 
     stop.send(()).unwrap();
     serving.await.unwrap();
+}
+
+/// Sums the samples of `metric` whose labels include every pair of `want`.
+fn sum_series(text: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with('{'))
+        .filter(|l| {
+            want.iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

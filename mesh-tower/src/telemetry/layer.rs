@@ -31,7 +31,9 @@
 //!   gRPC only, `grpc_response_status` (from `grpc-status` in the headers or the trailers,
 //!   else mapped from the HTTP status as Envoy does, else `unknown`). For plain HTTP
 //!   requests `grpc_response_status` is left out, which Prometheus treats as Istio's empty
-//!   value.
+//!   value. gRPC requests also count their messages each way
+//!   (`istio_request_messages_total`, `istio_response_messages_total`), read from the
+//!   length-prefixed framing of the bodies.
 //!
 //! # Metadata exchange
 //!
@@ -550,7 +552,14 @@ impl Shared {
                 return;
             }
             if self.edges.len() < self.edges.cap {
-                let bind = || self.config.metrics.bind(&self.labels(&key, flags));
+                let bind = || {
+                    let labels = self.labels(&key, flags);
+                    if key.grpc {
+                        self.config.metrics.bind_grpc(&labels)
+                    } else {
+                        self.config.metrics.bind(&labels)
+                    }
+                };
                 match self.edges.get_or_insert_with(key.clone(), bind) {
                     Ok(bound) => bound.record(sample),
                     Err(bound) => {
@@ -749,6 +758,8 @@ struct Started {
     start: Instant,
     grpc: bool,
     request_bytes: ReqBytes,
+    /// gRPC messages in the request body, counted by its wrapper.
+    request_messages: Option<Arc<AtomicU64>>,
     slot: Option<RouteSlot>,
     /// The inbound peer, resolved from the request.
     inbound_peer: Option<(Arc<PeerLabels>, bool, bool)>,
@@ -821,12 +832,22 @@ where
                 peer: req.extensions().get::<PeerAddr>().copied(),
             })
         });
+        let mut request_messages = None;
         let request_bytes = match req.body().size_hint().exact() {
-            Some(n) => ReqBytes::Known(n),
-            None => {
+            Some(n) if !grpc => ReqBytes::Known(n),
+            _ => {
                 let count = Arc::new(AtomicU64::new(0));
                 let c = count.clone();
-                req = req.map(|b| Body::new(RequestBody { inner: b, count: c }));
+                let messages = grpc.then(|| Arc::new(AtomicU64::new(0)));
+                let frames = messages.clone().map(|m| (GrpcFrames::default(), m));
+                request_messages = messages;
+                req = req.map(|b| {
+                    Body::new(RequestBody {
+                        inner: b,
+                        count: c,
+                        frames,
+                    })
+                });
                 ReqBytes::Counted(count)
             }
         };
@@ -837,6 +858,7 @@ where
                 start,
                 grpc,
                 request_bytes,
+                request_messages,
                 slot,
                 inbound_peer,
                 log,
@@ -869,11 +891,52 @@ fn add_baggage(headers: &mut http::HeaderMap, ours: &HeaderValue) {
 }
 
 pin_project_lite::pin_project! {
-    /// A request body that counts its bytes.
+    /// A request body that counts its bytes (and, for gRPC, its messages).
     struct RequestBody {
         #[pin]
         inner: Body,
         count: Arc<AtomicU64>,
+        frames: Option<(GrpcFrames, Arc<AtomicU64>)>,
+    }
+}
+
+/// Counts the messages of a gRPC body from its DATA chunks: each message is a 5-byte prefix
+/// (a compression flag and a big-endian 32-bit length) and that many bytes, and may be split
+/// across chunks or share one with others. A message counts when its prefix is complete, as
+/// Envoy's gRPC statistics count frames.
+#[derive(Clone, Copy, Debug, Default)]
+struct GrpcFrames {
+    messages: u64,
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message still to come.
+    remaining: u64,
+}
+
+impl GrpcFrames {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = usize::try_from(self.remaining).map_or(data.len(), |r| r.min(data.len()));
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == 5 {
+                self.messages += 1;
+                self.remaining = u64::from(u32::from_be_bytes([
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ]));
+                self.prefix_len = 0;
+            }
+        }
     }
 }
 
@@ -891,6 +954,10 @@ impl HttpBody for RequestBody {
             && let Some(data) = frame.data_ref()
         {
             this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            if let Some((frames, messages)) = this.frames.as_mut() {
+                frames.feed(data);
+                messages.store(frames.messages, Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -943,9 +1010,13 @@ where
                 } else {
                     Some(pending)
                 };
+                let frames = pending
+                    .as_ref()
+                    .and_then(|p| p.started.grpc.then(GrpcFrames::default));
                 Ok(res.map(|inner| ResponseBody {
                     inner,
                     bytes: 0,
+                    frames,
                     pending,
                 }))
             }
@@ -977,6 +1048,8 @@ struct Pending {
     service: Arc<ServiceLabels>,
     /// The endpoint's address, kept for the access log only.
     upstream: Option<http::uri::Authority>,
+    /// gRPC messages in the response body so far.
+    response_messages: u64,
 }
 
 impl Pending {
@@ -1042,6 +1115,7 @@ impl Pending {
             mtls,
             service,
             upstream: None,
+            response_messages: 0,
             started,
         }
     }
@@ -1081,6 +1155,15 @@ impl Pending {
                 duration,
                 request_bytes,
                 response_bytes,
+                messages: started.grpc.then(|| {
+                    (
+                        started
+                            .request_messages
+                            .as_ref()
+                            .map_or(0, |m| m.load(Ordering::Relaxed)),
+                        self.response_messages,
+                    )
+                }),
             },
         );
         if let Some(log) = &started.log {
@@ -1126,13 +1209,15 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         bytes: u64,
+        frames: Option<GrpcFrames>,
         pending: Option<Pending>,
     }
 
     impl<B> PinnedDrop for ResponseBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(p) = this.pending.take() {
+            if let Some(mut p) = this.pending.take() {
+                p.response_messages = this.frames.map_or(0, |f| f.messages);
                 p.finish(*this.bytes, true);
             }
         }
@@ -1152,6 +1237,7 @@ impl<B> ResponseBody<B> {
         Self {
             inner,
             bytes: 0,
+            frames: None,
             pending: None,
         }
     }
@@ -1167,6 +1253,14 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let (Some(data), Some(frames)) = (frame.data_ref(), this.frames.as_mut())
+        {
+            frames.feed(data);
+        }
+        if let (Some(p), Some(f)) = (this.pending.as_mut(), this.frames.as_ref()) {
+            p.response_messages = f.messages;
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

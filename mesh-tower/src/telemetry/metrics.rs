@@ -98,6 +98,10 @@ pub const REQUEST_DURATION: &str = "istio_request_duration_milliseconds";
 pub const REQUEST_BYTES: &str = "istio_request_bytes";
 /// `istio_response_bytes`.
 pub const RESPONSE_BYTES: &str = "istio_response_bytes";
+/// Istio's gRPC request message counter (gRPC requests only).
+pub const REQUEST_MESSAGES: &str = "istio_request_messages_total";
+/// Istio's gRPC response message counter (gRPC requests only).
+pub const RESPONSE_MESSAGES: &str = "istio_response_messages_total";
 
 /// Istio's request metrics over a meter provider of their own; see the [module docs](self).
 ///
@@ -118,6 +122,8 @@ struct Inner {
     duration: Histogram<f64>,
     request_bytes: Histogram<u64>,
     response_bytes: Histogram<u64>,
+    request_messages: Counter<u64>,
+    response_messages: Counter<u64>,
 }
 
 impl Default for IstioMetrics {
@@ -153,6 +159,14 @@ impl IstioMetrics {
             .with_description("Response body sizes in bytes (Istio)")
             .with_boundaries(ENVOY_DEFAULT_BUCKETS.to_vec())
             .build();
+        let request_messages = meter
+            .u64_counter(REQUEST_MESSAGES)
+            .with_description("gRPC messages sent by the client, for gRPC requests (Istio)")
+            .build();
+        let response_messages = meter
+            .u64_counter(RESPONSE_MESSAGES)
+            .with_description("gRPC messages sent by the server, for gRPC requests (Istio)")
+            .build();
         Self {
             inner: Arc::new(Inner {
                 provider,
@@ -162,6 +176,8 @@ impl IstioMetrics {
                 duration,
                 request_bytes,
                 response_bytes,
+                request_messages,
+                response_messages,
             }),
         }
     }
@@ -185,6 +201,19 @@ impl IstioMetrics {
             duration: self.inner.duration.bind(labels),
             request_bytes: self.inner.request_bytes.bind(labels),
             response_bytes: self.inner.response_bytes.bind(labels),
+            messages: None,
+        }
+    }
+
+    /// [`bind`](Self::bind) for a gRPC label set: also binds the two message counters (only
+    /// gRPC series have them, as in Istio).
+    pub fn bind_grpc(&self, labels: &[KeyValue]) -> BoundRequestMetrics {
+        BoundRequestMetrics {
+            messages: Some((
+                self.inner.request_messages.bind(labels),
+                self.inner.response_messages.bind(labels),
+            )),
+            ..self.bind(labels)
         }
     }
 
@@ -201,6 +230,10 @@ impl IstioMetrics {
         self.inner
             .response_bytes
             .record(sample.response_bytes, labels);
+        if let Some((sent, received)) = sample.messages {
+            self.inner.request_messages.add(sent, labels);
+            self.inner.response_messages.add(received, labels);
+        }
     }
 
     /// Everything recorded so far in Prometheus text format 0.0.4.
@@ -230,6 +263,8 @@ pub struct RequestSample {
     pub request_bytes: u64,
     /// Response body bytes.
     pub response_bytes: u64,
+    /// For gRPC: the messages in the request and in the response bodies.
+    pub messages: Option<(u64, u64)>,
 }
 
 /// The request instruments bound to one label set ([`IstioMetrics::bind`]); cheap to clone.
@@ -239,6 +274,10 @@ pub struct BoundRequestMetrics {
     duration: opentelemetry::metrics::BoundHistogram<f64>,
     request_bytes: opentelemetry::metrics::BoundHistogram<u64>,
     response_bytes: opentelemetry::metrics::BoundHistogram<u64>,
+    messages: Option<(
+        opentelemetry::metrics::BoundCounter<u64>,
+        opentelemetry::metrics::BoundCounter<u64>,
+    )>,
 }
 
 impl BoundRequestMetrics {
@@ -248,6 +287,10 @@ impl BoundRequestMetrics {
         self.duration.record(millis_f64(sample.duration));
         self.request_bytes.record(sample.request_bytes);
         self.response_bytes.record(sample.response_bytes);
+        if let (Some((req, res)), Some((sent, received))) = (&self.messages, sample.messages) {
+            req.add(sent);
+            res.add(received);
+        }
     }
 }
 
@@ -513,6 +556,7 @@ mod tests {
             duration: Duration::from_millis(7),
             request_bytes: 3,
             response_bytes: 2_000,
+            messages: None,
         });
         m.record(
             &labels,
@@ -520,6 +564,7 @@ mod tests {
                 duration: Duration::from_micros(300),
                 request_bytes: 0,
                 response_bytes: 0,
+                messages: None,
             },
         );
         let text = m.encode();

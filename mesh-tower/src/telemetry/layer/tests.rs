@@ -407,3 +407,34 @@ async fn inbound_writes_the_access_log_line() {
     assert_eq!(entry.downstream_remote_address, Some(peer));
     assert_eq!(entry.response_flags.to_string(), "-");
 }
+
+#[test]
+fn grpc_messages_are_counted_across_and_within_chunks() {
+    let msg = |len: u32| {
+        let mut m = vec![0u8];
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend(std::iter::repeat_n(7u8, len as usize));
+        m
+    };
+    // Three messages in one chunk, one of them empty.
+    let mut f = super::GrpcFrames::default();
+    let all: Vec<u8> = [msg(3), msg(0), msg(10)].concat();
+    f.feed(&all);
+    assert_eq!(f.messages, 3);
+    // The same bytes one at a time: the prefix and the payload split anywhere.
+    let mut g = super::GrpcFrames::default();
+    for b in &all {
+        g.feed(std::slice::from_ref(b));
+    }
+    assert_eq!(g.messages, 3);
+    // A prefix cut in the middle counts once the rest arrives.
+    let mut h = super::GrpcFrames::default();
+    let big = msg(70_000);
+    h.feed(&big[..2]);
+    assert_eq!(h.messages, 0);
+    h.feed(&big[2..40_000]);
+    assert_eq!(h.messages, 1);
+    h.feed(&big[40_000..]);
+    h.feed(&msg(1));
+    assert_eq!(h.messages, 2);
+}
