@@ -154,6 +154,20 @@ async fn page_with(up: &Up, headers: &[(&str, &str)]) -> u16 {
         .map_or(0, |(s, _, _)| s)
 }
 
+/// True once `spans` hold at least `n` spans forming a tree whose only root is the gateway's
+/// server span (spans are exported as they end, the root last, in batches).
+fn complete(spans: &[&ReceivedSpan], n: usize) -> bool {
+    let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let roots: Vec<_> = spans
+        .iter()
+        .filter(|s| !ids.contains(s.parent_span_id.as_str()))
+        .collect();
+    spans.len() >= n
+        && roots.len() == 1
+        && roots[0].kind == "SERVER"
+        && roots[0].service.starts_with("istio-ingressgateway")
+}
+
 /// Checks that `spans` are one trace: one root (the gateway's server span) and every other
 /// span's parent among them; returns the services seen.
 fn one_tree(spans: &[&ReceivedSpan]) -> BTreeSet<String> {
@@ -306,7 +320,9 @@ async fn prometheus_traces_and_the_graph_on_a_running_bookinfo() {
     };
     // gateway (server, client), productpage (server, 2 clients), details, reviews (server).
     let spans = collector
-        .wait_for(Duration::from_secs(30), |s| of_request(s).len() >= 7)
+        .wait_for(Duration::from_secs(30), |s| {
+            complete(&of_request(s).iter().collect::<Vec<_>>(), 7)
+        })
         .await;
     let mine = of_request(&spans);
     let refs: Vec<&ReceivedSpan> = mine.iter().collect();
@@ -349,7 +365,9 @@ async fn prometheus_traces_and_the_graph_on_a_running_bookinfo() {
     );
     let spans = collector
         .wait_for(Duration::from_secs(30), |s| {
-            s.iter().filter(|s| s.trace_id == b3_trace).count() >= 7
+            // The caller's span is the root's parent, outside the set.
+            let b3: Vec<&ReceivedSpan> = s.iter().filter(|s| s.trace_id == b3_trace).collect();
+            complete(&b3, 7)
         })
         .await;
     let b3: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == b3_trace).collect();
