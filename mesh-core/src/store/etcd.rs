@@ -21,12 +21,12 @@ use tokio::{
 };
 
 use super::{
-    Action, Applied, ApplyOutcome, BoxFuture, Listing, Store, StoreError, normalize_prefix,
+    Action, Applied, ApplyOutcome, BoxFuture, Check, Listing, Store, StoreError, normalize_prefix,
     rfc3339_utc,
 };
 use crate::{
     config::{self, Kind, Resource, ResourceKey},
-    validate::{Finding, Findings, Severity, check_resource, codes, validate_all},
+    validate::{Finding, Findings, Severity, codes, validate_all},
 };
 
 /// The key prefix used unless the URL or [`EtcdStore::prefix`] sets another.
@@ -180,15 +180,6 @@ impl fmt::Debug for EtcdStore {
             .field("revision", &*self.inner.revision.borrow())
             .finish_non_exhaustive()
     }
-}
-
-/// What a write is validated against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Check {
-    /// The whole resulting configuration (`apply`, `delete`).
-    Whole,
-    /// Only the written entry itself (`register`, `deregister`): registry data.
-    EntryOnly,
 }
 
 /// One stored resource and where it is in etcd.
@@ -828,7 +819,7 @@ fn plan(
     now: SystemTime,
     check: Check,
 ) -> Result<Plan, StoreError> {
-    let mut refuse: Vec<Finding> = match check {
+    let refuse: Vec<Finding> = match check {
         Check::Whole => current
             .findings
             .iter()
@@ -882,29 +873,17 @@ fn plan(
         candidates.push(candidate);
     }
 
-    let validation = match check {
-        Check::Whole => {
-            let mut merged: Vec<Resource> = current
-                .stored
-                .iter()
-                .filter(|(k, _)| !applied.contains(k))
-                .map(|(_, s)| s.resource.clone())
-                .collect();
-            merged.extend(candidates.iter().cloned());
-            validate_all(&merged)
-        }
-        Check::EntryOnly => {
-            let mut f = Findings(candidates.iter().flat_map(check_resource).collect());
-            f.sort();
-            f
-        }
+    let merged = || {
+        let mut merged: Vec<Resource> = current
+            .stored
+            .iter()
+            .filter(|(k, _)| !applied.contains(k))
+            .map(|(_, s)| s.resource.clone())
+            .collect();
+        merged.extend(candidates.iter().cloned());
+        merged
     };
-    if !refuse.is_empty() || validation.has_errors() {
-        refuse.extend(validation.0);
-        let mut findings = Findings(refuse);
-        findings.sort();
-        return Err(StoreError::Invalid(findings));
-    }
+    let validation = super::validate_write(check, merged, &candidates, refuse)?;
     let warnings = Findings(
         validation
             .0

@@ -55,13 +55,13 @@ use notify::{
 use tokio::sync::watch;
 
 use super::{
-    Action, Applied, ApplyOutcome, BoxFuture, Listing, Store, StoreError, relative_path,
+    Action, Applied, ApplyOutcome, BoxFuture, Check, Listing, Store, StoreError, relative_path,
     rfc3339_utc,
 };
 use crate::{
     config::{self, Resource, ResourceKey},
     source,
-    validate::{Finding, Findings, check_resource, validate_all},
+    validate::{Finding, Findings, validate_all},
 };
 
 /// The lock file, relative to the store directory.
@@ -217,15 +217,6 @@ impl Store for FileStore {
     }
 }
 
-/// What a write is validated against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Check {
-    /// The whole resulting configuration (`apply`, `delete`).
-    Whole,
-    /// Only the written entry itself (`register`, `deregister`): registry data.
-    EntryOnly,
-}
-
 /// The directory's content as the loaders read it.
 struct Current {
     /// Every resource read, sorted by key (duplicates next to each other).
@@ -361,7 +352,7 @@ impl Inner {
         // Content that does not parse blocks every apply: it may define anything. (A
         // resource defined twice is an error of the merged set below, unless this apply
         // settles it.)
-        let mut refuse: Vec<Finding> = match check {
+        let refuse: Vec<Finding> = match check {
             Check::Whole => current
                 .findings
                 .iter()
@@ -430,27 +421,17 @@ impl Inner {
         }
 
         // Validate the configuration as it would be.
-        let mut merged: Vec<Resource> = current
-            .resources
-            .iter()
-            .filter(|r| !applied_keys.contains(&r.key()))
-            .cloned()
-            .collect();
-        merged.extend(candidates.iter().cloned());
-        let validation = match check {
-            Check::Whole => validate_all(&merged),
-            Check::EntryOnly => {
-                let mut f = Findings(candidates.iter().flat_map(check_resource).collect());
-                f.sort();
-                f
-            }
+        let merged = || {
+            let mut merged: Vec<Resource> = current
+                .resources
+                .iter()
+                .filter(|r| !applied_keys.contains(&r.key()))
+                .cloned()
+                .collect();
+            merged.extend(candidates.iter().cloned());
+            merged
         };
-        if !refuse.is_empty() || validation.has_errors() {
-            refuse.extend(validation.0);
-            let mut findings = Findings(refuse);
-            findings.sort();
-            return Err(StoreError::Invalid(findings));
-        }
+        let validation = super::validate_write(check, merged, &candidates, refuse)?;
 
         // Plan the writes: new files first, then the old files the resources leave.
         let mut writes = Vec::new();

@@ -532,6 +532,47 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     url.parse::<StoreUrl>()?.open()
 }
 
+/// What a write is validated against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// The whole resulting configuration (`apply`, `delete`).
+    Whole,
+    /// Only the written entry itself (`register`, `deregister`): registry data.
+    EntryOnly,
+}
+
+/// Validates a write before anything is written, for every backend: the whole configuration
+/// it leads to (`merged`, built only for [`Check::Whole`]) or, for registry data, the written
+/// entries alone. Findings the backend already refused the write for (`refuse`) and any
+/// error make it [`StoreError::Invalid`]; otherwise the findings (warnings) are returned.
+pub(crate) fn validate_write(
+    check: Check,
+    merged: impl FnOnce() -> Vec<Resource>,
+    candidates: &[Resource],
+    mut refuse: Vec<crate::validate::Finding>,
+) -> Result<Findings, StoreError> {
+    let validation = match check {
+        Check::Whole => crate::validate::validate_all(&merged()),
+        Check::EntryOnly => {
+            let mut f = Findings(
+                candidates
+                    .iter()
+                    .flat_map(crate::validate::check_resource)
+                    .collect(),
+            );
+            f.sort();
+            f
+        }
+    };
+    if !refuse.is_empty() || validation.has_errors() {
+        refuse.extend(validation.0);
+        let mut findings = Findings(refuse);
+        findings.sort();
+        return Err(StoreError::Invalid(findings));
+    }
+    Ok(validation)
+}
+
 /// `DIR/<namespace>/<kind plural>/<name>.yaml`: where the file store keeps one resource.
 pub(crate) fn relative_path(key: &ResourceKey) -> PathBuf {
     let mut p = PathBuf::from(&key.namespace);
