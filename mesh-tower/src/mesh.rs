@@ -198,9 +198,9 @@ pub struct MeshBuilder {
 impl MeshBuilder {
     /// Distributed tracing: sampling and where spans go (see
     /// [`Tracing::builder`](crate::telemetry::trace::Tracing::builder)). Without it the mesh
-    /// still propagates trace headers (W3C and B3) and `x-request-id` through the request
-    /// path, so the application's outbound calls continue the caller's trace, but builds no
-    /// spans.
+    /// builds no spans and starts no trace of its own, but still continues a trace its caller
+    /// started (W3C or B3) through the request path, so the application's outbound calls stay
+    /// in that trace; every inbound request gets an `x-request-id`.
     pub fn tracing(mut self, tracing: Tracing) -> Self {
         self.tracing = tracing;
         self
