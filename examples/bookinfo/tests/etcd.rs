@@ -4,22 +4,16 @@
 //! steady stream of page loads sees no failure. With etcd down the mesh keeps serving its
 //! last configuration and reports the outage; when etcd returns, changes flow again.
 
+mod support;
+
 use std::{
-    fs::File,
-    net::{SocketAddr, TcpListener},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use mesh_core::config::{Kind, ResourceKey, load_str};
 use serde_json::Value;
+use support::{Up, free_port, kill};
 use testkit::EtcdCluster;
 
 /// The registration lease TTL the workloads get (through the store URL).
@@ -35,22 +29,6 @@ spec:
     - destination: {host: reviews, subset: v2}
 ";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn kill(signal: &str, pid: u32) -> bool {
-    Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Which reviews workload served a page: the name after "Reviews served by: ".
 fn served_by(page: &str) -> Option<&str> {
     let rest = page.split("served by: ").nth(1)?;
@@ -58,114 +36,16 @@ fn served_by(page: &str) -> Option<&str> {
     Some(&rest[..end])
 }
 
-/// Processes the test started; killed on drop (with the log shown if the test failed).
-struct Procs {
-    children: Vec<Child>,
-    pids: Vec<u32>,
-    log: PathBuf,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for pid in &self.pids {
-            kill("KILL", *pid);
-        }
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("---- last lines of bookinfo up ----");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
-
-struct Http(Client<HttpConnector, Full<Bytes>>);
-
-impl Http {
-    async fn get(&self, url: &str) -> Result<(u16, String), String> {
-        let req = http::Request::get(url).body(Full::default()).unwrap();
-        let res = tokio::time::timeout(Duration::from_secs(10), self.0.request(req))
-            .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let status = res.status().as_u16();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
     let mut etcd = EtcdCluster::single().await.expect("etcd starts");
     let url = format!("{}?lease_ttl={}s", etcd.store_url(), LEASE_TTL.as_secs());
     let store = mesh_core::store::open(&url).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("up.log");
-    let out = File::create(&log).unwrap();
-    let err = out.try_clone().unwrap();
-    let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let up = Command::new(env!("CARGO_BIN_EXE_bookinfo"))
-        .arg("up")
-        .arg("--config-dir")
-        .arg(tmp.path().join("config"))
-        .args(["--store", &url])
-        .args(["--gateway-port", &gateway.port().to_string()])
-        .args(["--admin-port", &admin.port().to_string()])
-        .args(["--drain-delay", "200ms", "--mtls", "off"])
-        .env_remove("MESH_CONFIG_DIR")
-        .env_remove("MESH_STORE")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("bookinfo up starts");
-    let mut procs = Procs {
-        children: vec![up],
-        pids: Vec::new(),
-        log,
-    };
-    let http = Http(Client::builder(TokioExecutor::new()).build_http());
-    let page_url = format!("http://{gateway}/productpage");
-
     // Every workload ready and registered in etcd; the page answers with reviews.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "bookinfo up did not become ready"
-        );
-        if let Ok(Some(status)) = procs.children[0].try_wait() {
-            panic!("bookinfo up exited: {status}");
-        }
-        if let Ok((200, body)) = http.get(&format!("http://{admin}/workloads")).await
-            && let Ok(Value::Array(rows)) = serde_json::from_str::<Value>(&body)
-            && rows.len() == 7
-            && rows.iter().all(|r| r["state"] == "ready")
-        {
-            procs.pids.extend(
-                rows.iter()
-                    .filter_map(|r| r["pid"].as_u64().and_then(|p| u32::try_from(p).ok())),
-            );
-            if let Ok((200, page)) = http.get(&page_url).await
-                && served_by(&page).is_some()
-            {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut up = Up::start(&["--store", &url, "--mtls", "off"], &[]).await;
+    up.wait_ready().await;
+    let admin = up.admin;
+    let page_url = format!("http://{}/productpage", up.gateway);
     let entries = store.list().await.unwrap().resources;
     let registered = entries
         .iter()
@@ -183,7 +63,7 @@ async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
             Instant::now() < deadline,
             "routing did not move to reviews v2"
         );
-        let (status, page) = http.get(&page_url).await.unwrap_or((0, String::new()));
+        let (status, page) = up.get_url(&page_url).await.unwrap_or((0, String::new()));
         if status == 200 && served_by(&page).is_some_and(|s| s.starts_with("reviews-v2-")) {
             streak += 1;
         } else {
@@ -193,7 +73,7 @@ async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
 
     // A second reviews v2, started by hand (not supervised: nobody deregisters it for it).
     let extra_name = "reviews-v2-extra";
-    let extra = Command::new(env!("CARGO_BIN_EXE_bookinfo"))
+    let mut extra = Command::new(env!("CARGO_BIN_EXE_bookinfo"))
         .args([
             "service",
             "reviews",
@@ -212,7 +92,8 @@ async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
         .spawn()
         .expect("reviews starts");
     let extra_pid = extra.id();
-    procs.children.push(extra);
+    // Killed with the others if the test fails half-way.
+    up.seen_pids.push(extra_pid);
     let extra_key = ResourceKey::new(Kind::WorkloadEntry, "default", extra_name);
     // Wait until callers use it: some page is served by it.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -221,7 +102,7 @@ async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
             Instant::now() < deadline,
             "the extra reviews never served a page"
         );
-        if let Ok((200, page)) = http.get(&page_url).await
+        if let Ok((200, page)) = up.get_url(&page_url).await
             && served_by(&page) == Some(extra_name)
         {
             break;
@@ -232,11 +113,12 @@ async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
     // SIGKILL: no deregistration. Its entry leaves when the lease expires; meanwhile every
     // page load still succeeds, served by the other v2.
     assert!(kill("KILL", extra_pid));
+    let _ = extra.wait();
     let killed = Instant::now();
     let mut gone_after = None;
     let mut loads = 0;
     while killed.elapsed() < LEASE_TTL + Duration::from_secs(3) {
-        let (status, page) = http.get(&page_url).await.unwrap_or((0, String::new()));
+        let (status, page) = up.get_url(&page_url).await.unwrap_or((0, String::new()));
         loads += 1;
         assert_eq!(
             status, 200,
@@ -263,7 +145,7 @@ async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
 
     // etcd goes away entirely: the mesh keeps serving with its last snapshot and every
     // workload reports the outage in its config status.
-    let rows: Vec<Value> = match http.get(&format!("http://{admin}/workloads")).await {
+    let rows: Vec<Value> = match up.get_url(&format!("http://{admin}/workloads")).await {
         Ok((200, body)) => serde_json::from_str(&body).unwrap(),
         other => panic!("/workloads: {other:?}"),
     };
@@ -279,7 +161,7 @@ async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
     let mut reported = false;
     let mut loads = 0;
     while down.elapsed() < Duration::from_secs(4) {
-        let (status, page) = http.get(&page_url).await.unwrap_or((0, String::new()));
+        let (status, page) = up.get_url(&page_url).await.unwrap_or((0, String::new()));
         loads += 1;
         assert_eq!(
             status, 200,
@@ -290,7 +172,7 @@ async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
             "page load {loads} with etcd down lost its routing: {page}"
         );
         if !reported
-            && let Ok((200, body)) = http.get(&format!("{productpage_admin}/config")).await
+            && let Ok((200, body)) = up.get_url(&format!("{productpage_admin}/config")).await
             && serde_json::from_str::<Value>(&body).is_ok_and(|v| v["storeError"].is_string())
         {
             reported = true;
@@ -313,7 +195,7 @@ async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
             Instant::now() < deadline,
             "routing did not move to reviews v1 after etcd returned"
         );
-        let (status, page) = http.get(&page_url).await.unwrap_or((0, String::new()));
+        let (status, page) = up.get_url(&page_url).await.unwrap_or((0, String::new()));
         if status == 200 && served_by(&page).is_some_and(|s| s.starts_with("reviews-v1-")) {
             streak += 1;
         } else {
@@ -322,7 +204,7 @@ async fn bookinfo_on_etcd_routes_drops_dead_workloads_and_survives_an_outage() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok((200, body)) = http.get(&format!("{productpage_admin}/config")).await
+        if let Ok((200, body)) = up.get_url(&format!("{productpage_admin}/config")).await
             && serde_json::from_str::<Value>(&body).is_ok_and(|v| v["storeError"].is_null())
         {
             break;
