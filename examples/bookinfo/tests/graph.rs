@@ -9,7 +9,6 @@
 use std::{
     fmt::Write as _,
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -17,8 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod support;
+
 use axum::{Router, routing::get};
 use bookinfo::graph::{GraphCollector, Target};
+use support::rendered_svg_page;
 use tokio::net::TcpListener;
 
 /// One series of calls a fake workload reports, per scrape.
@@ -291,23 +293,6 @@ async fn serve(router: Router) -> SocketAddr {
     addr
 }
 
-fn chromium() -> PathBuf {
-    for name in ["chromium", "chromium-browser"] {
-        let paths = std::env::var_os("PATH").unwrap_or_default();
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "headless Chromium is needed for this test and neither `chromium` nor `chromium-browser` \
-         is on PATH: install Debian's `chromium` (`sudo apt-get install chromium`; scripts/test \
-         does it)"
-    );
-}
-
 /// Undoes the entities Chromium's serializer writes in text and attributes.
 fn unescape(s: &str) -> String {
     s.replace("&lt;", "<")
@@ -320,7 +305,6 @@ fn unescape(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_renders_every_workload_and_call() {
-    let browser = chromium();
     let mut targets = Vec::new();
     for (workload, calls) in bookinfo() {
         let fake = Arc::new(Fake {
@@ -374,35 +358,8 @@ async fn chromium_renders_every_workload_and_call() {
     }
     let page = serve(collector.router()).await;
 
-    let profile = tempfile::tempdir().unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(&browser)
-            .args([
-                "--headless=new",
-                "--disable-gpu",
-                "--no-sandbox",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("--dump-dom")
-            .arg(format!("http://{page}/graph"))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{} --dump-dom did not finish in 90 s", browser.display()))
-    .unwrap_or_else(|e| panic!("cannot run {}: {e}", browser.display()));
+    let dom = rendered_svg_page(&format!("http://{page}/graph")).await;
     task.abort();
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && dom.contains("<svg"),
-        "{} failed ({}):\nstdout:\n{dom}\nstderr:\n{}",
-        browser.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
     let dom = unescape(&dom);
 
     for workload in [

@@ -19,7 +19,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::SocketAddr,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -31,15 +30,6 @@ use testkit::otlp::{OtlpReceiver, ReceivedSpan};
 
 const PAGES: usize = 30;
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
-
-fn find_on_path(names: &[&str]) -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH").unwrap_or_default();
-    names.iter().find_map(|name| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
-}
 
 /// A Prometheus server scraping `targets` every second; killed on drop.
 struct Prometheus {
@@ -392,8 +382,7 @@ fn has_edge(html: &str, source: &str, destination: &str) -> bool {
 }
 
 async fn graph_shows_every_edge(up: &Up) {
-    let browser = find_on_path(&["chromium", "chromium-browser"])
-        .expect("headless Chromium is needed: install Debian's `chromium` (scripts/test does it)");
+    let browser = chromium();
     let edges = [
         ("unknown", "istio-ingressgateway"),
         ("istio-ingressgateway", "productpage-v1"),
@@ -421,28 +410,7 @@ async fn graph_shows_every_edge(up: &Up) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let profile = tempfile::tempdir().unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(&browser)
-            .args([
-                "--headless=new",
-                "--disable-gpu",
-                "--no-sandbox",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("--dump-dom")
-            .arg(&url)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("chromium finishes within 90 s")
-    .expect("chromium runs");
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && dom.contains("<svg"), "{dom}");
+    let dom = rendered_svg_page(&url).await;
     for (s, d) in edges {
         assert!(
             has_edge(&dom, s, d),
@@ -456,6 +424,7 @@ async fn graph_shows_every_edge(up: &Up) {
         );
     }
     if let Ok(path) = std::env::var("BOOKINFO_GRAPH_SCREENSHOT") {
+        let profile = tempfile::tempdir().unwrap();
         let status = tokio::process::Command::new(&browser)
             .args([
                 "--headless=new",

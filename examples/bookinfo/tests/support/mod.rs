@@ -326,3 +326,59 @@ pub async fn apply(dir: &Path, files: &[&str]) {
     let store = mesh_core::store::open(&format!("file:{}", dir.display())).expect("store");
     store.apply(resources).await.expect("apply");
 }
+
+/// The first of `names` found on `PATH`.
+pub fn find_on_path(names: &[&str]) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    names.iter().find_map(|name| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Debian's headless Chromium; the test fails, rather than skips, without it.
+pub fn chromium() -> PathBuf {
+    find_on_path(&["chromium", "chromium-browser"]).unwrap_or_else(|| {
+        panic!(
+            "headless Chromium is needed for this test and neither `chromium` nor \
+             `chromium-browser` is on PATH: install Debian's `chromium` (`sudo apt-get install \
+             chromium`; scripts/test does it)"
+        )
+    })
+}
+
+/// Loads `url` in headless Chromium (a fresh profile) and returns the DOM it rendered,
+/// checking that Chromium succeeded and drew the page's SVG.
+pub async fn rendered_svg_page(url: &str) -> String {
+    let browser = chromium();
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(&browser)
+            .args([
+                "--headless=new",
+                "--disable-gpu",
+                "--no-sandbox",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("--dump-dom")
+            .arg(url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{} --dump-dom did not finish in 90 s", browser.display()))
+    .unwrap_or_else(|e| panic!("cannot run {}: {e}", browser.display()));
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && dom.contains("<svg"),
+        "{} failed ({}):\nstdout:\n{dom}\nstderr:\n{}",
+        browser.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dom
+}
