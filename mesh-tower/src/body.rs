@@ -64,7 +64,8 @@ impl http_body::Body for Body {
     }
 }
 
-/// Boxes any body whose error converts into [`BoxError`] (a [`Body`] is returned as is).
+/// Boxes any body whose error converts into [`BoxError`] (a [`Body`] is returned as is, a
+/// body already at its end becomes the empty body).
 pub fn boxed<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -75,6 +76,9 @@ where
         return b.take().unwrap_or_default();
     }
     match slot {
+        // Nothing to carry (a GET's request body, most often): the empty body, which
+        // allocates nothing, instead of a box around a finished stream.
+        Some(body) if body.is_end_stream() => empty(),
         Some(body) => Body(body.map_err(Into::into).boxed_unsync()),
         None => empty(),
     }
@@ -110,5 +114,13 @@ mod tests {
                 .exact(),
             Some(1)
         );
+    }
+
+    #[tokio::test]
+    async fn a_finished_body_boxes_to_the_empty_one() {
+        let b = boxed(Full::new(Bytes::new()));
+        assert!(b.is_end_stream());
+        assert_eq!(b.size_hint().exact(), Some(0));
+        assert!(b.collect().await.unwrap().to_bytes().is_empty());
     }
 }

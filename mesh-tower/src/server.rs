@@ -27,6 +27,7 @@ use std::{
 };
 
 use http_body::Body as HttpBody;
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -313,11 +314,13 @@ async fn serve_tls_connection<S, B>(
 
 /// Calls the application; an application error becomes a 500 (hyper would close the
 /// connection).
+///
+/// The application's body goes to hyper as it is (no boxing per response).
 async fn handle<S, B>(
     app: S,
     req: http::Request<Body>,
     peer: SocketAddr,
-) -> Result<http::Response<Body>, Infallible>
+) -> Result<http::Response<Either<B, Body>>, Infallible>
 where
     S: Service<http::Request<Body>, Response = http::Response<B>> + Send + 'static,
     S::Error: Into<BoxError>,
@@ -326,11 +329,11 @@ where
     B::Error: Into<BoxError>,
 {
     match app.oneshot(req).await {
-        Ok(res) => Ok(res.map(body::boxed)),
+        Ok(res) => Ok(res.map(Either::Left)),
         Err(e) => {
             let e: BoxError = e.into();
             tracing::warn!(error = %e, %peer, "the service failed; answering 500");
-            let mut res = http::Response::new(body::full("internal error"));
+            let mut res = http::Response::new(Either::Right(body::full("internal error")));
             *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
             Ok(res)
         }

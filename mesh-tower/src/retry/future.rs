@@ -31,6 +31,7 @@ use crate::{
     error::{PerTryTimeout, UpstreamConnectFailure, UpstreamReset},
     flags::{ResponseFlag, ResponseFlags},
     target::{DestinationHeaders, PickedEndpoint, Target, TriedEndpoints},
+    telemetry::layer::RouteSlot,
 };
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
@@ -365,6 +366,8 @@ enum ReplayExtensions {
         target: Option<Target>,
         headers: Option<DestinationHeaders>,
         tried: Option<TriedEndpoints>,
+        /// The outbound telemetry layer's slot for the route decision.
+        route_slot: Option<RouteSlot>,
     },
     /// Others as well (the caller's): the whole map, copied.
     All(Extensions),
@@ -375,14 +378,17 @@ impl ReplayExtensions {
         let target = extensions.get::<Target>().cloned();
         let headers = extensions.get::<DestinationHeaders>().cloned();
         let tried = extensions.get::<TriedEndpoints>().cloned();
+        let route_slot = extensions.get::<RouteSlot>().cloned();
         let ours = usize::from(target.is_some())
             + usize::from(headers.is_some())
-            + usize::from(tried.is_some());
+            + usize::from(tried.is_some())
+            + usize::from(route_slot.is_some());
         if ours == extensions.len() {
             Self::Mesh {
                 target,
                 headers,
                 tried,
+                route_slot,
             }
         } else {
             Self::All(extensions.clone())
@@ -418,8 +424,12 @@ impl ReplayExtensions {
                 target,
                 headers,
                 tried,
+                route_slot,
             } => {
                 let mut extensions = Extensions::new();
+                if let Some(s) = route_slot {
+                    extensions.insert(s.clone());
+                }
                 if let Some(t) = target {
                     extensions.insert(t.clone());
                 }

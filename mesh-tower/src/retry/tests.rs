@@ -936,3 +936,31 @@ async fn every_try_carries_the_callers_extensions() {
     assert!(second.extensions().get::<TriedEndpoints>().is_some());
     fut.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_try_carries_the_telemetry_route_slot() {
+    // Only mesh extensions on the request: replayed without copying the extension map, and
+    // the telemetry layer's slot still reaches every try.
+    let (mut svc, mut handle) = spawn_policy(RetryPolicy::MeshDefault);
+    let slot = crate::telemetry::layer::RouteSlot::new();
+    let mut req = get();
+    req.extensions_mut().insert(slot.clone());
+    let fut = call(&mut svc, req);
+    let (first, send) = handle.next_request().await.unwrap();
+    assert!(
+        first
+            .extensions()
+            .get::<crate::telemetry::layer::RouteSlot>()
+            .is_some()
+    );
+    send.send_error(connect_failure());
+    let second = respond(&mut handle, status(200)).await;
+    assert!(
+        second
+            .extensions()
+            .get::<crate::telemetry::layer::RouteSlot>()
+            .is_some(),
+        "the retry lost the telemetry slot"
+    );
+    fut.await.unwrap().unwrap();
+}
