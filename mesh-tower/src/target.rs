@@ -96,3 +96,37 @@ impl TriedEndpoints {
 /// per-destination `headers`), in the request's extensions when the destination has any.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DestinationHeaders(pub mesh_core::snapshot::route::HeaderOps);
+
+/// Tells the balancer that a timeout cut the request, so outlier detection counts the cut
+/// as the endpoint's timeout (Envoy's `LocalOriginTimeout`, a 504 for `consecutive5xxErrors`
+/// and `consecutiveGatewayErrors`), as Envoy does for route and per-try timeouts.
+///
+/// The route timeout layer and the retry layer's per-try timeout put one in the request's
+/// extensions when they time a request, and fire it when the time runs out, before the
+/// request's future is dropped. A per-try signal also reports its route's.
+#[derive(Clone, Debug, Default)]
+pub struct TimeoutSignal {
+    own: Arc<std::sync::atomic::AtomicBool>,
+    outer: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl TimeoutSignal {
+    /// A signal that also reports `outer` (the route's, for a per-try signal).
+    pub fn within(outer: Option<&TimeoutSignal>) -> Self {
+        Self {
+            own: Arc::default(),
+            outer: outer.map(|o| o.own.clone()),
+        }
+    }
+
+    /// The timeout ran out.
+    pub fn fire(&self) {
+        self.own.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True once this signal or its outer one fired.
+    pub fn fired(&self) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        self.own.load(Acquire) || self.outer.as_ref().is_some_and(|o| o.load(Acquire))
+    }
+}

@@ -29,6 +29,8 @@ const C: &str = "127.0.0.3:9083";
 enum Answer {
     Status(u16),
     ConnectFailure,
+    /// Never answers.
+    Hang,
 }
 
 /// The upstream: answers per endpoint authority (200 unless told otherwise) and records the
@@ -86,6 +88,7 @@ fn balancer(stats: &EndpointStats, upstream: &Upstream) -> Svc {
                     endpoint: authority,
                     source: "connection refused".into(),
                 })),
+                Answer::Hang => std::future::pending().await,
             }
         }
     });
@@ -743,4 +746,65 @@ async fn a_fixed_list_ejects_with_its_own_policy() {
     // A answers twice (requests 1 and 3), then only B.
     assert_eq!(statuses, [502, 200, 502, 200, 200, 200, 200, 200, 200, 200]);
     assert!(ejected(&stats, A));
+}
+
+// === timeouts and outlier detection ===
+
+/// A request cut by a timeout counts as the endpoint's timeout (Envoy's
+/// `LocalOriginTimeout`, a 5xx when local-origin errors are not split): an endpoint that hangs
+/// is ejected after `consecutive5xxErrors` cuts, by the route timeout and by a per-try timeout
+/// alike. A caller that gives up does not count.
+#[tokio::test(start_paused = true)]
+async fn requests_cut_by_a_timeout_count_for_outlier_detection() {
+    use mesh_core::policy::retry::{ExplicitRetry, RetryOn, RetryPolicy};
+    use mesh_tower::{retry::RetryLayer, timeout::RouteTimeoutLayer};
+    let snap = snapshot(
+        2,
+        "{ loadBalancer: { simple: ROUND_ROBIN }, outlierDetection: { consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s } }",
+    );
+
+    // A caller giving up (dropping the future) is not the endpoint's fault.
+    let (stats, up) = (EndpointStats::new(), Upstream::default());
+    up.answer(A, Answer::Hang);
+    let mut svc = balancer(&stats, &up);
+    for _ in 0..4 {
+        let call = send(&mut svc, request(&snap));
+        let _ = tokio::time::timeout(Duration::from_secs(1), call).await;
+    }
+    assert!(!ejected(&stats, A), "dropped by the caller: not an outcome");
+
+    // The route timeout.
+    let (stats, up) = (EndpointStats::new(), Upstream::default());
+    up.answer(A, Answer::Hang);
+    let mut svc = RouteTimeoutLayer::new(Duration::from_secs(1)).layer(balancer(&stats, &up));
+    let mut failed = 0;
+    for _ in 0..4 {
+        let res = svc.ready().await.unwrap().call(request(&snap)).await;
+        failed += usize::from(res.is_err());
+    }
+    assert_eq!(failed, 2, "A was tried twice (round robin) and timed out");
+    assert!(ejected(&stats, A), "two route timeouts eject A");
+
+    // A per-try timeout: the retry goes to B and the request succeeds; A is ejected.
+    let (stats, up) = (EndpointStats::new(), Upstream::default());
+    up.answer(A, Answer::Hang);
+    let policy = RetryPolicy::Explicit(ExplicitRetry {
+        attempts: 2,
+        per_try_timeout: Some(Duration::from_secs(1)),
+        retry_on: RetryOn::parse("gateway-error").unwrap(),
+        backoff: Duration::from_millis(25),
+        retry_ignore_previous_hosts: true,
+    });
+    let mut svc = RetryLayer::new(policy).layer(balancer(&stats, &up));
+    for _ in 0..4 {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(&snap))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert!(ejected(&stats, A), "two per-try timeouts eject A");
 }

@@ -11,7 +11,7 @@ use mesh_core::BoxError;
 use pin_project_lite::pin_project;
 
 use http::HeaderValue;
-use mesh_core::policy::outlier::Outcome;
+use mesh_core::policy::outlier::{LocalOrigin, Outcome};
 
 use super::{
     outlier::{OutlierCtx, outcome_of_error},
@@ -20,7 +20,7 @@ use super::{
 use crate::{
     body::Body,
     error::{UpstreamConnectFailure, cause_ref},
-    target::PickedEndpoint,
+    target::{PickedEndpoint, TimeoutSignal},
 };
 
 pin_project! {
@@ -30,13 +30,30 @@ pin_project! {
     /// The endpoint counts the request as in flight until this future completes or is
     /// dropped. When the destination configures outlier detection, the outcome (status
     /// code, or connect failure, reset or timeout) is recorded for the endpoint; a future
-    /// dropped before it completes records nothing. A hash cookie generated for the request
+    /// dropped before it completes records a timeout if a route or per-try timeout cut it
+    /// ([`TimeoutSignal`]), and nothing otherwise. A hash cookie generated for the request
     /// is set on the response.
     ///
     /// [`NoHealthyUpstream`]: crate::error::NoHealthyUpstream
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before the endpoint answered. A timeout that cut the request counts
+            // for outlier detection (Envoy's `LocalOriginTimeout`); a caller that went away
+            // does not.
+            if let StateProj::Called { in_flight, extras, .. } = this.project().state.project()
+                && let Some(load) = in_flight.take()
+                && let Some(extras) = extras.as_mut()
+                && extras.cut.as_ref().is_some_and(TimeoutSignal::fired)
+                && let Some(outlier) = extras.outlier.take()
+            {
+                outlier.record(load.load(), Outcome::LocalOrigin(LocalOrigin::Timeout));
+            }
+        }
     }
 }
 
@@ -62,6 +79,8 @@ pin_project! {
 pub(super) struct Extras {
     pub(super) set_cookie: Option<HeaderValue>,
     pub(super) outlier: Option<OutlierCtx>,
+    /// The signal of the timeout timing the request, when outlier detection is on.
+    pub(super) cut: Option<TimeoutSignal>,
 }
 
 impl<F> ResponseFuture<F> {

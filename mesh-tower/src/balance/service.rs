@@ -34,7 +34,7 @@ use super::{
 use crate::{
     body::Body,
     error::{NoHealthyUpstream, UpstreamConnectFailure},
-    target::{PickedEndpoint, Target, TriedEndpoints},
+    target::{PickedEndpoint, Target, TimeoutSignal, TriedEndpoints},
 };
 
 /// Sends each request to one endpoint of its destination, chosen by the destination's
@@ -240,6 +240,7 @@ impl<S> Balance<S> {
                     peers: Peers::Target(target.clone()),
                     stats: self.stats.clone(),
                 }),
+                cut: None,
             }));
         }
         Ok(decision)
@@ -716,6 +717,7 @@ where
                                     },
                                     stats: self.stats.clone(),
                                 }),
+                                cut: None,
                             })
                         });
                         d
@@ -727,11 +729,16 @@ where
             endpoint,
             port,
             counter,
-            extras,
+            mut extras,
         } = match decision {
             Ok(d) => d,
             Err(e) => return ResponseFuture::failed(e),
         };
+        if let Some(x) = extras.as_mut()
+            && x.outlier.is_some()
+        {
+            x.cut = req.extensions().get::<TimeoutSignal>().cloned();
+        }
 
         let Some(authority) = counter.authority().cloned() else {
             let endpoint = authority(&endpoint.address, port);

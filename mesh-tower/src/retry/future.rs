@@ -30,7 +30,7 @@ use crate::{
     body::Body,
     error::{PerTryTimeout, UpstreamConnectFailure, UpstreamReset},
     flags::{ResponseFlag, ResponseFlags},
-    target::{DestinationHeaders, PickedEndpoint, Target, TriedEndpoints},
+    target::{DestinationHeaders, PickedEndpoint, Target, TimeoutSignal, TriedEndpoints},
     telemetry::layer::RouteSlot,
 };
 
@@ -299,17 +299,30 @@ where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Into<BoxError>,
 {
+    let Some(limit) = per_try else {
+        if wait_ready {
+            svc.ready().await.map_err(Into::into)?;
+        }
+        return svc.call(req).await.map_err(Into::into);
+    };
+    let mut req = req;
+    let signal = TimeoutSignal::within(req.extensions().get::<TimeoutSignal>());
+    req.extensions_mut().insert(signal.clone());
     let once = async {
         if wait_ready {
             svc.ready().await.map_err(Into::into)?;
         }
         svc.call(req).await.map_err(Into::into)
     };
-    match per_try {
-        Some(limit) => tokio::time::timeout(limit, once)
-            .await
-            .unwrap_or_else(|_| Err(PerTryTimeout(()).into())),
-        None => once.await,
+    tokio::pin!(once);
+    match tokio::time::timeout(limit, once.as_mut()).await {
+        Ok(result) => result,
+        Err(_) => {
+            // Fired while the try is still alive: the balancer counts the cut when the
+            // try is dropped, on return.
+            signal.fire();
+            Err(PerTryTimeout(()).into())
+        }
     }
 }
 
@@ -368,6 +381,8 @@ enum ReplayExtensions {
         tried: Option<TriedEndpoints>,
         /// The outbound telemetry layer's slot for the route decision.
         route_slot: Option<RouteSlot>,
+        /// The route timeout's signal.
+        timeout: Option<TimeoutSignal>,
     },
     /// Others as well (the caller's): the whole map, copied.
     All(Extensions),
@@ -379,16 +394,19 @@ impl ReplayExtensions {
         let headers = extensions.get::<DestinationHeaders>().cloned();
         let tried = extensions.get::<TriedEndpoints>().cloned();
         let route_slot = extensions.get::<RouteSlot>().cloned();
+        let timeout = extensions.get::<TimeoutSignal>().cloned();
         let ours = usize::from(target.is_some())
             + usize::from(headers.is_some())
             + usize::from(tried.is_some())
-            + usize::from(route_slot.is_some());
+            + usize::from(route_slot.is_some())
+            + usize::from(timeout.is_some());
         if ours == extensions.len() {
             Self::Mesh {
                 target,
                 headers,
                 tried,
                 route_slot,
+                timeout,
             }
         } else {
             Self::All(extensions.clone())
@@ -425,9 +443,13 @@ impl ReplayExtensions {
                 headers,
                 tried,
                 route_slot,
+                timeout,
             } => {
                 let mut extensions = Extensions::new();
                 if let Some(s) = route_slot {
+                    extensions.insert(s.clone());
+                }
+                if let Some(s) = timeout {
                     extensions.insert(s.clone());
                 }
                 if let Some(t) = target {

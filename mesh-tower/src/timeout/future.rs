@@ -11,6 +11,8 @@ use mesh_core::BoxError;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
+use crate::target::TimeoutSignal;
+
 pin_project! {
     /// The response of a [`Timeout`](super::Timeout) service: the inner response, or
     /// [`RouteTimeout`](crate::error::RouteTimeout) if the timeout elapses first.
@@ -20,16 +22,18 @@ pin_project! {
         inner: F,
         #[pin]
         sleep: Option<Sleep>,
+        signal: Option<TimeoutSignal>,
     }
 }
 
 // === impl ResponseFuture ===
 
 impl<F> ResponseFuture<F> {
-    pub(super) fn new(inner: F, timeout: Option<Duration>) -> Self {
+    pub(super) fn new(inner: F, timeout: Option<Duration>, signal: Option<TimeoutSignal>) -> Self {
         Self {
             inner,
             sleep: timeout.map(tokio::time::sleep),
+            signal,
         }
     }
 }
@@ -49,6 +53,10 @@ where
         if let Some(sleep) = this.sleep.as_pin_mut()
             && sleep.poll(cx).is_ready()
         {
+            // Before the inner future is dropped: the balancer below counts the cut.
+            if let Some(signal) = this.signal.as_ref() {
+                signal.fire();
+            }
             return Poll::Ready(Err(super::elapsed()));
         }
         Poll::Pending

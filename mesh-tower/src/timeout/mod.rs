@@ -57,7 +57,10 @@ use std::{
 use mesh_core::BoxError;
 use tower::{Layer, Service};
 
-use crate::{error::RouteTimeout, target::Target};
+use crate::{
+    error::RouteTimeout,
+    target::{Target, TimeoutSignal},
+};
 
 pub mod future;
 
@@ -169,7 +172,13 @@ where
                 .and_then(Target::route)
                 .and_then(|r| r.timeout),
         };
-        ResponseFuture::new(self.inner.call(req), timeout)
+        let Some(timeout) = timeout else {
+            return ResponseFuture::new(self.inner.call(req), None, None);
+        };
+        let mut req = req;
+        let signal = TimeoutSignal::default();
+        req.extensions_mut().insert(signal.clone());
+        ResponseFuture::new(self.inner.call(req), Some(timeout), Some(signal))
     }
 }
 
