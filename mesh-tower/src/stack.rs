@@ -134,7 +134,8 @@ where
         .layer(
             RetryLayer::from_target()
                 .with_budgets(parts.retry_budgets.clone())
-                .with_stats(parts.retry_stats.clone()),
+                .with_stats(parts.retry_stats.clone())
+                .with_breakers(parts.breakers.clone()),
         )
         .layer(CircuitBreakerLayer::from_target().with_breakers(parts.breakers.clone()))
         .layer(BalanceLayer::from_target(parts.endpoint_stats.clone()))

@@ -29,7 +29,12 @@
 //! Each try counts: the layer sits below [`retry`](crate::retry), so a retry takes its own
 //! slots (and a retry slot: a try is a retry when the request's
 //! [`TriedEndpoints`] already lists an endpoint, so
-//! `maxRetries` applies when `retryIgnorePreviousHosts` is on, the default).
+//! `maxRetries` applies when `retryIgnorePreviousHosts` is on, the default). When the
+//! [`retry`](crate::retry) layer shares the breakers
+//! ([`RetryLayer::with_breakers`](crate::retry::RetryLayer::with_breakers), as the mesh's
+//! client does), it takes the retry slot when it decides to retry, as Envoy does: a retry
+//! over `maxRetries` is not made, and the caller gets the response it has, with the `UO`
+//! flag.
 //!
 //! A request whose destination has no limits costs one pointer comparison while no
 //! DestinationRule of the snapshot has a `connectionPool`, and one lookup of the
@@ -42,8 +47,6 @@
 //!   cannot be capped, so bounding concurrent requests bounds busy connections (idle pooled
 //!   connections are not counted). HTTP/2 requests multiplex on one connection per endpoint
 //!   and are not limited by it.
-//! - A retry that would exceed `maxRetries` fails with `503 UO`; Envoy skips the retry and
-//!   returns the previous try's response (with the `UO` flag).
 //!
 //! # Errors
 //!
@@ -93,7 +96,8 @@ use http::{Request, Response, Version};
 use mesh_core::BoxError;
 use tower::{Layer, Service};
 
-use self::state::{Admission, Cluster};
+use self::state::{Admission, Cluster, RetrySlot};
+pub(crate) use self::state::{RetryAdmission, RetryPermit};
 pub use self::{
     future::ResponseFuture,
     limits::{PoolLimits, connection_pool_settings},
@@ -262,7 +266,12 @@ where
             return ResponseFuture::called(self.inner.call(req), None);
         };
         let http1 = req.version() != Version::HTTP_2;
-        match cluster.admit(http1, is_retry(&req)) {
+        let retry = match req.extensions().get::<RetryPermit>() {
+            Some(permit) => RetrySlot::Held(permit.take()),
+            None if is_retry(&req) => RetrySlot::Take,
+            None => RetrySlot::None,
+        };
+        match cluster.admit(http1, retry) {
             Admission::Admitted(permits) => {
                 ResponseFuture::called(self.inner.call(req), Some(permits))
             }

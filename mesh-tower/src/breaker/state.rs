@@ -11,8 +11,11 @@ use arc_swap::ArcSwap;
 use mesh_core::snapshot::Snapshot;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
-use super::PoolLimits;
-use crate::error::{OverflowLimit, UpstreamOverflow};
+use super::{PoolLimits, connection_pool_settings};
+use crate::{
+    error::{OverflowLimit, UpstreamOverflow},
+    target::Target,
+};
 
 /// The circuit breakers of every cluster, shared by the outbound stacks of one mesh (Envoy
 /// keeps one set of counters per cluster for all its listeners).
@@ -73,6 +76,41 @@ pub(super) struct Permits {
     _request: Option<OwnedSemaphorePermit>,
     _retry: Option<OwnedSemaphorePermit>,
     pub(super) connection: Option<OwnedSemaphorePermit>,
+}
+
+/// The retry slot a try needs.
+#[derive(Debug)]
+pub(super) enum RetrySlot {
+    /// A first try: none.
+    None,
+    /// A retry: take one, or overflow.
+    Take,
+    /// A retry whose slot the retry layer took before retrying ([`RetryPermit`]).
+    Held(Option<OwnedSemaphorePermit>),
+}
+
+/// A retry slot under `maxRetries`, taken by the [`retry`](crate::retry) layer when it
+/// decides to retry (as Envoy checks the limit then, and returns the response it has when
+/// the limit is reached), carried in the retry's extensions to the breaker, which holds it
+/// while the retry is in flight.
+#[derive(Clone, Debug)]
+pub(crate) struct RetryPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl RetryPermit {
+    pub(super) fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Whether a retry may be made under its cluster's `maxRetries`.
+#[derive(Debug)]
+pub(crate) enum RetryAdmission {
+    /// The destination does not limit retries.
+    Unlimited,
+    /// A slot was taken; put the permit in the retry's extensions.
+    Admitted(RetryPermit),
+    /// Every slot is taken: do not retry.
+    Overflow,
 }
 
 /// Waits for a connection slot.
@@ -159,6 +197,35 @@ impl CircuitBreakers {
         cluster
     }
 
+    /// Takes a retry slot of `target`'s cluster for a retry about to be made.
+    pub(crate) fn admit_retry(&self, target: &Target) -> RetryAdmission {
+        if !self.any_pool(&target.snapshot) {
+            return RetryAdmission::Unlimited;
+        }
+        let Some(pool) = target
+            .snapshot
+            .destination_policy(&target.host)
+            .and_then(|p| connection_pool_settings(p, target.subset.as_deref(), target.port))
+        else {
+            return RetryAdmission::Unlimited;
+        };
+        let limits = PoolLimits::from_istio(pool);
+        if limits.get_max_retries().is_none() {
+            return RetryAdmission::Unlimited;
+        }
+        let cluster = self.cluster(&target.host, target.subset.as_ref(), target.port, limits);
+        match cluster.take_retry() {
+            Ok(None) => RetryAdmission::Unlimited,
+            Ok(Some(permit)) => {
+                RetryAdmission::Admitted(RetryPermit(Arc::new(Mutex::new(Some(permit)))))
+            }
+            Err(()) => {
+                self.record_overflow();
+                RetryAdmission::Overflow
+            }
+        }
+    }
+
     /// What the circuit breakers of a cluster hold, if it has any.
     pub fn usage(&self, host: &str, subset: Option<&str>, port: u16) -> Option<Usage> {
         self.inner
@@ -210,13 +277,18 @@ impl Cluster {
 
     /// Takes the slots a request needs: a request slot, a retry slot for a retry, and for
     /// HTTP/1.1 a connection slot, or a pending slot to wait for one.
-    pub(super) fn admit(&self, http1: bool, retry: bool) -> Admission {
+    pub(super) fn admit(&self, http1: bool, retry: RetrySlot) -> Admission {
         let take = |s: &Option<Arc<Semaphore>>| match s {
             None => Ok(None),
             Some(s) => s.clone().try_acquire_owned().map(Some),
         };
-        let Ok(retry) = (if retry { take(&self.retries) } else { Ok(None) }) else {
-            return self.overflow(OverflowLimit::MaxRetries);
+        let retry = match retry {
+            RetrySlot::None => None,
+            RetrySlot::Held(permit) => permit,
+            RetrySlot::Take => match take(&self.retries) {
+                Ok(permit) => permit,
+                Err(_) => return self.overflow(OverflowLimit::MaxRetries),
+            },
         };
         let Ok(request) = take(&self.requests) else {
             return self.overflow(OverflowLimit::MaxRequests);
@@ -242,6 +314,17 @@ impl Cluster {
             permits,
             pending,
             acquire: Box::pin(connections.clone().acquire_owned()),
+        }
+    }
+
+    /// A retry slot, taken by the retry layer before it retries: `Ok(None)` if the cluster
+    /// does not limit retries, `Err(())` if every slot is taken.
+    pub(super) fn take_retry(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        match &self.retries {
+            None => Ok(None),
+            Some(s) => s.clone().try_acquire_owned().map(Some).map_err(|_| {
+                tracing::debug!(cluster = %self.name, "retry over maxRetries: not retried");
+            }),
         }
     }
 

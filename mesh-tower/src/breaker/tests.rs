@@ -546,3 +546,92 @@ async fn changed_limits_start_a_new_cluster() {
         &breakers.cluster(&host, None, 9080, one.max_retries(3))
     ));
 }
+
+// === with the retry layer ===
+
+/// The retry layer takes the retry slot when it decides to retry (Envoy's check): a retry over
+/// `maxRetries` is not made and the caller gets the 503 at hand with the `UO` flag, instead of
+/// the breaker's own `503 UO` for a retry it refuses.
+#[tokio::test(start_paused = true)]
+async fn a_retry_over_max_retries_returns_the_response_at_hand() {
+    use mesh_core::policy::retry::{ExplicitRetry, RetryOn, RetryPolicy};
+
+    use crate::retry::RetryLayer;
+
+    let snap = snapshot(RULES);
+    let breakers = CircuitBreakers::new();
+    let policy = RetryPolicy::Explicit(ExplicitRetry {
+        attempts: 2,
+        per_try_timeout: None,
+        retry_on: RetryOn::parse("5xx").unwrap(),
+        backoff: Duration::from_millis(25),
+        retry_ignore_previous_hosts: true,
+    });
+    let layer = tower::ServiceBuilder::new()
+        .layer(RetryLayer::new(policy).with_breakers(breakers.clone()))
+        .layer(CircuitBreakerLayer::from_target().with_breakers(breakers.clone()));
+    let (mut svc, mut handle) = mock::spawn_layer::<Request<Body>, Response<Body>, _>(layer);
+    let unavailable = || {
+        Response::builder()
+            .status(503)
+            .body(body::full("try again"))
+            .unwrap()
+    };
+    // v3 on 9080 allows one retry in flight.
+    let v3 = || routed(&snap, "http://reviews:9080/", Some("v3"));
+    let call = |svc: &mut mock::Spawn<_>, req| {
+        assert_ready_ok!(svc.poll_ready());
+        tokio::spawn(svc.call(req))
+    };
+
+    // A's retry holds the only retry slot.
+    let a = call(&mut svc, v3());
+    handle
+        .next_request()
+        .await
+        .unwrap()
+        .1
+        .send_response(unavailable());
+    let (_, a_retry) = handle.next_request().await.unwrap();
+    let usage = breakers.usage(REVIEWS, Some("v3"), 9080).unwrap();
+    assert_eq!(usage.active_retries, 1);
+
+    // B's 503 cannot be retried: B gets it, flagged UO, and no retry reaches the upstream.
+    let b = call(&mut svc, v3());
+    handle
+        .next_request()
+        .await
+        .unwrap()
+        .1
+        .send_response(unavailable());
+    let res = b.await.unwrap().expect("the response at hand");
+    assert_eq!(res.status(), 503);
+    assert!(ResponseFlags::of(&res).contains(ResponseFlag::UpstreamOverflow));
+    assert_eq!(
+        &res.into_body().collect().await.unwrap().to_bytes()[..],
+        b"try again"
+    );
+    settle().await;
+    assert!(handle.poll_request().is_pending(), "B was not retried");
+    assert_eq!(breakers.overflows(), 1);
+
+    // A's retry ends and frees the slot: C's retry goes out.
+    a_retry.send_response(ok());
+    assert_eq!(a.await.unwrap().unwrap().status(), 200);
+    assert_eq!(
+        breakers
+            .usage(REVIEWS, Some("v3"), 9080)
+            .unwrap()
+            .active_retries,
+        0
+    );
+    let c = call(&mut svc, v3());
+    handle
+        .next_request()
+        .await
+        .unwrap()
+        .1
+        .send_response(unavailable());
+    handle.next_request().await.unwrap().1.send_response(ok());
+    assert_eq!(c.await.unwrap().unwrap().status(), 200);
+}

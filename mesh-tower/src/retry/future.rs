@@ -28,6 +28,7 @@ use super::{
 };
 use crate::{
     body::Body,
+    breaker::RetryAdmission,
     error::{PerTryTimeout, UpstreamConnectFailure, UpstreamReset},
     flags::{ResponseFlag, ResponseFlags},
     target::{DestinationHeaders, PickedEndpoint, Target, TimeoutSignal, TriedEndpoints},
@@ -272,6 +273,15 @@ where
             return exhausted(result);
         };
         in_flight = Some(guard);
+        // The destination's `maxRetries`, checked now, while the response is at hand.
+        let permit = match (&shared.breakers, template.extensions.target()) {
+            (Some(breakers), Some(target)) => match breakers.admit_retry(target) {
+                RetryAdmission::Unlimited => None,
+                RetryAdmission::Admitted(permit) => Some(permit),
+                RetryAdmission::Overflow => return retry_overflow(result),
+            },
+            _ => None,
+        };
         if avoid {
             template.track_tries(&result);
         }
@@ -284,8 +294,21 @@ where
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
-        result = try_once(&mut svc, template.request(), true, per_try).await;
+        let mut req = template.request();
+        if let Some(permit) = permit {
+            req.extensions_mut().insert(permit);
+        }
+        result = try_once(&mut svc, req, true, per_try).await;
     }
+}
+
+/// The outcome at hand when `maxRetries` stops a retry: a response gets the `UO` flag (as
+/// Envoy's router sets it); an error is returned as it is.
+fn retry_overflow(result: Result<Response<Body>, BoxError>) -> Result<Response<Body>, BoxError> {
+    result.map(|mut res| {
+        ResponseFlags::add_to(&mut res, ResponseFlag::UpstreamOverflow);
+        res
+    })
 }
 
 /// One try: waits for readiness (on retries), calls, and bounds both by the per-try timeout.

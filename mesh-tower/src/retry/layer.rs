@@ -6,6 +6,7 @@ use mesh_core::policy::retry::{RetryBudget, RetryPolicy};
 use tower::Layer;
 
 use super::{RetryBudgets, RetryStats, service::Retry};
+use crate::breaker::CircuitBreakers;
 
 /// Where each request's policy comes from.
 #[derive(Clone, Debug)]
@@ -25,6 +26,8 @@ pub(super) struct Shared {
     pub(super) stats: Arc<RetryStats>,
     /// Budget limits when the destination's DestinationRule sets none.
     pub(super) default_budget: RetryBudget,
+    /// The circuit breakers whose `maxRetries` a retry must fit in.
+    pub(super) breakers: Option<CircuitBreakers>,
 }
 
 /// Builds [`Retry`] services; see the [module docs](super).
@@ -62,6 +65,7 @@ impl RetryLayer {
                 budgets: Arc::default(),
                 stats: Arc::default(),
                 default_budget: RetryBudget::default(),
+                breakers: None,
             }),
         }
     }
@@ -96,6 +100,16 @@ impl RetryLayer {
     /// (default 20 % of active requests, at least 3). The last call wins.
     pub fn with_default_budget(mut self, limits: RetryBudget) -> Self {
         Arc::make_mut(&mut self.shared).default_budget = limits;
+        self
+    }
+
+    /// Checks each retry against `maxRetries` of `breakers` (share them with the
+    /// [`CircuitBreakerLayer`](crate::breaker::CircuitBreakerLayer) below) when deciding to
+    /// retry, as Envoy does: a retry over the limit is not made, and the caller gets the
+    /// response at hand with the `UO` flag (or the error at hand). Without this, the breaker
+    /// refuses the retry itself, with its `503 UO`. The last call wins.
+    pub fn with_breakers(mut self, breakers: CircuitBreakers) -> Self {
+        Arc::make_mut(&mut self.shared).breakers = Some(breakers);
         self
     }
 
