@@ -314,6 +314,45 @@ async fn a_cookie_is_set_when_absent_and_then_sticks() {
     assert_eq!(seen.len(), 3);
 }
 
+/// As Envoy: a cookie generated for a request that came in on a connection (a gateway's) is
+/// derived from that connection's address, so the retries of a request, and requests racing
+/// on the same connection, are given the same cookie and reach the same endpoint.
+#[tokio::test(start_paused = true)]
+async fn a_generated_cookie_follows_the_downstream_connection() {
+    let (stats, up) = (EndpointStats::new(), Upstream::default());
+    let mut svc = balancer(&stats, &up);
+    let snap = snapshot(
+        3,
+        "{ loadBalancer: { consistentHash: { httpCookie: { name: session, ttl: 60s } } } }",
+    );
+    let from = |peer: &str| {
+        let mut req = request(&snap);
+        req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+        req
+    };
+    let cookie = |res: &Response<Body>| {
+        res.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = cookie(&send(&mut svc, from("10.1.0.7:40001")).await.unwrap());
+    let endpoint = up.take_hits().pop().unwrap();
+    for _ in 0..10 {
+        let again = send(&mut svc, from("10.1.0.7:40001")).await.unwrap();
+        assert_eq!(cookie(&again), first);
+        assert_eq!(up.take_hits().pop().unwrap(), endpoint);
+    }
+    let mut values = std::collections::BTreeSet::new();
+    for port in 40_002..40_042 {
+        let res = send(&mut svc, from(&format!("10.1.0.7:{port}")))
+            .await
+            .unwrap();
+        values.insert(cookie(&res));
+    }
+    assert_eq!(values.len(), 40, "other connections get other cookies");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_cookie_without_ttl_is_not_generated() {
     let (stats, up) = (EndpointStats::new(), Upstream::default());

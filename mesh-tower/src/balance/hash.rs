@@ -105,9 +105,16 @@ pub(super) fn request_hash(
         ),
         HashKey::Cookie(cookie) => match cookie_value(req, &cookie.name) {
             Some(v) => (Some(xxh64(v.as_bytes(), 0)), None),
-            // Envoy generates a cookie only when a ttl is configured.
+            // Envoy generates a cookie only when a ttl is configured, from the downstream
+            // connection's address, so a request's retries and the requests that race on
+            // one connection get the same value. A request without one (the mesh's own
+            // client, not a gateway) gets a random value.
             None if cookie.ttl.is_some() => {
-                let value = format!("{:016x}", rand::random::<u64>());
+                let seed = match req.extensions().get::<PeerAddr>() {
+                    Some(peer) => xxh64(peer.0.to_string().as_bytes(), 0),
+                    None => rand::random::<u64>(),
+                };
+                let value = format!("{seed:016x}");
                 (Some(xxh64(value.as_bytes(), 0)), set_cookie(cookie, &value))
             }
             None => (None, None),
