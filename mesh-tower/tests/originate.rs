@@ -409,3 +409,42 @@ async fn mutual_tls_origination_presents_the_client_certificate_from_files() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("client.pem"), "{body}");
 }
+
+/// A DNS ServiceEntry whose endpoint is a name: the mesh resolves it with the system's
+/// resolver when it connects (`localhost`, from `/etc/hosts`: no DNS server is asked), and originates TLS as the
+/// DestinationRule says, checking the certificate against the service's host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_origination_to_an_endpoint_reached_by_dns_name() {
+    let pki = Pki::new();
+    let server = SServer::start(&pki, None).await;
+    let ca = pki.path("test-ca.pem");
+    let port = server.addr.port();
+    let entry = |address: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: api, namespace: default }}
+spec:
+  hosts: [api.example.test]
+  ports: [{{ number: {port}, name: http, protocol: HTTP }}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  endpoints: [{{ address: {address} }}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: api, namespace: default }}
+spec:
+  host: api.example.test
+  trafficPolicy: {{ tls: {{ mode: SIMPLE, caCertificates: {ca} }} }}
+",
+            ca = ca.display()
+        )
+    };
+    let uri = format!("http://api.example.test:{port}/");
+
+    let (_d, mesh) = caller(&entry("localhost")).await;
+    let (status, body, _) = get(&mesh, &uri).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(is_s_server_page(&body), "{body}");
+}
