@@ -17,6 +17,11 @@
 
 use std::fmt;
 
+use base64::{
+    Engine as _,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
+
 /// One PEM block: its label and the DER it carries.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Block {
@@ -96,8 +101,9 @@ pub fn parse(text: &str) -> Result<Vec<Block>, PemError> {
         if !ended {
             return Err(PemError::new("BEGIN line without a matching END line"));
         }
-        let der = base64_decode(&body, Alphabet::Standard)
-            .ok_or_else(|| PemError::new("the block is not valid base64"))?;
+        let der = STANDARD
+            .decode(&body)
+            .map_err(|_| PemError::new("the block is not valid base64"))?;
         blocks.push(Block {
             label: label.to_owned(),
             der,
@@ -108,7 +114,7 @@ pub fn parse(text: &str) -> Result<Vec<Block>, PemError> {
 
 /// Writes one PEM block with 64-character lines and a trailing newline.
 pub fn encode(label: &str, der: &[u8]) -> String {
-    let b64 = base64_encode(der, Alphabet::Standard);
+    let b64 = STANDARD.encode(der);
     let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
     out.push_str(BEGIN);
     out.push_str(label);
@@ -128,116 +134,13 @@ pub fn encode(label: &str, der: &[u8]) -> String {
 
 /// Encodes `data` as URL-safe base64 without padding (RFC 4648 §5).
 pub fn base64url_encode(data: &[u8]) -> String {
-    base64_encode(data, Alphabet::UrlSafe)
+    URL_SAFE_NO_PAD.encode(data)
 }
 
-/// Decodes URL-safe base64 without padding; `None` if it is not exactly that.
+/// Decodes URL-safe base64 without padding; `None` if it is not exactly that (padding,
+/// the standard alphabet and non-canonical trailing bits are refused).
 pub fn base64url_decode(text: &str) -> Option<Vec<u8>> {
-    if text.contains('=') {
-        return None;
-    }
-    base64_decode(text, Alphabet::UrlSafe)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Alphabet {
-    /// `+` and `/`, padded with `=`.
-    Standard,
-    /// `-` and `_`, no padding.
-    UrlSafe,
-}
-
-impl Alphabet {
-    fn chars(self) -> &'static [u8; 64] {
-        match self {
-            Alphabet::Standard => {
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-            }
-            Alphabet::UrlSafe => {
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-            }
-        }
-    }
-
-    fn value(self, c: u8) -> Option<u8> {
-        match c {
-            b'A'..=b'Z' => Some(c - b'A'),
-            b'a'..=b'z' => Some(c - b'a' + 26),
-            b'0'..=b'9' => Some(c - b'0' + 52),
-            b'+' if self == Alphabet::Standard => Some(62),
-            b'/' if self == Alphabet::Standard => Some(63),
-            b'-' if self == Alphabet::UrlSafe => Some(62),
-            b'_' if self == Alphabet::UrlSafe => Some(63),
-            _ => None,
-        }
-    }
-}
-
-fn base64_encode(data: &[u8], alphabet: Alphabet) -> String {
-    let chars = alphabet.chars();
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let emit = chunk.len() + 1;
-        for i in 0..4 {
-            if i < emit {
-                out.push(char::from(chars[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else if alphabet == Alphabet::Standard {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn base64_decode(text: &str, alphabet: Alphabet) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    let unpadded = match alphabet {
-        Alphabet::Standard => {
-            if !bytes.len().is_multiple_of(4) {
-                return None;
-            }
-            let pad = bytes.iter().rev().take_while(|&&c| c == b'=').count();
-            if pad > 2 {
-                return None;
-            }
-            &bytes[..bytes.len() - pad]
-        }
-        Alphabet::UrlSafe => bytes,
-    };
-    if unpadded.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(unpadded.len() * 3 / 4);
-    for chunk in unpadded.chunks(4) {
-        let mut n: u32 = 0;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= u32::from(alphabet.value(c)?) << (18 - 6 * i);
-        }
-        let [_, b0, b1, b2] = n.to_be_bytes();
-        out.push(b0);
-        if chunk.len() > 2 {
-            out.push(b1);
-        }
-        if chunk.len() > 3 {
-            out.push(b2);
-        }
-        // Canonical encodings only: the bits a short final group drops must be zero.
-        let unused = match chunk.len() {
-            2 => n & 0xffff,
-            3 => n & 0xff,
-            _ => 0,
-        };
-        if unused != 0 {
-            return None;
-        }
-    }
-    Some(out)
+    URL_SAFE_NO_PAD.decode(text).ok()
 }
 
 #[cfg(test)]
@@ -256,11 +159,8 @@ mod tests {
             ("foobar", "Zm9vYmFy"),
         ];
         for (plain, b64) in cases {
-            assert_eq!(base64_encode(plain.as_bytes(), Alphabet::Standard), b64);
-            assert_eq!(
-                base64_decode(b64, Alphabet::Standard).as_deref(),
-                Some(plain.as_bytes())
-            );
+            assert_eq!(STANDARD.encode(plain.as_bytes()), b64);
+            assert_eq!(STANDARD.decode(b64).ok().as_deref(), Some(plain.as_bytes()));
             let url = b64.trim_end_matches('=');
             assert_eq!(base64url_encode(plain.as_bytes()), url);
             assert_eq!(base64url_decode(url).as_deref(), Some(plain.as_bytes()));
@@ -271,7 +171,7 @@ mod tests {
     fn base64url_uses_its_alphabet() {
         let data = [0xfb, 0xff, 0xbf];
         assert_eq!(base64url_encode(&data), "-_-_");
-        assert_eq!(base64_encode(&data, Alphabet::Standard), "+/+/");
+        assert_eq!(STANDARD.encode(data), "+/+/");
         assert_eq!(base64url_decode("-_-_").as_deref(), Some(&data[..]));
         assert_eq!(base64url_decode("+/+/"), None);
         assert_eq!(base64url_decode("Zg=="), None);

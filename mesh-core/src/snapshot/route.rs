@@ -378,41 +378,23 @@ fn convert_backrefs(s: &str) -> String {
     out
 }
 
-/// Decodes base64, standard or URL-safe alphabet, with or without padding.
+/// Decodes base64, standard or URL-safe alphabet, with or without padding (canonical
+/// padding only, when present).
 pub(crate) fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        })
+    use base64::{
+        Engine as _, alphabet,
+        engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
     };
+    const CONFIG: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, CONFIG);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, CONFIG);
     let s = s.trim();
-    let data = s.trim_end_matches('=');
-    let padding = s.len() - data.len();
-    if padding > 2 || (padding > 0 && !s.len().is_multiple_of(4)) {
-        return None;
+    if s.contains(['-', '_']) {
+        URL_SAFE.decode(s).ok()
+    } else {
+        STANDARD.decode(s).ok()
     }
-    let s = data;
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        buf = (buf << 6) | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-            buf &= (1 << bits) - 1;
-        }
-    }
-    if bits >= 6 {
-        return None;
-    }
-    Some(out)
 }
 
 impl Redirect {
