@@ -3,12 +3,21 @@
 //! and static stability of the config watcher.
 #![cfg(feature = "etcd")]
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use etcd_client::{Client, CompactionOptions, GetOptions};
 use mesh_core::{
     config::{Kind, Resource, ResourceKey, load_str},
-    store::{Action, ConfigStatus, ConfigWatcher, EtcdStore, Store, StoreError},
+    store::{
+        Action, ApplyOutcome, BoxFuture, Changes, ConfigStatus, ConfigWatcher, EtcdStore, Listing,
+        Store, StoreError,
+    },
     validate::Findings,
 };
 use testkit::EtcdCluster;
@@ -574,13 +583,225 @@ async fn an_idle_watcher_does_not_reload_in_a_loop() {
     let mut ticks = shared.watch().await.unwrap();
     let watcher = ConfigWatcher::start(shared.clone(), compile).await.unwrap();
     watcher.ready().await;
-    // The watcher's own reads must not tick the channel it reloads on.
+    // The watcher's own reads must not tick the channel it reloads on, and the connection
+    // must stay up while idle: etcd closes connections that ping more often than its
+    // --grpc-keepalive-min-time (5 s by default) after three pings (the watch then broke
+    // and every watcher read again, every 4 s).
     tokio::time::sleep(Duration::from_millis(300)).await;
     ticks.borrow_and_update();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     assert!(
         !ticks.has_changed().unwrap(),
         "the store ticked with no change"
     );
     assert_eq!(watcher.status().generation, 1);
+}
+
+/// A store that counts how a watcher reads it: whole listings, and deltas.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn Store>,
+    lists: AtomicUsize,
+    deltas: AtomicUsize,
+}
+
+impl Store for Counting {
+    fn list(&self) -> BoxFuture<'_, Result<Listing, StoreError>> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list()
+    }
+    fn get<'a>(
+        &'a self,
+        key: &'a ResourceKey,
+    ) -> BoxFuture<'a, Result<Option<Resource>, StoreError>> {
+        self.inner.get(key)
+    }
+    fn apply(&self, resources: Vec<Resource>) -> BoxFuture<'_, Result<ApplyOutcome, StoreError>> {
+        self.inner.apply(resources)
+    }
+    fn delete<'a>(&'a self, key: &'a ResourceKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.delete(key)
+    }
+    fn register(&self, entry: Resource) -> BoxFuture<'_, Result<ApplyOutcome, StoreError>> {
+        self.inner.register(entry)
+    }
+    fn deregister<'a>(&'a self, key: &'a ResourceKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.deregister(key)
+    }
+    fn watch(&self) -> BoxFuture<'_, Result<tokio::sync::watch::Receiver<u64>, StoreError>> {
+        self.inner.watch()
+    }
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+    fn changes_since(&self, revision: u64) -> BoxFuture<'_, Result<Option<Changes>, StoreError>> {
+        Box::pin(async move {
+            let changes = self.inner.changes_since(revision).await?;
+            if changes.is_some() {
+                self.deltas.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(changes)
+        })
+    }
+}
+
+/// The snapshot is the resources themselves, so it can be compared with a listing.
+fn compile_all(rs: &[Resource]) -> Result<Vec<Resource>, Findings> {
+    Ok(rs.to_vec())
+}
+
+/// Waits until the watcher's snapshot is exactly what a fresh handle lists.
+async fn converges(etcd: &EtcdCluster, watcher: &ConfigWatcher<Vec<Resource>>, what: &str) {
+    let fresh = mesh_core::store::open(&etcd.store_url()).unwrap();
+    let listing = fresh.list().await.unwrap();
+    let mut rx = watcher.status_changes();
+    let deadline = Instant::now() + PATIENCE;
+    while *watcher.current() != listing.resources {
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            let have: Vec<_> = watcher.current().iter().map(Resource::key).collect();
+            let want: Vec<_> = listing.resources.iter().map(Resource::key).collect();
+            panic!(
+                "{what}: the watcher drifted from the store\n have {have:?}\n want {want:?}\n status {:?}",
+                watcher.status()
+            );
+        }
+    }
+    assert!(watcher.status().last_error.is_none(), "{what}");
+}
+
+/// The JSON etcd would hold for an AuthorizationPolicy `name` with one rule allowing `path`.
+fn raw_policy(name: &str, path: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"security.istio.io/v1","kind":"AuthorizationPolicy","metadata":{{"name":"{name}","namespace":"default"}},"spec":{{"rules":[{{"to":[{{"operation":{{"paths":["{path}"]}}}}]}}]}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn incremental_reloads_never_drift_from_the_store() {
+    let mut etcd = EtcdCluster::start(3).await.unwrap();
+    let endpoints = etcd.endpoints();
+    // The watcher talks to member 2 only, so it can be cut off; writers to the others.
+    let counting = Arc::new(Counting {
+        inner: mesh_core::store::open(&format!("etcd://{}", endpoints[2])).unwrap(),
+        lists: AtomicUsize::new(0),
+        deltas: AtomicUsize::new(0),
+    });
+    let writer =
+        mesh_core::store::open(&format!("etcd://{},{}", endpoints[0], endpoints[1])).unwrap();
+    let mut raw = Client::connect(&endpoints[..2], None).await.unwrap();
+    for i in 0..20 {
+        writer.apply(ap(&format!("p{i}"))).await.unwrap();
+    }
+    let watcher = ConfigWatcher::start(counting.clone(), compile_all)
+        .await
+        .unwrap();
+    watcher.ready().await;
+    converges(&etcd, &watcher, "start").await;
+    writer.apply(ap("warm-up")).await.unwrap();
+    eventually(PATIENCE, "the first delta", || async {
+        counting.deltas.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    converges(&etcd, &watcher, "the first delta").await;
+    let lists_at_start = counting.lists.load(Ordering::SeqCst);
+
+    // A burst, with no pause: applies, deletes, registrations, and etcdctl-style raw writes,
+    // including keys deleted right after they were written and a value overwritten twice.
+    let registrar = mesh_core::store::open(&format!("etcd://{}", endpoints[0])).unwrap();
+    for i in 0..10 {
+        writer.apply(ap(&format!("q{i}"))).await.unwrap();
+        if i % 3 == 0 {
+            writer.delete(&key(&format!("q{i}"))).await.unwrap();
+        }
+        writer.delete(&key(&format!("p{i}"))).await.unwrap();
+        registrar
+            .register(workload_entry(&format!("we-{i}"), 9000 + i))
+            .await
+            .unwrap();
+        let k = format!("/mesh/authorizationpolicies/default/raw{i}");
+        raw.put(k.as_str(), raw_policy(&format!("raw{i}"), "/a"), None)
+            .await
+            .unwrap();
+        raw.put(k.as_str(), raw_policy(&format!("raw{i}"), "/b"), None)
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            raw.delete(k.as_str(), None).await.unwrap();
+        }
+        if i % 4 == 1 {
+            registrar
+                .deregister(&entry_key(&format!("we-{}", i - 1)))
+                .await
+                .unwrap();
+        }
+    }
+    converges(&etcd, &watcher, "after the burst").await;
+    assert!(
+        counting.deltas.load(Ordering::SeqCst) > 0,
+        "the watcher applied deltas"
+    );
+    assert_eq!(
+        counting.lists.load(Ordering::SeqCst),
+        lists_at_start,
+        "no whole listing while the watch is healthy ({} deltas)",
+        counting.deltas.load(Ordering::SeqCst)
+    );
+
+    // A compaction while the watch runs changes nothing it has to know.
+    let head = raw
+        .get("/mesh/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    raw.compact(head, None).await.unwrap();
+    writer.apply(ap("after-compaction")).await.unwrap();
+    writer.delete(&key("q1")).await.unwrap();
+    converges(&etcd, &watcher, "after a compaction").await;
+
+    // Cut off while changes happen and history is compacted past them: the watcher lists
+    // again (its watch cannot resume), then follows deltas again.
+    etcd.stop_member(2).await.unwrap();
+    wait_until_error(&watcher).await;
+    for i in 0..5 {
+        writer.apply(ap(&format!("r{i}"))).await.unwrap();
+        writer.delete(&key(&format!("q{}", 2 * i + 2))).await.ok();
+        let k = format!("/mesh/authorizationpolicies/default/gone{i}");
+        raw.put(k.as_str(), raw_policy(&format!("gone{i}"), "/x"), None)
+            .await
+            .unwrap();
+        raw.delete(k.as_str(), None).await.unwrap();
+    }
+    let head = raw
+        .get("/mesh/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    raw.compact(head, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    etcd.start_member(2).await.unwrap();
+    converges(&etcd, &watcher, "after the outage and the compaction").await;
+    let deltas = counting.deltas.load(Ordering::SeqCst);
+    writer.apply(ap("last")).await.unwrap();
+    writer.delete(&key("r0")).await.unwrap();
+    converges(&etcd, &watcher, "after the re-list").await;
+    eventually(PATIENCE, "deltas again after the re-list", || async {
+        counting.deltas.load(Ordering::SeqCst) > deltas
+    })
+    .await;
+}
+
+async fn wait_until_error(watcher: &ConfigWatcher<Vec<Resource>>) {
+    let mut rx = watcher.status_changes();
+    timeout(PATIENCE, rx.wait_for(|s| s.store_error.is_some()))
+        .await
+        .expect("the outage is reported")
+        .unwrap();
 }

@@ -2,7 +2,7 @@
 //! [`EtcdStore`].
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     fmt,
     path::Path,
     sync::{
@@ -21,8 +21,8 @@ use tokio::{
 };
 
 use super::{
-    Action, Applied, ApplyOutcome, BoxFuture, Check, Listing, Store, StoreError, normalize_prefix,
-    rfc3339_utc,
+    Action, Applied, ApplyOutcome, BoxFuture, Changes, Check, Listing, Store, StoreError,
+    normalize_prefix, rfc3339_utc,
 };
 use crate::{
     config::{self, Kind, Resource, ResourceKey},
@@ -43,9 +43,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// HTTP/2 keep-alive pings: a member that vanished without closing its connection is noticed
-/// within interval + timeout.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// within interval + timeout. etcd closes a connection whose client pings more often than its
+/// `--grpc-keepalive-min-time` (5 s by default) three times in a row (GOAWAY
+/// `too_many_pings`): with 1 s pings every idle connection broke after 3–4 s, and its watch
+/// with it. Go's gRPC client never pings more often than every 10 s either.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Backoff between reconnection attempts.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -60,6 +63,10 @@ const MAX_TXN_WRITES: usize = 127;
 
 /// The marker key (below the prefix) that every apply and delete bumps.
 const MARKER: &str = ".revision";
+
+/// How many deletions the mirror remembers for [`Store::changes_since`]; a reader further
+/// behind lists again.
+const MAX_TOMBSTONES: usize = 10_000;
 
 /// A [`Store`] in etcd: the configuration and registry of a mesh that spans machines.
 ///
@@ -106,6 +113,15 @@ const MARKER: &str = ".revision";
 /// [`ConfigStatus::store_error`](crate::store::ConfigStatus::store_error); when etcd returns, the
 /// next tick clears the error and loads what changed meanwhile.
 ///
+/// The watch task also keeps a decoded copy of the prefix (it reads the whole prefix when it
+/// starts and after a compaction, then applies every event), from which
+/// [`changes_since`](Store::changes_since) answers without asking etcd: a
+/// [`ConfigWatcher`](crate::store::ConfigWatcher) then applies the few changed resources
+/// instead of listing and decoding every key. While the watch is interrupted it answers
+/// `None`, so the watcher lists, and sees the error. [`list`](Store::list) always reads etcd
+/// (a listing reflects every change made before it started), but decodes only the values
+/// that changed since the copy was made.
+///
 /// The client is created on first use, not by [`open`](crate::store::open), so a mesh can start
 /// while etcd is down and pick it up when it comes.
 ///
@@ -143,9 +159,119 @@ struct Inner {
     revision: watch::Sender<u64>,
     watch_task: std::sync::Mutex<Option<AbortHandle>>,
     registrations: Mutex<HashMap<ResourceKey, Registration>>,
-    /// Decoded values by etcd key, with the `mod_revision` they were decoded at, so a listing
-    /// only parses what changed since the last one.
-    decoded: std::sync::Mutex<HashMap<String, (i64, config::Loaded)>>,
+    /// The prefix as decoded values, kept current by the watch task (shared with it).
+    mirror: Arc<std::sync::Mutex<Mirror>>,
+}
+
+/// The prefix as this handle last saw it, decoded: by the watch task, which applies every
+/// event to it, or else by the last listing. Listings decode only the values that changed
+/// since, and [`Store::changes_since`] answers from it without asking etcd.
+///
+/// # History
+/// A reader's copy at revision `S` can be brought up to date from the mirror when every key
+/// that changed after `S` is either in `entries` with a newer `mod_revision` or in
+/// `tombstones` with a newer revision. That holds from `floor` on, except between a whole
+/// read and the one before it (`gap`): a key created and deleted in between was never seen.
+#[derive(Default)]
+struct Mirror {
+    /// The value of every key below the prefix (the marker excepted), decoded.
+    entries: HashMap<String, Arc<Entry>>,
+    /// True once the watch task has read the whole prefix: from then on only the task
+    /// writes the mirror (listings only read it).
+    watched: bool,
+    /// True while the watch keeps `entries` current: it read the whole prefix and applied
+    /// every event since, in order. False before the watch starts and while it is broken.
+    synced: bool,
+    /// `entries` is exactly the prefix at this revision (its last whole read or event).
+    revision: i64,
+    /// The oldest revision [`Store::changes_since`] answers for.
+    floor: i64,
+    /// Revisions strictly between these two are not answered for (see above).
+    gap: Option<(i64, i64)>,
+    /// Deleted keys with the revision they were deleted at (or, for deletions found by a
+    /// whole read, the revision of that read), oldest first.
+    tombstones: VecDeque<(i64, String)>,
+}
+
+impl Mirror {
+    /// True if a reader at revision `since` can be brought up to date from the mirror.
+    fn answers(&self, since: i64) -> bool {
+        self.synced
+            && since >= self.floor
+            && !self
+                .gap
+                .is_some_and(|(from, to)| since > from && since < to)
+    }
+
+    /// Replaces `entries` with a whole read of the prefix at `revision`, recording what it
+    /// deleted, and keeps the history readers at the previous exact revision (and, when the
+    /// watch kept the mirror, before it) need.
+    fn replace(&mut self, entries: HashMap<String, Arc<Entry>>, revision: i64) {
+        // The entries are exactly the prefix at `self.revision` once anything filled them.
+        let exact_before = (self.revision > 0)
+            .then_some(self.revision)
+            .filter(|before| *before <= revision);
+        let mut gone: Vec<&String> = self
+            .entries
+            .keys()
+            .filter(|k| !entries.contains_key(*k))
+            .collect();
+        gone.sort();
+        let gone: Vec<String> = gone.into_iter().cloned().collect();
+        match exact_before {
+            Some(before) => {
+                if !self.watched {
+                    // Filled by a listing: only a reader of that very listing is covered.
+                    self.floor = before;
+                    self.tombstones.clear();
+                } else if let Some((_, to)) = self.gap {
+                    // One gap at a time: forget the history before the previous one.
+                    self.floor = self.floor.max(to);
+                }
+                self.gap = Some((before, revision));
+                self.tombstones
+                    .extend(gone.into_iter().map(|k| (revision, k)));
+            }
+            None => {
+                self.floor = revision;
+                self.gap = None;
+                self.tombstones.clear();
+            }
+        }
+        self.entries = entries;
+        self.revision = revision;
+        self.prune();
+    }
+
+    /// Forgets the oldest deletions beyond [`MAX_TOMBSTONES`]; readers from before them list
+    /// again.
+    fn prune(&mut self) {
+        while self.tombstones.len() > MAX_TOMBSTONES {
+            if let Some((rev, _)) = self.tombstones.pop_front() {
+                self.floor = self.floor.max(rev);
+            }
+        }
+    }
+}
+
+/// One stored value, decoded.
+struct Entry {
+    mod_revision: i64,
+    /// The resource it holds, with `resourceVersion` and `namespace` set; `None` when it
+    /// cannot be read (then `findings` says why).
+    resource: Option<Arc<Resource>>,
+    findings: Vec<Finding>,
+}
+
+impl Entry {
+    fn decode(dir: &str, key: &str, value: &[u8], mod_revision: i64, lease: i64) -> Self {
+        let (stored, findings) = decode(dir, key, value, mod_revision, lease);
+        Self {
+            mod_revision,
+            resource: stored.map(|s| s.resource),
+            findings,
+        }
+    }
 }
 
 /// A registered WorkloadEntry and the task that keeps its lease alive.
@@ -184,7 +310,7 @@ impl fmt::Debug for EtcdStore {
 
 /// One stored resource and where it is in etcd.
 struct Stored {
-    resource: Resource,
+    resource: Arc<Resource>,
     mod_revision: i64,
     lease: i64,
 }
@@ -199,7 +325,10 @@ struct Current {
 
 impl Current {
     fn resources(&self) -> Vec<Resource> {
-        self.stored.values().map(|s| s.resource.clone()).collect()
+        self.stored
+            .values()
+            .map(|s| (*s.resource).clone())
+            .collect()
     }
 }
 
@@ -238,7 +367,7 @@ impl EtcdStore {
                 revision: watch::Sender::new(0),
                 watch_task: std::sync::Mutex::new(None),
                 registrations: Mutex::new(HashMap::new()),
-                decoded: std::sync::Mutex::new(HashMap::new()),
+                mirror: Arc::default(),
             }),
         }
     }
@@ -324,8 +453,16 @@ impl Store for EtcdStore {
             let Some(kv) = resp.kvs().first() else {
                 return Ok(None);
             };
-            let (stored, _) = decode(&ekey, kv.value(), kv.mod_revision(), kv.lease());
-            Ok(stored.map(|s| s.resource).filter(|r| &r.key() == key))
+            let (stored, _) = decode(
+                &self.inner.dir(),
+                &ekey,
+                kv.value(),
+                kv.mod_revision(),
+                kv.lease(),
+            );
+            Ok(stored
+                .map(|s| Arc::unwrap_or_clone(s.resource))
+                .filter(|r| &r.key() == key))
         })
     }
 
@@ -357,6 +494,7 @@ impl Store for EtcdStore {
                     self.inner.conn.clone(),
                     self.inner.dir(),
                     self.inner.revision.clone(),
+                    self.inner.mirror.clone(),
                 ));
                 *task = Some(handle.abort_handle());
             }
@@ -366,6 +504,10 @@ impl Store for EtcdStore {
 
     fn url(&self) -> String {
         self.inner.conn.url.clone()
+    }
+
+    fn changes_since(&self, revision: u64) -> BoxFuture<'_, Result<Option<Changes>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.changes_since(revision)) })
     }
 }
 
@@ -493,7 +635,8 @@ impl Inner {
         raise(&self.revision, revision);
     }
 
-    /// Reads the whole prefix in one request.
+    /// Reads the whole prefix in one request, decoding only the values the mirror does not
+    /// hold at the same revision.
     async fn read(&self) -> Result<Current, StoreError> {
         let dir = self.dir();
         let resp = self
@@ -514,34 +657,91 @@ impl Inner {
             revision,
             marker: 0,
         };
-        let mut cache = self
-            .decoded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut next_cache = HashMap::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
-            let Ok(key) = std::str::from_utf8(kv.key()) else {
-                continue;
-            };
-            if key == marker {
-                current.marker = kv.mod_revision();
-                continue;
+        let kvs: Vec<_> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some((std::str::from_utf8(kv.key()).ok()?, kv)))
+            .filter(|(key, kv)| {
+                if *key == marker {
+                    current.marker = kv.mod_revision();
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect();
+        let entries = decode_all(&self.mirror, &dir, &kvs);
+        for ((_, kv), entry) in kvs.iter().zip(&entries) {
+            current.findings.extend(entry.findings.iter().cloned());
+            if let Some(r) = &entry.resource {
+                current.stored.insert(
+                    r.key(),
+                    Stored {
+                        resource: r.clone(),
+                        mod_revision: kv.mod_revision(),
+                        lease: kv.lease(),
+                    },
+                );
             }
-            let loaded = match cache.remove(key) {
-                Some((rev, loaded)) if rev == kv.mod_revision() => loaded,
-                _ => load_value(key, kv.value()),
-            };
-            let (stored, findings) = from_loaded(key, &loaded, kv.mod_revision(), kv.lease());
-            current.findings.extend(findings);
-            if let Some(s) = stored {
-                current.stored.insert(s.resource.key(), s);
-            }
-            next_cache.insert(key.to_owned(), (kv.mod_revision(), loaded));
         }
-        *cache = next_cache;
-        drop(cache);
+        {
+            // Until the watch has read the prefix, the listing is the freshest view: keep it
+            // for the next listing, and for the watch to start its history from. After that,
+            // the watch task owns the mirror (it replays what it missed after an outage).
+            let mut mirror = lock(&self.mirror);
+            if !mirror.watched && revision >= mirror.revision {
+                let entries = kvs
+                    .iter()
+                    .zip(entries)
+                    .map(|((key, _), entry)| ((*key).to_owned(), entry))
+                    .collect();
+                mirror.replace(entries, revision);
+            }
+        }
         self.tick(revision);
         Ok(current)
+    }
+
+    /// What changed since `since`, from the mirror; see [`Store::changes_since`].
+    fn changes_since(&self, since: u64) -> Option<Changes> {
+        let since = i64::try_from(since).ok()?;
+        let mirror = lock(&self.mirror);
+        if !mirror.answers(since) {
+            return None;
+        }
+        let dir = self.dir();
+        let mut changes = Changes {
+            revision: mirror.revision.max(since).unsigned_abs(),
+            ..Changes::default()
+        };
+        let mut findings = Vec::new();
+        for (key, entry) in &mirror.entries {
+            findings.extend(entry.findings.iter().cloned());
+            if entry.mod_revision <= since {
+                continue;
+            }
+            match &entry.resource {
+                Some(r) => changes.applied.push((**r).clone()),
+                None => changes.deleted.extend(key_of_path(&dir, key)),
+            }
+        }
+        for (_, key) in mirror
+            .tombstones
+            .iter()
+            .rev()
+            .take_while(|(rev, _)| *rev > since)
+        {
+            if !mirror.entries.contains_key(key) {
+                changes.deleted.extend(key_of_path(&dir, key));
+            }
+        }
+        drop(mirror);
+        changes.applied.sort_by_cached_key(Resource::key);
+        changes.deleted.sort();
+        changes.deleted.dedup();
+        changes.findings = Findings(findings);
+        changes.findings.sort();
+        Some(changes)
     }
 
     async fn apply(
@@ -698,7 +898,13 @@ impl Inner {
             marker: 0,
         };
         if let Some(kv) = resp.kvs().first() {
-            let (stored, _) = decode(&ekey, kv.value(), kv.mod_revision(), kv.lease());
+            let (stored, _) = decode(
+                &self.dir(),
+                &ekey,
+                kv.value(),
+                kv.mod_revision(),
+                kv.lease(),
+            );
             if let Some(s) = stored {
                 current.stored.insert(s.resource.key(), s);
             }
@@ -878,7 +1084,7 @@ fn plan(
             .stored
             .iter()
             .filter(|(k, _)| !applied.contains(k))
-            .map(|(_, s)| s.resource.clone())
+            .map(|(_, s)| (*s.resource).clone())
             .collect();
         merged.extend(candidates.iter().cloned());
         merged
@@ -966,80 +1172,114 @@ fn load_value(key: &str, value: &[u8]) -> config::Loaded {
     }
 }
 
+/// The one resource the value of `key` holds, checked against the key (which must be exactly
+/// `DIR<kind plural>/<namespace>/<name>`, so that a key and a resource name each other), and
+/// the findings of reading it.
 fn decode(
+    dir: &str,
     key: &str,
     value: &[u8],
     mod_revision: i64,
     lease: i64,
 ) -> (Option<Stored>, Vec<Finding>) {
-    from_loaded(key, &load_value(key, value), mod_revision, lease)
-}
-
-/// The one resource a value holds, checked against the key it is stored under.
-fn from_loaded(
-    key: &str,
-    loaded: &config::Loaded,
-    mod_revision: i64,
-    lease: i64,
-) -> (Option<Stored>, Vec<Finding>) {
-    let mut findings = loaded.findings.clone();
-    let origin = || crate::source::Origin {
-        file: Some(Arc::from(Path::new(&format!("etcd:{key}")))),
-        line: 1,
-    };
+    let loaded = load_value(key, value);
+    let mut findings = loaded.findings;
+    let unread = !findings.is_empty();
     let mut problem = |message: String| {
         let mut f = Finding::new(codes::SYNTAX_ERROR, Severity::Error, message);
-        f.file = Some(origin());
+        f.file = Some(crate::source::Origin {
+            file: Some(Arc::from(Path::new(&format!("etcd:{key}")))),
+            line: 1,
+        });
         f.line = Some(1);
         findings.push(f);
     };
-    let resource = match loaded.resources.as_slice() {
-        [] if loaded.findings.is_empty() => {
+    let count = loaded.resources.len();
+    let mut resources = loaded.resources.into_iter();
+    let resource = match (resources.next(), count) {
+        (None, _) if !unread => {
             problem("the value holds no resource".to_owned());
             None
         }
-        [] => None,
-        [one] => {
-            let expected = key
-                .rsplitn(4, '/')
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .skip(1)
-                .collect::<Vec<_>>();
-            let at = format!(
-                "{}/{}/{}",
-                one.kind().plural(),
-                one.namespace(),
-                one.metadata.name
-            );
-            if expected.join("/") == at {
-                let mut r = one.clone();
+        (None, _) => None,
+        (Some(mut r), 1) => {
+            let expected = key.strip_prefix(dir).unwrap_or(key);
+            if key_of_path(dir, key).is_some_and(|k| k == r.key()) {
                 r.metadata.resource_version = Some(mod_revision.to_string());
-                r.metadata.namespace = Some(one.namespace().to_owned());
+                r.metadata.namespace = Some(r.namespace().to_owned());
                 Some(Stored {
-                    resource: r,
+                    resource: Arc::new(r),
                     mod_revision,
                     lease,
                 })
             } else {
                 problem(format!(
-                    "the value holds {} but the key says {}",
-                    one.key(),
-                    expected.join("/")
+                    "the value holds {} but the key says {expected}",
+                    r.key(),
                 ));
                 None
             }
         }
-        more => {
-            problem(format!(
-                "the value holds {} resources; a key holds one",
-                more.len()
-            ));
+        (Some(_), more) => {
+            problem(format!("the value holds {more} resources; a key holds one"));
             None
         }
     };
     (resource, findings)
+}
+
+/// The resource `key` names: `DIR<kind plural>/<namespace>/<name>`.
+fn key_of_path(dir: &str, key: &str) -> Option<ResourceKey> {
+    let mut parts = key.strip_prefix(dir)?.split('/');
+    let (plural, namespace, name) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || namespace.is_empty() || name.is_empty() {
+        return None;
+    }
+    let kind = Kind::ALL.into_iter().find(|k| k.plural() == plural)?;
+    Some(ResourceKey::new(kind, namespace, name))
+}
+
+/// Locks the mirror (a panic elsewhere cannot leave it half-updated: every update is one
+/// assignment or a loop of inserts that cannot panic).
+fn lock(mirror: &std::sync::Mutex<Mirror>) -> std::sync::MutexGuard<'_, Mirror> {
+    mirror
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The decoded entries of `kvs` (keys below `dir`, as UTF-8): the mirror's where it holds the
+/// same revision, else decoded now (outside the lock).
+fn decode_all(
+    mirror: &std::sync::Mutex<Mirror>,
+    dir: &str,
+    kvs: &[(&str, &etcd_client::KeyValue)],
+) -> Vec<Arc<Entry>> {
+    let known: Vec<Option<Arc<Entry>>> = {
+        let mirror = lock(mirror);
+        kvs.iter()
+            .map(|(key, kv)| {
+                mirror
+                    .entries
+                    .get(*key)
+                    .filter(|e| e.mod_revision == kv.mod_revision())
+                    .cloned()
+            })
+            .collect()
+    };
+    kvs.iter()
+        .zip(known)
+        .map(|((key, kv), known)| {
+            known.unwrap_or_else(|| {
+                Arc::new(Entry::decode(
+                    dir,
+                    key,
+                    kv.value(),
+                    kv.mod_revision(),
+                    kv.lease(),
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Exponential backoff, doubling from [`MIN_BACKOFF`] to a maximum.
@@ -1084,15 +1324,33 @@ fn raise(channel: &watch::Sender<u64>, revision: i64) {
     });
 }
 
-/// Watches `dir` and ticks `revision` on every change; see the module docs.
-async fn watch_loop(conn: Arc<Conn>, dir: String, revision: watch::Sender<u64>) {
+/// Watches `dir`, keeps `mirror` current and ticks `revision` on every change; see the
+/// type's docs.
+///
+/// On start and after a compaction it reads the whole prefix into the mirror, then applies
+/// every event to it in order. When the watch breaks it marks the mirror out of sync (readers
+/// list again, and see the error) and resumes from the next revision, which replays what it
+/// missed; when that revision was compacted it reads the whole prefix again.
+async fn watch_loop(
+    conn: Arc<Conn>,
+    dir: String,
+    revision: watch::Sender<u64>,
+    mirror: Arc<std::sync::Mutex<Mirror>>,
+) {
     let raise = |rev: i64| raise(&revision, rev);
+    // Always ticks, even when the revision is not new (a write of this handle raised it
+    // first): the mirror changed, so a reader that found it behind must look again.
+    let changed = |rev: i64| {
+        let rev = rev.max(0).unsigned_abs();
+        revision.send_modify(|r| *r = (*r).max(rev));
+    };
     let mut backoff = Backoff::new();
-    // The next revision to watch from; 0 when it must be found by listing.
+    // The next revision to watch from; 0 when the prefix must be read whole.
     let mut next: i64 = 0;
     let mut failing = false;
     loop {
         let fail = |what: String, failing: &mut bool| {
+            lock(&mirror).synced = false;
             if !*failing {
                 tracing::warn!(store = %conn.url, error = %what, "etcd watch interrupted; retrying");
             } else {
@@ -1111,19 +1369,17 @@ async fn watch_loop(conn: Arc<Conn>, dir: String, revision: watch::Sender<u64>) 
             }
         };
         if next == 0 {
-            let listed = client
-                .get(
-                    dir.as_str(),
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )
-                .await;
-            match listed {
+            match client
+                .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+                .await
+            {
                 Ok(resp) => {
                     let rev = resp.header().map_or(0, |h| h.revision());
+                    resync(&mirror, &dir, &resp, rev);
                     next = rev + 1;
                     raise(rev);
                     // A re-list (first start or after compaction): watchers read again.
-                    revision.send_modify(|_| {});
+                    changed(rev);
                 }
                 Err(e) => {
                     fail(error_text(&e), &mut failing);
@@ -1155,6 +1411,7 @@ async fn watch_loop(conn: Arc<Conn>, dir: String, revision: watch::Sender<u64>) 
                             compacted = resp.compact_revision(),
                             "etcd compacted past the last seen revision; listing again"
                         );
+                        lock(&mirror).synced = false;
                         next = 0;
                         break;
                     }
@@ -1162,16 +1419,22 @@ async fn watch_loop(conn: Arc<Conn>, dir: String, revision: watch::Sender<u64>) 
                         ended = Some(format!("watch canceled: {}", resp.cancel_reason()));
                         break;
                     }
-                    if resp.created() && failing {
-                        tracing::info!(store = %conn.url, "etcd reachable again");
-                        failing = false;
-                        // Read again now: clears the store error, catches up.
-                        revision.send_modify(|_| {});
+                    if resp.created() {
+                        // The watch replays everything from `next` on: the mirror, as of
+                        // `next - 1`, stays exact.
+                        lock(&mirror).synced = true;
+                        if failing {
+                            tracing::info!(store = %conn.url, "etcd reachable again");
+                            failing = false;
+                            // Read again now: clears the store error, catches up.
+                            changed(next - 1);
+                        }
                     }
                     backoff.reset();
                     if let Some(last) = resp.events().last().and_then(|e| e.kv()) {
                         next = next.max(last.mod_revision() + 1);
-                        raise(resp.header().map_or(last.mod_revision(), |h| h.revision()));
+                        apply_events(&mirror, &dir, resp.events());
+                        changed(resp.header().map_or(last.mod_revision(), |h| h.revision()));
                     }
                 }
                 Ok(None) => {
@@ -1189,6 +1452,76 @@ async fn watch_loop(conn: Arc<Conn>, dir: String, revision: watch::Sender<u64>) 
             backoff.wait().await;
         }
     }
+}
+
+/// Replaces the mirror with a whole read of the prefix at `rev` (re-using the values it holds
+/// at the same revision) and starts its history there.
+fn resync(mirror: &std::sync::Mutex<Mirror>, dir: &str, resp: &etcd_client::GetResponse, rev: i64) {
+    let marker = format!("{dir}{MARKER}");
+    let kvs: Vec<_> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some((std::str::from_utf8(kv.key()).ok()?, kv)))
+        .filter(|(key, _)| *key != marker)
+        .collect();
+    let entries = decode_all(mirror, dir, &kvs);
+    let mut mirror = lock(mirror);
+    let entries = kvs
+        .iter()
+        .zip(entries)
+        .map(|((key, _), entry)| ((*key).to_owned(), entry))
+        .collect();
+    mirror.replace(entries, rev);
+    mirror.watched = true;
+    mirror.synced = true;
+}
+
+/// Applies one watch response's events to the mirror, in order; values are decoded before
+/// the lock is taken.
+fn apply_events(mirror: &std::sync::Mutex<Mirror>, dir: &str, events: &[etcd_client::Event]) {
+    let marker = format!("{dir}{MARKER}");
+    let decoded: Vec<(String, i64, Option<Arc<Entry>>)> = events
+        .iter()
+        .filter_map(|e| {
+            let kv = e.kv()?;
+            let key = std::str::from_utf8(kv.key()).ok()?;
+            if key == marker {
+                return None;
+            }
+            let entry = match e.event_type() {
+                etcd_client::EventType::Put => Some(Arc::new(Entry::decode(
+                    dir,
+                    key,
+                    kv.value(),
+                    kv.mod_revision(),
+                    kv.lease(),
+                ))),
+                etcd_client::EventType::Delete => None,
+            };
+            Some((key.to_owned(), kv.mod_revision(), entry))
+        })
+        .collect();
+    let last = events
+        .iter()
+        .filter_map(|e| e.kv())
+        .map(etcd_client::KeyValue::mod_revision)
+        .max()
+        .unwrap_or(0);
+    let mut mirror = lock(mirror);
+    for (key, rev, entry) in decoded {
+        match entry {
+            Some(entry) => {
+                mirror.entries.insert(key, entry);
+            }
+            None => {
+                if mirror.entries.remove(&key).is_some() {
+                    mirror.tombstones.push_back((rev, key));
+                }
+            }
+        }
+    }
+    mirror.prune();
+    mirror.revision = mirror.revision.max(last);
 }
 
 /// Why [`hold`] stopped.
@@ -1321,18 +1654,93 @@ mod tests {
     #[test]
     fn refuses_a_value_stored_under_another_key() {
         let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec: {}\n";
-        let (ok, findings) = decode("/mesh/authorizationpolicies/shop/a", yaml.as_bytes(), 7, 0);
+        let (ok, findings) = decode(
+            "/mesh/",
+            "/mesh/authorizationpolicies/shop/a",
+            yaml.as_bytes(),
+            7,
+            0,
+        );
         assert!(findings.is_empty(), "{findings:?}");
         let ok = ok.expect("decoded");
         assert_eq!(ok.resource.metadata.resource_version.as_deref(), Some("7"));
-        let (bad, findings) = decode("/mesh/authorizationpolicies/shop/b", yaml.as_bytes(), 7, 0);
+        let (bad, findings) = decode(
+            "/mesh/",
+            "/mesh/authorizationpolicies/shop/b",
+            yaml.as_bytes(),
+            7,
+            0,
+        );
         assert!(bad.is_none());
         assert!(findings[0].message.contains("the key says"), "{findings:?}");
         assert_eq!(
             findings[0].file.as_ref().and_then(|o| o.file.as_deref()),
             Some(Path::new("etcd:/mesh/authorizationpolicies/shop/b"))
         );
-        let (none, findings) = decode("/mesh/x/y/z", b"\xff", 1, 0);
+        let (none, findings) = decode("/mesh/", "/mesh/x/y/z", b"\xff", 1, 0);
         assert!(none.is_none() && findings[0].is_error());
+        // Only the key the resource names: one key, one resource.
+        let (deeper, findings) = decode(
+            "/mesh/",
+            "/mesh/x/authorizationpolicies/shop/a",
+            yaml.as_bytes(),
+            7,
+            0,
+        );
+        assert!(deeper.is_none());
+        assert!(findings[0].message.contains("the key says"), "{findings:?}");
+    }
+
+    #[test]
+    fn keys_name_their_resource() {
+        assert_eq!(
+            key_of_path("/mesh/", "/mesh/virtualservices/shop/reviews"),
+            Some(ResourceKey::new(Kind::VirtualService, "shop", "reviews"))
+        );
+        for odd in [
+            "/mesh/.revision",
+            "/mesh/virtualservices/shop",
+            "/mesh/virtualservices/shop/reviews/x",
+            "/mesh/things/shop/reviews",
+            "/other/virtualservices/shop/reviews",
+            "/mesh/virtualservices//reviews",
+        ] {
+            assert_eq!(key_of_path("/mesh/", odd), None, "{odd}");
+        }
+    }
+
+    fn entry(rev: i64) -> Arc<Entry> {
+        Arc::new(Entry {
+            mod_revision: rev,
+            resource: None,
+            findings: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn mirror_history_covers_readers_at_exact_revisions_only() {
+        let mut m = Mirror::default();
+        // Filled by a listing at 10, then read whole by the watch at 15: a reader of that
+        // listing (10) or of anything from 15 on is covered; one in between is not.
+        m.replace(
+            [("k1".to_owned(), entry(3)), ("k2".to_owned(), entry(4))].into(),
+            10,
+        );
+        m.replace([("k1".to_owned(), entry(3))].into(), 15);
+        m.watched = true;
+        m.synced = true;
+        assert!(m.answers(10) && m.answers(15) && m.answers(40));
+        assert!(!m.answers(9) && !m.answers(12));
+        assert_eq!(m.tombstones, [(15, "k2".to_owned())]);
+        // Another whole read (after a compaction) at 30 keeps 15..=20 (the mirror was exact at
+        // 20) and drops the history before the previous gap.
+        m.revision = 20;
+        m.replace(HashMap::new(), 30);
+        assert!(m.answers(15) && m.answers(20) && m.answers(30));
+        assert!(!m.answers(10) && !m.answers(25));
+        assert_eq!(m.tombstones.back(), Some(&(30, "k1".to_owned())));
+        // Out of sync: nobody.
+        m.synced = false;
+        assert!(!m.answers(30));
     }
 }

@@ -146,6 +146,40 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Where the store keeps its data, as a URL [`open`] accepts (`file:/etc/mesh`).
     fn url(&self) -> String;
+
+    /// What changed since the listing at `revision` (a [`Listing::revision`] or an earlier
+    /// [`Changes::revision`]), for readers that keep their own copy of the stored set and
+    /// apply deltas to it instead of listing everything again; [`ConfigWatcher`] does.
+    ///
+    /// `Ok(None)` means the store cannot say: list again. That is the default, and what the
+    /// etcd store answers until its watch has read the whole prefix, while its watch is
+    /// interrupted, and for a revision older than its history (before its last full
+    /// re-list after a compaction, or too many deletions ago).
+    ///
+    /// The changes are relative to what the store's watch has seen, which may lag a write
+    /// this handle just made; the watch ticks [`watch`](Store::watch) once it has it.
+    fn changes_since(&self, revision: u64) -> BoxFuture<'_, Result<Option<Changes>, StoreError>> {
+        let _ = revision;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// What changed in a store since a revision, from [`Store::changes_since`].
+///
+/// Applying it to the listing at that revision (replace or insert every resource of
+/// `applied`, remove every key of `deleted`, take `findings` as they are) gives the listing
+/// at [`revision`](Changes::revision).
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Resources created or changed since the revision, each as it is stored now.
+    pub applied: Vec<Resource>,
+    /// Resources deleted since the revision (or whose stored value no longer reads);
+    /// keys the reader does not have are to be ignored.
+    pub deleted: Vec<ResourceKey>,
+    /// The findings of the whole listing now (as [`Listing::findings`]).
+    pub findings: Findings,
+    /// The revision these changes bring a listing to.
+    pub revision: u64,
 }
 
 /// Everything a store holds, from [`Store::list`].

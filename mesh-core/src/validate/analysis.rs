@@ -18,12 +18,12 @@
 //! when they stop, so a route written before its backends start, or a backend that is briefly
 //! down, must not make the whole configuration invalid and freeze the last snapshot.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use super::{Finding, Severity, codes};
 use crate::{
     config::{
-        Resource, ResourceKey, Spec,
+        Resource, Spec,
         networking::{
             ServiceEntry, VirtualService,
             virtual_service::{Destination, HttpMatchRequest},
@@ -33,6 +33,11 @@ use crate::{
     snapshot::{DEFAULT_ROOT_NAMESPACE, MESH_GATEWAY, qualify_gateway},
     source::FieldPath,
 };
+
+/// Maps of the analysis (rebuilt on every reload of every watcher): foldhash is several
+/// times faster than SipHash on short strings.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Analyzes a whole configuration.
 pub fn analyze(resources: &[Resource]) -> Vec<Finding> {
@@ -72,12 +77,14 @@ struct Context<'a> {
 impl<'a> Context<'a> {
     fn new(resources: &'a [Resource]) -> Self {
         let mut cx = Self {
-            hosts: HashMap::new(),
+            hosts: HashMap::with_capacity_and_hasher(resources.len(), Default::default()),
             wildcard_hosts: Vec::new(),
-            subsets: HashMap::new(),
-            gateways: HashMap::new(),
+            subsets: HashMap::default(),
+            gateways: HashMap::default(),
             workloads: Vec::new(),
         };
+        // Many entries share an `app` label: resolve each (namespace, app) once.
+        let mut apps: HashSet<(&str, &str)> = HashSet::default();
         for r in resources {
             let ns = r.namespace();
             match &r.spec {
@@ -92,7 +99,9 @@ impl<'a> Context<'a> {
                     }
                 }
                 Spec::WorkloadEntry(we) => {
-                    if let Some(app) = we.labels.get("app") {
+                    if let Some(app) = we.labels.get("app")
+                        && apps.insert((ns, app.as_str()))
+                    {
                         cx.hosts
                             .entry(resolve_rule_host(app, ns, DEFAULT_DOMAIN))
                             .or_insert(None);
@@ -125,10 +134,12 @@ fn spec_path() -> FieldPath {
 }
 
 fn duplicates(resources: &[Resource], out: &mut Vec<Finding>) {
-    let mut seen: HashMap<ResourceKey, &Resource> = HashMap::new();
+    let mut seen: HashMap<(crate::config::Kind, &str, &str), &Resource> =
+        HashMap::with_capacity_and_hasher(resources.len(), Default::default());
     for r in resources {
-        let key = r.key();
-        if let Some(first) = seen.get(&key) {
+        let id = (r.kind(), r.namespace(), r.metadata.name.as_str());
+        if let Some(first) = seen.get(&id) {
+            let key = r.key();
             let where_first = first
                 .source
                 .as_ref()
@@ -142,7 +153,7 @@ fn duplicates(resources: &[Resource], out: &mut Vec<Finding>) {
                 format!("{key} is defined more than once{where_first}"),
             ));
         } else {
-            seen.insert(key, r);
+            seen.insert(id, r);
         }
     }
 }
@@ -429,7 +440,11 @@ fn conflicting_mesh_hosts(resources: &[Resource], out: &mut Vec<Finding>) {
         for h in &vs.hosts {
             let host = resolve_rule_host(h, r.namespace(), DEFAULT_DOMAIN);
             let list = by_host.entry(host).or_default();
-            if !list.iter().any(|x| x.key() == r.key()) {
+            let same = |x: &&Resource| {
+                (x.kind(), x.namespace(), x.metadata.name.as_str())
+                    == (r.kind(), r.namespace(), r.metadata.name.as_str())
+            };
+            if !list.iter().any(same) {
                 list.push(r);
             }
         }
