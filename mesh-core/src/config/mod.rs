@@ -492,6 +492,29 @@ pub fn load_str(text: &str, file: Option<&Path>) -> Loaded {
     loaded
 }
 
+/// Reads one resource already parsed as JSON data (a stored value), as [`load_str`] reads a
+/// document: the same schema checks and findings, naming `file`; no line numbers.
+pub(crate) fn load_json_value(value: serde_json::Value, file: Option<&Path>) -> Loaded {
+    let doc = crate::source::Document {
+        value,
+        origin: Origin {
+            file: file.map(Arc::from),
+            line: 1,
+        },
+        lines: Arc::default(),
+    };
+    let mut loaded = Loaded::default();
+    match from_document(&doc) {
+        Ok(Some(r)) => loaded.resources.push(r),
+        Ok(None) => {}
+        Err(f) => loaded.findings.push(*f),
+    }
+    if let Some(f) = unsupported_kind(&doc) {
+        loaded.findings.push(f);
+    }
+    loaded
+}
+
 /// Reads a file, or every `.yaml`, `.yml` and `.json` file below a directory (sorted by
 /// path, hidden files and directories skipped).
 pub fn load_path(path: &Path) -> Loaded {
