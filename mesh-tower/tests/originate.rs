@@ -225,6 +225,12 @@ async fn get(mesh: &Mesh, uri: &str) -> (u16, String, ResponseFlags) {
 /// A ServiceEntry `api.example.test` with a static endpoint at `addr`, and a DestinationRule
 /// whose `trafficPolicy.tls` is `tls` (flow YAML).
 fn static_entry(addr: SocketAddr, tls: &str) -> String {
+    entry(addr.port(), "STATIC", "127.0.0.1", tls)
+}
+
+/// A ServiceEntry `api.example.test` on `port` with `resolution` and one endpoint at
+/// `address`, and a DestinationRule whose `trafficPolicy.tls` is `tls` (flow YAML).
+fn entry(port: u16, resolution: &str, address: &str, tls: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -233,8 +239,8 @@ spec:
   hosts: [api.example.test]
   ports: [{{ number: {port}, name: http, protocol: HTTP }}]
   location: MESH_EXTERNAL
-  resolution: STATIC
-  endpoints: [{{ address: 127.0.0.1 }}]
+  resolution: {resolution}
+  endpoints: [{{ address: {address} }}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -242,8 +248,7 @@ metadata: {{ name: api, namespace: default }}
 spec:
   host: api.example.test
   trafficPolicy: {{ tls: {tls} }}
-",
-        port = addr.port()
+"
     )
 }
 
@@ -419,31 +424,10 @@ async fn tls_origination_to_an_endpoint_reached_by_dns_name() {
     let server = SServer::start(&pki, None).await;
     let ca = pki.path("test-ca.pem");
     let port = server.addr.port();
-    let entry = |address: &str| {
-        format!(
-            "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{ name: api, namespace: default }}
-spec:
-  hosts: [api.example.test]
-  ports: [{{ number: {port}, name: http, protocol: HTTP }}]
-  location: MESH_EXTERNAL
-  resolution: DNS
-  endpoints: [{{ address: {address} }}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{ name: api, namespace: default }}
-spec:
-  host: api.example.test
-  trafficPolicy: {{ tls: {{ mode: SIMPLE, caCertificates: {ca} }} }}
-",
-            ca = ca.display()
-        )
-    };
+    let tls = format!("{{ mode: SIMPLE, caCertificates: {} }}", ca.display());
     let uri = format!("http://api.example.test:{port}/");
 
-    let (_d, mesh) = caller(&entry("localhost")).await;
+    let (_d, mesh) = caller(&entry(port, "DNS", "localhost", &tls)).await;
     let (status, body, _) = get(&mesh, &uri).await;
     assert_eq!(status, 200, "{body}");
     assert!(is_s_server_page(&body), "{body}");

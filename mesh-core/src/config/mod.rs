@@ -451,6 +451,18 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Reads one document: its resource, or the finding saying why it is not one.
+    fn push_document(&mut self, doc: &Document) {
+        match from_document(doc) {
+            Ok(Some(r)) => self.resources.push(r),
+            Ok(None) => {}
+            Err(f) => self.findings.push(*f),
+        }
+        if let Some(f) = unsupported_kind(doc) {
+            self.findings.push(f);
+        }
+    }
+
     /// Adds another load's resources and findings to this one.
     pub fn extend(&mut self, other: Loaded) {
         self.resources.extend(other.resources);
@@ -468,14 +480,7 @@ pub fn load_str(text: &str, file: Option<&Path>) -> Loaded {
     match source::parse_documents(text, file) {
         Ok(docs) => {
             for doc in docs {
-                match from_document(&doc) {
-                    Ok(Some(r)) => loaded.resources.push(r),
-                    Ok(None) => {}
-                    Err(f) => loaded.findings.push(*f),
-                }
-                if let Some(f) = unsupported_kind(&doc) {
-                    loaded.findings.push(f);
-                }
+                loaded.push_document(&doc);
             }
         }
         Err(e) => {
@@ -504,14 +509,7 @@ pub(crate) fn load_json_value(value: serde_json::Value, file: Option<&Path>) -> 
         lines: Arc::default(),
     };
     let mut loaded = Loaded::default();
-    match from_document(&doc) {
-        Ok(Some(r)) => loaded.resources.push(r),
-        Ok(None) => {}
-        Err(f) => loaded.findings.push(*f),
-    }
-    if let Some(f) = unsupported_kind(&doc) {
-        loaded.findings.push(f);
-    }
+    loaded.push_document(&doc);
     loaded
 }
 
