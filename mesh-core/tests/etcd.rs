@@ -362,16 +362,7 @@ async fn relists_when_the_resume_revision_was_compacted() {
         writer.apply(ap(&format!("b{i}"))).await.unwrap();
     }
     let mut raw = Client::connect(&endpoints[..2], None).await.unwrap();
-    let head = raw
-        .get("/mesh/", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    raw.compact(head, Some(CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
+    let head = compact_now(&mut raw).await;
     assert!(head.unsigned_abs() > seen);
     etcd.start_member(2).await.unwrap();
 
@@ -776,16 +767,7 @@ async fn incremental_reloads_never_drift_from_the_store() {
             .unwrap();
         raw.delete(k.as_str(), None).await.unwrap();
     }
-    let head = raw
-        .get("/mesh/", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    raw.compact(head, Some(CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
+    compact_now(&mut raw).await;
     etcd.start_member(2).await.unwrap();
     converges(&etcd, &watcher, "after the outage and the compaction").await;
     let deltas = counting.deltas.load(Ordering::SeqCst);
@@ -804,4 +786,19 @@ async fn wait_until_error(watcher: &ConfigWatcher<Vec<Resource>>) {
         .await
         .expect("the outage is reported")
         .unwrap();
+}
+
+/// Compacts etcd's history up to its current revision (physically); returns that revision.
+async fn compact_now(raw: &mut Client) -> i64 {
+    let head = raw
+        .get("/mesh/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    raw.compact(head, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    head
 }
