@@ -7,6 +7,31 @@
 //! [`PeerIdentity`] and the caller's `baggage`, as over mutual TLS. The last pair puts the
 //! layer over the whole outbound stack (route, retry, balance) to show it in proportion.
 //! Subtract each `bare` case from its `telemetry` case to get the layer's own cost.
+//!
+//! The `trace` group measures the trace layer alone (`<side>/trace/<case>`) and the
+//! telemetry and trace layers together as `Mesh` stacks them (`<side>/pair/<case>`), against
+//! `<side>/bare` from the same run, in five cases per side:
+//!
+//! - `untraced`: no exporter, no incoming trace context: the fast path every request of a
+//!   mesh without tracing takes (inbound it only ensures `x-request-id`);
+//! - `unsampled`: an exporter is configured, the request starts a trace that is not sampled
+//!   (sampling 0 %): ids and headers are propagated, no span is built;
+//! - `sampled`: an exporter is configured and every request is sampled (100 %): the cost
+//!   of building, ending and exporting a span with Istio's attributes, through a span
+//!   exporter that discards (so no network is involved) and the simple span processor (so
+//!   the export runs on the measured thread; the mesh's batch processor does the same work on
+//!   its own task);
+//! - `w3c` / `b3`: no exporter, the request carries a sampled W3C `traceparent` or B3 multi
+//!   headers: the context is extracted, a child span id made and both formats written
+//!   (compare with `<side>/bare+w3c` and `<side>/bare+b3`, the same requests without the
+//!   layers).
+//!   Outbound, those headers are the ones an application forwards by hand; `outbound/*/scoped`
+//!   is the common outbound case instead, a call made while handling a traced inbound
+//!   request (the parent comes from the task-local [`trace::current`]; compare with
+//!   `outbound/bare+scope`).
+//!
+//! Outbound, the leaf stands in for the route layer (it fills the route slot and inserts the
+//! [`Target`]) and the connection pools under [`RecordTarget`], as in `Mesh::http_client`.
 
 use std::{
     collections::BTreeMap, convert::Infallible, hint::black_box, sync::Arc, time::SystemTime,
@@ -25,14 +50,20 @@ use mesh_tower::{
     mesh::Workload,
     route::Caller,
     stack::{StackParts, outbound_over},
-    target::PickedEndpoint,
+    target::{PickedEndpoint, Target},
     telemetry::{
-        layer::{LocalWorkload, TelemetryLayer},
+        layer::{LocalWorkload, RouteSlot, TelemetryLayer},
         metrics::IstioMetrics,
+        propagation::{TraceContext, extract},
+        trace::{self, RecordTarget, RequestTrace, TraceLayer, Tracing},
     },
     tls::PeerIdentity,
 };
-use tower::{Layer, ServiceExt};
+use opentelemetry_sdk::{
+    error::OTelSdkResult,
+    trace::{SpanData, SpanExporter},
+};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 const RESPONSE: &[u8] = b"reviews says hello!!";
 
@@ -176,5 +207,320 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// Drops every span: the sampled cases measure building, ending and handing over spans, not
+/// a network.
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        drop(black_box(batch));
+        Ok(())
+    }
+}
+
+/// A sampled W3C parent, as a caller would send it.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// A sampled B3 parent (multi headers).
+const B3: [(&str, &str); 4] = [
+    ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+    ("x-b3-spanid", "a2fb4a1d1a96d312"),
+    ("x-b3-parentspanid", "0020000000000001"),
+    ("x-b3-sampled", "1"),
+];
+
+/// Incoming trace headers of a case.
+#[derive(Clone, Copy)]
+enum Context {
+    None,
+    W3c,
+    B3,
+}
+
+impl Context {
+    fn apply(self, headers: &mut http::HeaderMap) {
+        match self {
+            Self::None => {}
+            Self::W3c => {
+                headers.insert("traceparent", http::HeaderValue::from_static(TRACEPARENT));
+            }
+            Self::B3 => {
+                for (k, v) in B3 {
+                    headers.insert(k, http::HeaderValue::from_static(v));
+                }
+            }
+        }
+    }
+}
+
+/// Sends `req()` through `svc` and reads the whole body, per iteration, with `parent` as the
+/// task-local trace (the same for every case of a side, so its cost cancels out).
+fn run<S, B>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    svc: S,
+    req: impl Fn() -> http::Request<Body>,
+    parent: Option<RequestTrace>,
+) where
+    S: Service<http::Request<Body>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter(|| {
+            let svc = svc.clone();
+            let req = req();
+            trace::scope(parent.clone(), async move {
+                let res = svc.oneshot(req).await.unwrap();
+                black_box(res.into_body().collect().await.unwrap().to_bytes())
+            })
+        })
+    });
+}
+
+fn trace_bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = IstioMetrics::new();
+    let reviews_workload = Workload::new("reviews-v1", "default")
+        .label("app", "reviews")
+        .label("version", "v1");
+    let productpage_workload = Workload::new("productpage-v1", "default")
+        .label("app", "productpage")
+        .label("version", "v1");
+    // An exporter's batch processor or simple processor needs the runtime when built.
+    let tracings = {
+        let _guard = rt.enter();
+        let with_exporter = |w: &Workload, sampling: f64| {
+            Tracing::builder()
+                .workload(w)
+                .sampling(sampling)
+                .simple_exporter(Discard)
+                .build()
+                .unwrap()
+        };
+        [
+            ("untraced", Tracing::disabled(), Context::None),
+            (
+                "unsampled",
+                with_exporter(&productpage_workload, 0.0),
+                Context::None,
+            ),
+            (
+                "sampled",
+                with_exporter(&productpage_workload, 100.0),
+                Context::None,
+            ),
+            ("w3c", Tracing::disabled(), Context::W3c),
+            ("b3", Tracing::disabled(), Context::B3),
+        ]
+    };
+    let mut group = c.benchmark_group("trace");
+    group
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+
+    // --- outbound: Telemetry → Trace → (route) → RecordTarget → connection pools ---
+    let loaded = load_str(benches::BOOKINFO_REVIEWS, None);
+    assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+    let target = Target {
+        snapshot: Arc::new(Snapshot::build(&loaded.resources).unwrap()),
+        route: None,
+        match_index: None,
+        host: Arc::from("reviews.default.svc.cluster.local"),
+        subset: Some(Arc::from("v1")),
+        port: 9080,
+    };
+    let p = picked();
+    let leaf = ServiceBuilder::new()
+        .map_request(move |mut req: http::Request<Body>| {
+            // What the route layer does with its decision.
+            if let Some(slot) = req.extensions().get::<RouteSlot>() {
+                slot.set(&target);
+            }
+            req.extensions_mut().insert(target.clone());
+            req
+        })
+        .service(RecordTarget::new(tower::service_fn(
+            move |_req: http::Request<Body>| {
+                let mut res = http::Response::new(body::full(RESPONSE));
+                res.extensions_mut().insert(p.clone());
+                std::future::ready(Ok::<_, Infallible>(res))
+            },
+        )));
+    let outbound_req = |ctx: Context| {
+        move || {
+            let mut req = http::Request::get("http://reviews:9080/reviews/0")
+                .body(body::empty())
+                .unwrap();
+            ctx.apply(req.headers_mut());
+            req
+        }
+    };
+    let outbound_telemetry = TelemetryLayer::outbound(&metrics, productpage());
+    run(
+        &mut group,
+        &rt,
+        "outbound/bare",
+        leaf.clone(),
+        outbound_req(Context::None),
+        None,
+    );
+    // The same requests with their trace headers, without the layers.
+    for (name, ctx) in [("w3c", Context::W3c), ("b3", Context::B3)] {
+        run(
+            &mut group,
+            &rt,
+            &format!("outbound/bare+{name}"),
+            leaf.clone(),
+            outbound_req(ctx),
+            None,
+        );
+    }
+    for (name, tracing, ctx) in &tracings {
+        let traced = TraceLayer::outbound(tracing.clone()).layer(leaf.clone());
+        run(
+            &mut group,
+            &rt,
+            &format!("outbound/trace/{name}"),
+            traced.clone(),
+            outbound_req(*ctx),
+            None,
+        );
+        run(
+            &mut group,
+            &rt,
+            &format!("outbound/pair/{name}"),
+            outbound_telemetry.layer(traced),
+            outbound_req(*ctx),
+            None,
+        );
+    }
+    // A call made while serving a traced request: the parent is the task-local.
+    let mut headers = http::HeaderMap::new();
+    Context::W3c.apply(&mut headers);
+    let parent = RequestTrace {
+        context: extract(&headers).map_or_else(|| TraceContext::new_root(true), |c| c.child()),
+        request_id: Some(http::HeaderValue::from_static(
+            "6ba7b810-9dad-41d1-80b4-00c04fd430c8",
+        )),
+    };
+    run(
+        &mut group,
+        &rt,
+        "outbound/bare+scope",
+        leaf.clone(),
+        outbound_req(Context::None),
+        Some(parent.clone()),
+    );
+    let traced = TraceLayer::outbound(Tracing::disabled()).layer(leaf.clone());
+    run(
+        &mut group,
+        &rt,
+        "outbound/trace/scoped",
+        traced.clone(),
+        outbound_req(Context::None),
+        Some(parent.clone()),
+    );
+    run(
+        &mut group,
+        &rt,
+        "outbound/pair/scoped",
+        outbound_telemetry.layer(traced),
+        outbound_req(Context::None),
+        Some(parent),
+    );
+
+    // --- inbound: Telemetry → Trace → app (authorization left out) ---
+    let app = tower::service_fn(|_req: http::Request<Body>| {
+        std::future::ready(Ok::<_, Infallible>(http::Response::new(body::full(
+            RESPONSE,
+        ))))
+    });
+    let id: Identity = "spiffe://cluster.local/ns/default/sa/productpage"
+        .parse()
+        .unwrap();
+    let baggage = productpage().baggage();
+    let inbound_req = |ctx: Context| {
+        let id = id.clone();
+        let baggage = baggage.clone();
+        move || {
+            let mut req = http::Request::get("/reviews/0")
+                .header("host", "reviews:9080")
+                .header("baggage", baggage.as_str())
+                .body(body::empty())
+                .unwrap();
+            ctx.apply(req.headers_mut());
+            req.extensions_mut().insert(PeerIdentity::new(
+                id.clone(),
+                "01",
+                SystemTime::UNIX_EPOCH,
+            ));
+            req
+        }
+    };
+    let inbound_telemetry = TelemetryLayer::inbound(&metrics, reviews());
+    run(
+        &mut group,
+        &rt,
+        "inbound/bare",
+        app,
+        inbound_req(Context::None),
+        None,
+    );
+    for (name, ctx) in [("w3c", Context::W3c), ("b3", Context::B3)] {
+        run(
+            &mut group,
+            &rt,
+            &format!("inbound/bare+{name}"),
+            app,
+            inbound_req(ctx),
+            None,
+        );
+    }
+    let inbound_tracings = {
+        let _guard = rt.enter();
+        let with_exporter = |sampling: f64| {
+            Tracing::builder()
+                .workload(&reviews_workload)
+                .sampling(sampling)
+                .simple_exporter(Discard)
+                .build()
+                .unwrap()
+        };
+        [
+            ("untraced", Tracing::disabled(), Context::None),
+            ("unsampled", with_exporter(0.0), Context::None),
+            ("sampled", with_exporter(100.0), Context::None),
+            ("w3c", Tracing::disabled(), Context::W3c),
+            ("b3", Tracing::disabled(), Context::B3),
+        ]
+    };
+    for (name, tracing, ctx) in &inbound_tracings {
+        let traced = TraceLayer::inbound(tracing.clone()).port(9080).layer(app);
+        run(
+            &mut group,
+            &rt,
+            &format!("inbound/trace/{name}"),
+            traced.clone(),
+            inbound_req(*ctx),
+            None,
+        );
+        run(
+            &mut group,
+            &rt,
+            &format!("inbound/pair/{name}"),
+            inbound_telemetry.layer(traced),
+            inbound_req(*ctx),
+            None,
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, trace_bench);
 criterion_main!(benches);

@@ -53,8 +53,10 @@
 //! Label sets are resolved once per edge. Each side keeps the four request instruments
 //! bound ([`IstioMetrics::bind`]) per key: (peer, destination service, response code, flags,
 //! gRPC status, connection security, protocol), in maps read through an [`ArcSwap`] (no lock
-//! on the hot path; an insert copies the map under a mutex). A request then costs two map
-//! lookups, an `Instant` pair and four atomic updates. The maps are capped
+//! on the hot path; an insert copies the map under a mutex). An outbound request whose
+//! (endpoint, route host, response) was seen before then costs one lookup keyed by the
+//! addresses of the snapshot's endpoint and host (no reference count touched), an inbound
+//! one two (its caller, then its edge); plus an `Instant` pair and the instruments' updates. The maps are capped
 //! ([`TelemetryLayer::max_series`], default [`DEFAULT_MAX_SERIES`]); beyond the cap a
 //! request resolves its labels and records through the unbound instruments (slower, still
 //! counted, [`TelemetryLayer::uncached`] counts them), and the OpenTelemetry SDK's own
@@ -183,6 +185,15 @@ impl<K: Hash + Eq + Clone, V: Clone> Capped<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         self.map.load().get(key).cloned()
+    }
+
+    /// `f` of the cached value, without cloning it; `None` when `key` is not cached.
+    fn with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.load().get(key).map(f)
     }
 
     /// The cached value, or `make`'s inserted; `Err` with `make`'s value (not cached) when
@@ -326,17 +337,52 @@ impl PeerRef<'_> {
     }
 }
 
-/// One edge's key: everything its labels depend on.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// The address of what an `Arc` points to, as a cache key part: the entry keyed by it
+/// holds the `Arc`, so the address is not reused while keyed.
+fn addr<T: ?Sized>(arc: &Arc<T>) -> usize {
+    Arc::as_ptr(arc).cast::<()>() as usize
+}
+
+/// One edge's key: everything its labels depend on. The peer and the service are the
+/// addresses of their interned labels (looked up without touching their reference counts).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct EdgeKey {
-    peer: ByPtr<PeerLabels>,
-    service: ByPtr<ServiceLabels>,
+    peer: usize,
+    service: usize,
     code: u16,
     flags: u32,
     /// 255 when not gRPC.
     grpc_status: u8,
     mtls: bool,
     grpc: bool,
+}
+
+/// One edge's bound instruments, and the labels its key points to (kept alive).
+#[derive(Clone)]
+struct Edge {
+    _labels: (Arc<PeerLabels>, Arc<ServiceLabels>),
+    metrics: BoundRequestMetrics,
+}
+
+/// The outbound fast path's key: the endpoint the balancer picked and the host the route
+/// chose (their addresses: the snapshot's `Arc`s), with the rest of an [`EdgeKey`]. One
+/// lookup instead of the endpoint's, the host's and the edge's.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct DirectKey {
+    endpoint: usize,
+    host: usize,
+    code: u16,
+    flags: u32,
+    grpc_status: u8,
+    mtls: bool,
+    grpc: bool,
+}
+
+/// A [`DirectKey`]'s bound instruments, and the endpoint and host it points to (kept alive).
+#[derive(Clone)]
+struct Direct {
+    _keys: (Arc<Endpoint>, Arc<str>),
+    metrics: BoundRequestMetrics,
 }
 
 // === TelemetryLayer ===
@@ -365,7 +411,10 @@ struct Shared {
     /// path before `peers`, which hashes the endpoint's fields.
     endpoints: Capped<(ByPtr<Endpoint>, bool), Arc<PeerLabels>>,
     services: Capped<Arc<str>, Arc<ServiceLabels>>,
-    edges: Capped<EdgeKey, BoundRequestMetrics>,
+    edges: Capped<EdgeKey, Edge>,
+    /// Outbound: (endpoint, host, response) → the edge's instruments, in front of
+    /// `endpoints`, `services` and `edges`.
+    direct: Capped<DirectKey, Direct>,
     uncached: AtomicU64,
 }
 
@@ -398,6 +447,7 @@ impl Shared {
             endpoints: Capped::new(cap),
             services: Capped::new(cap),
             edges: Capped::new(cap),
+            direct: Capped::new(cap),
             uncached: AtomicU64::new(0),
             config,
         }
@@ -464,7 +514,13 @@ impl Shared {
         }
     }
 
-    fn labels(&self, key: &EdgeKey, flags: &ResponseFlags) -> Vec<KeyValue> {
+    fn labels(
+        &self,
+        key: &EdgeKey,
+        peer: &Arc<PeerLabels>,
+        svc: &ServiceLabels,
+        flags: &ResponseFlags,
+    ) -> Vec<KeyValue> {
         let (source, dest) = match self.config.direction {
             Direction::Outbound => (
                 if key.mtls {
@@ -472,10 +528,10 @@ impl Shared {
                 } else {
                     &self.local
                 },
-                &key.peer.0,
+                peer,
             ),
             Direction::Inbound => (
-                &key.peer.0,
+                peer,
                 if key.mtls {
                     &self.local_mtls
                 } else {
@@ -484,7 +540,6 @@ impl Shared {
             ),
         };
         let s = |v: &Arc<str>| opentelemetry::Value::String(v.to_string().into());
-        let svc = &key.service.0;
         let mut l = vec![
             KeyValue::new(
                 "reporter",
@@ -539,43 +594,121 @@ impl Shared {
         l
     }
 
+    /// Records `sample` on the edge `peer` → `service`; returns its key when the edge's
+    /// instruments are bound (cached).
     fn record(
         &self,
-        key: EdgeKey,
+        peer: &Arc<PeerLabels>,
+        service: &Arc<ServiceLabels>,
+        edge: Outcome,
         cached_peer: bool,
         flags: &ResponseFlags,
         sample: RequestSample,
-    ) {
+    ) -> Option<EdgeKey> {
+        let key = EdgeKey {
+            peer: addr(peer),
+            service: addr(service),
+            code: edge.code,
+            flags: edge.flags,
+            grpc_status: edge.grpc_status,
+            mtls: edge.mtls,
+            grpc: edge.grpc,
+        };
         if cached_peer {
-            if let Some(bound) = self.edges.get(&key) {
-                bound.record(sample);
-                return;
+            if self
+                .edges
+                .with(&key, |e| e.metrics.record(sample))
+                .is_some()
+            {
+                return Some(key);
             }
             if self.edges.len() < self.edges.cap {
-                let bind = || {
-                    let labels = self.labels(&key, flags);
-                    if key.grpc {
-                        self.config.metrics.bind_grpc(&labels)
-                    } else {
-                        self.config.metrics.bind(&labels)
-                    }
+                let bind = || Edge {
+                    _labels: (peer.clone(), service.clone()),
+                    metrics: {
+                        let labels = self.labels(&key, peer, service, flags);
+                        if key.grpc {
+                            self.config.metrics.bind_grpc(&labels)
+                        } else {
+                            self.config.metrics.bind(&labels)
+                        }
+                    },
                 };
-                match self.edges.get_or_insert_with(key.clone(), bind) {
-                    Ok(bound) => bound.record(sample),
-                    Err(bound) => {
+                return match self.edges.get_or_insert_with(key, bind) {
+                    Ok(edge) => {
+                        edge.metrics.record(sample);
+                        Some(key)
+                    }
+                    Err(edge) => {
                         // Filled up meanwhile.
                         self.uncached.fetch_add(1, Ordering::Relaxed);
-                        bound.record(sample);
+                        edge.metrics.record(sample);
+                        None
                     }
-                }
-                return;
+                };
             }
         }
         self.uncached.fetch_add(1, Ordering::Relaxed);
         self.config
             .metrics
-            .record(&self.labels(&key, flags), sample);
+            .record(&self.labels(&key, peer, service, flags), sample);
+        None
     }
+}
+
+impl Shared {
+    /// Records an outbound request answered by `ep` for the route's `host`: one lookup when
+    /// this (endpoint, host, response) was seen before, else the labels are resolved, bound
+    /// and remembered.
+    fn record_endpoint(
+        &self,
+        ep: &Arc<Endpoint>,
+        host: Option<&Arc<str>>,
+        outcome: Outcome,
+        flags: &ResponseFlags,
+        sample: RequestSample,
+    ) {
+        let key = host.map(|host| DirectKey {
+            endpoint: addr(ep),
+            host: addr(host),
+            code: outcome.code,
+            flags: outcome.flags,
+            grpc_status: outcome.grpc_status,
+            mtls: outcome.mtls,
+            grpc: outcome.grpc,
+        });
+        if let Some(key) = &key
+            && self
+                .direct
+                .with(key, |d| d.metrics.record(sample))
+                .is_some()
+        {
+            return;
+        }
+        let (peer, cached) = self.endpoint_peer(ep, outcome.mtls);
+        let service = self.service(host);
+        let bound = self.record(&peer, &service, outcome, cached, flags, sample);
+        if let (Some(key), Some(host), Some(edge)) = (key, host, bound)
+            && let Some(edge) = self.edges.get(&edge)
+        {
+            // Full: the slower path above still serves it.
+            let _ = self.direct.get_or_insert_with(key, || Direct {
+                _keys: (ep.clone(), host.clone()),
+                metrics: edge.metrics,
+            });
+        }
+    }
+}
+
+/// What an edge's key takes from the response.
+#[derive(Clone, Copy)]
+struct Outcome {
+    code: u16,
+    flags: u32,
+    /// 255 when not gRPC.
+    grpc_status: u8,
+    mtls: bool,
+    grpc: bool,
 }
 
 /// Reports Istio's request metrics (and the access log) for one side; see the
@@ -694,7 +827,7 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 
 /// The `grpc-status` of a header map, 255 when absent or not a small number.
 fn grpc_status_of(headers: &http::HeaderMap) -> Option<u8> {
-    let v = headers.get("grpc-status")?;
+    let v = headers.get(GRPC_STATUS)?;
     std::str::from_utf8(v.as_bytes())
         .ok()?
         .trim()
@@ -825,10 +958,10 @@ where
                 // Outbound, the trace layer below adds the id of the inbound request being
                 // handled.
                 request_id: h
-                    .get("x-request-id")
+                    .get(crate::telemetry::propagation::X_REQUEST_ID)
                     .cloned()
                     .or_else(|| crate::telemetry::trace::current().and_then(|t| t.request_id)),
-                forwarded_for: h.get("x-forwarded-for").cloned(),
+                forwarded_for: h.get(X_FORWARDED_FOR).cloned(),
                 peer: req.extensions().get::<PeerAddr>().copied(),
             })
         });
@@ -868,6 +1001,8 @@ where
 }
 
 const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// Puts the mesh's metadata in front of the request's `baggage` (or sets it).
 fn add_baggage(headers: &mut http::HeaderMap, ours: &HeaderValue) {
@@ -1037,15 +1172,29 @@ where
 }
 
 /// A response's record, finished when its body ends.
+/// Who a [`Pending`] request's peer is: resolved to labels, or (outbound) the endpoint the
+/// balancer picked, resolved when the request ends (through the fast path, mostly).
+enum PeerAt {
+    /// Inbound: the caller, towards the local workload's service.
+    Caller {
+        labels: Arc<PeerLabels>,
+        cached: bool,
+    },
+    Resolved {
+        labels: Arc<PeerLabels>,
+        cached: bool,
+        service: Arc<ServiceLabels>,
+    },
+    Endpoint(Arc<Endpoint>),
+}
+
 struct Pending {
     started: Started,
     code: u16,
     flags: ResponseFlags,
     grpc_status: Option<u8>,
-    peer: Arc<PeerLabels>,
-    cached_peer: bool,
+    peer: PeerAt,
     mtls: bool,
-    service: Arc<ServiceLabels>,
     /// The endpoint's address, kept for the access log only.
     upstream: Option<http::uri::Authority>,
     /// gRPC messages in the response body so far.
@@ -1081,29 +1230,31 @@ impl Pending {
     }
 
     fn from_parts(
-        started: Started,
+        mut started: Started,
         code: u16,
         flags: ResponseFlags,
         grpc_status: Option<u8>,
         picked: Option<(&Arc<Endpoint>, bool)>,
     ) -> Self {
         let shared = &started.shared;
-        let (peer, cached_peer, mtls, service) = match &started.inbound_peer {
-            Some((labels, cached, mtls)) => {
-                (labels.clone(), *cached, *mtls, shared.local_service.clone())
-            }
-            None => {
-                let (peer, cached) = match picked {
-                    Some((ep, mtls)) => shared.endpoint_peer(ep, mtls),
-                    None => shared.peer(PeerRef::Unknown),
-                };
+        let (peer, mtls) = match (started.inbound_peer.take(), picked) {
+            (Some((labels, cached, mtls)), _) => (PeerAt::Caller { labels, cached }, mtls),
+            (None, Some((ep, mtls))) => (PeerAt::Endpoint(ep.clone()), mtls),
+            (None, None) => {
+                let (labels, cached) = shared.peer(PeerRef::Unknown);
                 let host = started
                     .slot
                     .as_ref()
                     .and_then(RouteSlot::get)
                     .map(|t| &t.host);
-                let mtls = picked.as_ref().is_some_and(|(_, m)| *m);
-                (peer, cached, mtls, shared.service(host))
+                (
+                    PeerAt::Resolved {
+                        labels,
+                        cached,
+                        service: shared.service(host),
+                    },
+                    false,
+                )
             }
         };
         Self {
@@ -1111,9 +1262,7 @@ impl Pending {
             flags,
             grpc_status,
             peer,
-            cached_peer,
             mtls,
-            service,
             upstream: None,
             response_messages: 0,
             started,
@@ -1138,34 +1287,54 @@ impl Pending {
         } else {
             255
         };
-        let key = EdgeKey {
-            peer: ByPtr(self.peer.clone()),
-            service: ByPtr(self.service.clone()),
+        let outcome = Outcome {
             code: self.code,
             flags: flag_bits(&self.flags),
             grpc_status,
             mtls: self.mtls,
             grpc: started.grpc,
         };
-        shared.record(
-            key,
-            self.cached_peer,
-            &self.flags,
-            RequestSample {
-                duration,
-                request_bytes,
-                response_bytes,
-                messages: started.grpc.then(|| {
-                    (
-                        started
-                            .request_messages
-                            .as_ref()
-                            .map_or(0, |m| m.load(Ordering::Relaxed)),
-                        self.response_messages,
-                    )
-                }),
-            },
-        );
+        let sample = RequestSample {
+            duration,
+            request_bytes,
+            response_bytes,
+            messages: started.grpc.then(|| {
+                (
+                    started
+                        .request_messages
+                        .as_ref()
+                        .map_or(0, |m| m.load(Ordering::Relaxed)),
+                    self.response_messages,
+                )
+            }),
+        };
+        match &self.peer {
+            PeerAt::Caller { labels, cached } => {
+                shared.record(
+                    labels,
+                    &shared.local_service,
+                    outcome,
+                    *cached,
+                    &self.flags,
+                    sample,
+                );
+            }
+            PeerAt::Resolved {
+                labels,
+                cached,
+                service,
+            } => {
+                shared.record(labels, service, outcome, *cached, &self.flags, sample);
+            }
+            PeerAt::Endpoint(ep) => {
+                let host = started
+                    .slot
+                    .as_ref()
+                    .and_then(RouteSlot::get)
+                    .map(|t| &t.host);
+                shared.record_endpoint(ep, host, outcome, &self.flags, sample);
+            }
+        }
         if let Some(log) = &started.log {
             let target = started.slot.as_ref().and_then(RouteSlot::get);
             let mut entry = AccessLogEntry::new(log.start);

@@ -69,7 +69,7 @@
 //! # Ok::<_, mesh_tower::BoxError>(())
 //! ```
 
-use std::fmt;
+use std::{cell::Cell, fmt};
 
 use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -165,6 +165,10 @@ impl TraceContext {
 
     /// The W3C `traceparent` value (version 00): flags `01` when sampled, else `00`.
     pub fn traceparent(&self) -> HeaderValue {
+        owned_header(self.traceparent_bytes())
+    }
+
+    fn traceparent_bytes(&self) -> [u8; 55] {
         let mut buf = [0u8; 55];
         buf[..3].copy_from_slice(b"00-");
         encode_hex(&self.trace_id, &mut buf[3..35]);
@@ -173,7 +177,7 @@ impl TraceContext {
         buf[52] = b'-';
         buf[53] = b'0';
         buf[54] = if self.is_sampled() { b'1' } else { b'0' };
-        hex_header(&buf)
+        buf
     }
 }
 
@@ -256,6 +260,11 @@ pub fn sampling_decision(headers: &HeaderMap) -> Option<bool> {
     if extract(headers).is_some() {
         return None;
     }
+    bare_sampling_decision(headers)
+}
+
+/// [`sampling_decision`] for headers [`extract`] found no context in.
+pub(crate) fn bare_sampling_decision(headers: &HeaderMap) -> Option<bool> {
     if let Some(B3Single::SamplingOnly { sampled }) =
         headers.get(B3).and_then(|v| parse_b3_single(v.as_bytes()))
     {
@@ -479,75 +488,106 @@ fn b3_debug(headers: &HeaderMap) -> bool {
 /// headers, replacing any values there and removing a single `b3` header (see the
 /// [module docs](self)).
 pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
-    headers.insert(TRACEPARENT, ctx.traceparent());
-    match &ctx.tracestate {
-        Some(state) => {
-            headers.insert(TRACESTATE, state.clone());
-        }
-        None => {
-            headers.remove(TRACESTATE);
-        }
-    }
-
-    let mut buf = [0u8; 32];
+    // The hex values share one buffer (one allocation instead of one per header).
+    let mut buf = [0u8; 55 + 32 + 16 + 16];
+    buf[..55].copy_from_slice(ctx.traceparent_bytes().as_slice());
     let trace_id: &[u8] = if ctx.trace_id[..8] == [0; 8] {
         &ctx.trace_id[8..]
     } else {
         &ctx.trace_id
     };
-    let len = trace_id.len() * 2;
-    encode_hex(trace_id, &mut buf[..len]);
-    headers.insert(X_B3_TRACEID, hex_header(&buf[..len]));
-    encode_hex(&ctx.span_id, &mut buf[..16]);
-    headers.insert(X_B3_SPANID, hex_header(&buf[..16]));
-    match ctx.parent_span_id {
-        Some(parent) => {
-            encode_hex(&parent, &mut buf[..16]);
-            headers.insert(X_B3_PARENTSPANID, hex_header(&buf[..16]));
+    let trace_end = 55 + trace_id.len() * 2;
+    encode_hex(trace_id, &mut buf[55..trace_end]);
+    let span_end = trace_end + 16;
+    encode_hex(&ctx.span_id, &mut buf[trace_end..span_end]);
+    let mut end = span_end;
+    if let Some(parent) = ctx.parent_span_id {
+        encode_hex(&parent, &mut buf[span_end..span_end + 16]);
+        end += 16;
+    }
+    let shared = bytes::Bytes::from_owner(buf);
+    let value = |range: std::ops::Range<usize>| {
+        HeaderValue::from_maybe_shared(shared.slice(range))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    };
+
+    // Which of the headers to remove are there: one pass over a few names, instead of a
+    // lookup each (most requests have none of them).
+    let stale = if headers.keys_len() <= 16 {
+        headers.keys().any(|k| {
+            matches!(
+                k.as_str(),
+                "tracestate" | "x-b3-parentspanid" | "x-b3-flags" | "x-b3-sampled" | "b3"
+            )
+        })
+    } else {
+        true
+    };
+
+    headers.insert(TRACEPARENT, value(0..55));
+    match &ctx.tracestate {
+        Some(state) => {
+            headers.insert(TRACESTATE, state.clone());
         }
-        None => {
+        None if stale => {
+            headers.remove(TRACESTATE);
+        }
+        None => {}
+    }
+    headers.insert(X_B3_TRACEID, value(55..trace_end));
+    headers.insert(X_B3_SPANID, value(trace_end..span_end));
+    match ctx.parent_span_id {
+        Some(_) => {
+            headers.insert(X_B3_PARENTSPANID, value(span_end..end));
+        }
+        None if stale => {
             headers.remove(X_B3_PARENTSPANID);
         }
+        None => {}
     }
     // Debug implies sampled: B3 sends only the flag.
     if ctx.debug {
         headers.insert(X_B3_FLAGS, HeaderValue::from_static("1"));
-        headers.remove(X_B3_SAMPLED);
+        if stale {
+            headers.remove(X_B3_SAMPLED);
+        }
     } else {
-        headers.remove(X_B3_FLAGS);
+        if stale {
+            headers.remove(X_B3_FLAGS);
+        }
         match ctx.sampled {
             Some(sampled) => {
                 let v = HeaderValue::from_static(if sampled { "1" } else { "0" });
                 headers.insert(X_B3_SAMPLED, v);
             }
-            None => {
+            None if stale => {
                 headers.remove(X_B3_SAMPLED);
             }
+            None => {}
         }
     }
-    headers.remove(B3);
+    if stale {
+        headers.remove(B3);
+    }
 }
 
 // === x-request-id ===
 
-/// A new random `x-request-id`: a UUID v4 (`6ba7b810-9dad-41d1-80b4-00c04fd430c8`), formatted
-/// on the stack; the only allocation is the `HeaderValue`'s.
+/// A new random `x-request-id`: a UUID v4 (`6ba7b810-9dad-41d1-80b4-00c04fd430c8`) from the
+/// per-thread generator, formatted on the stack; the only allocation is the `HeaderValue`'s.
 pub fn new_request_id() -> HeaderValue {
-    let mut b = rand::random::<u128>().to_be_bytes();
+    let mut b = ((u128::from(fast_u64()) << 64) | u128::from(fast_u64())).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
-    let mut out = [0u8; 36];
-    let mut at = 0;
-    for (i, group) in [4usize, 2, 2, 2, 6].into_iter().enumerate() {
-        if i > 0 {
-            out[at] = b'-';
-            at += 1;
-        }
-        let start = [0usize, 4, 6, 8, 10][i];
-        encode_hex(&b[start..start + group], &mut out[at..at + group * 2]);
-        at += group * 2;
-    }
-    hex_header(&out)
+    let mut hex = [0u8; 32];
+    encode_hex(&b, &mut hex);
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&hex[..8]);
+    out[9..13].copy_from_slice(&hex[8..12]);
+    out[14..18].copy_from_slice(&hex[12..16]);
+    out[19..23].copy_from_slice(&hex[16..20]);
+    out[24..].copy_from_slice(&hex[20..]);
+    owned_header(out)
 }
 
 /// The request's `x-request-id`: kept when present and not empty (Envoy preserves the id a
@@ -566,9 +606,30 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
 
 // === hex and ids ===
 
+thread_local! {
+    /// The per-thread state of [`fast_u64`]; 0 until seeded.
+    static FAST_RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// 64 random bits from a per-thread wyrand generator, seeded from the OS (through `rand`)
+/// on a thread's first use: ids only need to be unique and unpredictable enough not to
+/// collide, and this costs a multiplication instead of a ChaCha block. Not for secrets.
+pub(crate) fn fast_u64() -> u64 {
+    FAST_RNG.with(|state| {
+        let mut s = state.get();
+        if s == 0 {
+            s = rand::random::<u64>();
+        }
+        let s = s.wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        (t as u64) ^ ((t >> 64) as u64)
+    })
+}
+
 fn random_nonzero_u64() -> u64 {
     loop {
-        let id = rand::random::<u64>();
+        let id = fast_u64();
         if id != 0 {
             return id;
         }
@@ -577,7 +638,7 @@ fn random_nonzero_u64() -> u64 {
 
 fn random_nonzero_u128() -> u128 {
     loop {
-        let id = rand::random::<u128>();
+        let id = (u128::from(fast_u64()) << 64) | u128::from(fast_u64());
         if id != 0 {
             return id;
         }
@@ -618,15 +679,18 @@ fn decode_hex<const N: usize>(v: &[u8]) -> Option<[u8; N]> {
     decode(v, true)
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 fn encode_hex(bytes: &[u8], out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
         o[0] = HEX[usize::from(b >> 4)];
         o[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
-/// A header value from bytes known to be visible ASCII.
-fn hex_header(bytes: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
+/// A header value owning `bytes` (known to be visible ASCII): one allocation, and clones
+/// (the request id is kept in the request's trace, for instance) only count references.
+fn owned_header<const N: usize>(bytes: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(bytes))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }

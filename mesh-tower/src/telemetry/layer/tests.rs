@@ -438,3 +438,109 @@ fn grpc_messages_are_counted_across_and_within_chunks() {
     h.feed(&msg(1));
     assert_eq!(h.messages, 2);
 }
+
+/// A routed outbound request: the leaf fills the route slot as the route layer does, with the
+/// host and endpoint the request names (`x-host`, `x-endpoint`), and answers `x-status`.
+#[tokio::test]
+async fn routed_requests_keep_their_series_apart_by_host_endpoint_and_response() {
+    let metrics = IstioMetrics::new();
+    let snapshot = Arc::new(mesh_core::snapshot::Snapshot::build(&[]).unwrap());
+    let hosts: [Arc<str>; 2] = [
+        Arc::from("reviews.default.svc.cluster.local"),
+        Arc::from("ratings.default.svc.cluster.local"),
+    ];
+    // Two snapshots' copies of the same WorkloadEntry: distinct `Arc`s, the same labels.
+    let endpoints = [endpoint(), endpoint()];
+    assert!(!Arc::ptr_eq(&endpoints[0].endpoint, &endpoints[1].endpoint));
+    let layer = TelemetryLayer::outbound(&metrics, local());
+    let svc = layer.layer(service_fn(move |req: Request<Body>| {
+        let header =
+            |name: &str| -> usize { req.headers()[name].to_str().unwrap().parse().unwrap() };
+        let (host, ep, status) = (header("x-host"), header("x-endpoint"), header("x-status"));
+        if let Some(slot) = req.extensions().get::<RouteSlot>() {
+            slot.set(&Target {
+                snapshot: snapshot.clone(),
+                route: None,
+                match_index: None,
+                host: hosts[host].clone(),
+                subset: None,
+                port: 9080,
+            });
+        }
+        let mut res = Response::new(body::full("hello"));
+        *res.status_mut() = http::StatusCode::from_u16(status as u16).unwrap();
+        res.extensions_mut().insert(endpoints[ep].clone());
+        async move { Ok::<_, Infallible>(res) }
+    }));
+    let send = |host: usize, ep: usize, status: u16| {
+        let svc = svc.clone();
+        async move {
+            let req = Request::get("http://reviews:9080/")
+                .header("x-host", host.to_string())
+                .header("x-endpoint", ep.to_string())
+                .header("x-status", status.to_string())
+                .body(body::empty())
+                .unwrap();
+            drain(svc.oneshot(req).await.unwrap()).await;
+        }
+    };
+    // Each twice: the second request of each takes the fast path.
+    for _ in 0..2 {
+        send(0, 0, 200).await;
+        send(0, 1, 200).await;
+        send(1, 0, 200).await;
+        send(0, 0, 503).await;
+    }
+    let text = metrics.encode();
+    let count = |host: &str, code: &str| {
+        value(
+            &text,
+            "istio_requests_total",
+            &[
+                &format!("destination_service=\"{host}\""),
+                &format!("response_code=\"{code}\""),
+                "destination_workload=\"reviews-v2\"",
+            ],
+        )
+    };
+    // Equal endpoints share a series; hosts and codes do not.
+    assert_eq!(
+        count("reviews.default.svc.cluster.local", "200"),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        count("ratings.default.svc.cluster.local", "200"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        count("reviews.default.svc.cluster.local", "503"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(layer.series(), 3);
+    assert_eq!(layer.uncached(), 0);
+
+    // A response cut short on the fast path is still flagged.
+    let req = Request::get("http://reviews:9080/")
+        .header("x-host", "0")
+        .header("x-endpoint", "0")
+        .header("x-status", "200")
+        .body(body::empty())
+        .unwrap();
+    drop(svc.clone().oneshot(req).await.unwrap());
+    let text = metrics.encode();
+    assert_eq!(
+        value(
+            &text,
+            "istio_requests_total",
+            &[
+                "destination_service=\"reviews.default.svc.cluster.local\"",
+                "response_flags=\"DC\""
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -736,3 +736,21 @@ proptest! {
         let _ = is_valid_tracestate(&v);
     }
 }
+
+#[test]
+fn threads_draw_different_ids() {
+    let per_thread: Vec<Vec<String>> = (0..4)
+        .map(|_| {
+            std::thread::spawn(|| {
+                (0..100)
+                    .map(|_| new_request_id().to_str().unwrap().to_owned())
+                    .collect()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let all: std::collections::HashSet<&String> = per_thread.iter().flatten().collect();
+    assert_eq!(all.len(), 400);
+}

@@ -30,7 +30,8 @@ use crate::{
     server::PeerAddr,
     target::{PickedEndpoint, Target},
     telemetry::propagation::{
-        TraceContext, X_REQUEST_ID, ensure_request_id, extract, inject, sampling_decision,
+        B3, TRACEPARENT, TraceContext, X_B3_TRACEID, X_REQUEST_ID, bare_sampling_decision,
+        ensure_request_id, extract, inject,
     },
 };
 
@@ -148,7 +149,8 @@ where
     S: Service<Request<Body>, Response = Response<Body>>,
 {
     fn call_inbound(&mut self, mut req: Request<Body>) -> ResponseFuture<S::Future> {
-        if !self.tracing.is_exporting() && !has_trace_context(req.headers()) {
+        let has_context = has_trace_context(req.headers());
+        if !self.tracing.is_exporting() && !has_context {
             // Nothing to record and no trace to continue: only Envoy's request id. Starting
             // a trace here would cost every untraced request new ids, five injected headers
             // and a task-local scope for nothing.
@@ -162,10 +164,10 @@ where
         }
         let headers = req.headers_mut();
         let request_id = ensure_request_id(headers).clone();
-        let mut ctx = match extract(headers) {
+        let mut ctx = match has_context.then(|| extract(headers)).flatten() {
             Some(parent) => parent.child(),
             None => TraceContext::new_root(
-                sampling_decision(headers).unwrap_or_else(|| self.tracing.sample()),
+                bare_sampling_decision(headers).unwrap_or_else(|| self.tracing.sample()),
             ),
         };
         if ctx.sampled.is_none() && !ctx.debug {
@@ -182,7 +184,7 @@ where
         let span = self.tracing.start(
             &ctx,
             SpanKind::Server,
-            match self.tracing.service_host() {
+            || match self.tracing.service_host() {
                 Some(host) => format!("{host}:{port}/*"),
                 None => format!("{}:{port}/*", host_name(&req).unwrap_or("unknown")),
             },
@@ -233,7 +235,8 @@ where
                 })
             })
             .or_else(current);
-        if parent.is_none() && !self.tracing.is_exporting() && !has_trace_context(req.headers()) {
+        let has_context = has_trace_context(req.headers());
+        if parent.is_none() && !self.tracing.is_exporting() && !has_context {
             // No trace to continue and none to record: the request goes as it is.
             return ResponseFuture {
                 kind: Kind::Plain {
@@ -246,11 +249,11 @@ where
         let (mut ctx, request_id) = match parent {
             Some(parent) => (parent.context.child(), parent.request_id),
             // Headers the application forwarded by hand: continue that trace.
-            None => match extract(headers) {
+            None => match has_context.then(|| extract(headers)).flatten() {
                 Some(parent) => (parent.child(), None),
                 None => (
                     TraceContext::new_root(
-                        sampling_decision(headers).unwrap_or_else(|| self.tracing.sample()),
+                        bare_sampling_decision(headers).unwrap_or_else(|| self.tracing.sample()),
                     ),
                     None,
                 ),
@@ -268,17 +271,18 @@ where
         let request_id = ensure_request_id(headers).clone();
         inject(&ctx, headers);
 
-        let port = host_port(&req).unwrap_or(default_port(&req));
-        let host = host_name(&req).unwrap_or("unknown");
+        // The name and the cluster only when a span is built.
+        let port = || host_port(&req).unwrap_or_else(|| default_port(&req));
+        let host = || host_name(&req).unwrap_or("unknown");
         let span = self.tracing.start(
             &ctx,
             SpanKind::Client,
-            format!("{host}:{port}/*"),
+            || format!("{}:{}/*", host(), port()),
             |attrs| request_attributes(&req, &request_id, attrs),
         );
         let cluster = span
             .is_some()
-            .then(|| format!("outbound|{port}||{}", host_name(&req).unwrap_or("unknown")));
+            .then(|| format!("outbound|{}||{}", port(), host()));
         let state = span.map(|span| {
             let request_bytes = count_request_body(&mut req);
             let slot = TargetSlot::default();
@@ -303,9 +307,17 @@ where
 
 /// True if the request carries a trace context (W3C or B3) to continue.
 fn has_trace_context(headers: &HeaderMap) -> bool {
-    headers.contains_key("traceparent")
-        || headers.contains_key("b3")
-        || headers.contains_key("x-b3-traceid")
+    // Most requests carry a few headers: one pass over their names costs less than three
+    // hashed lookups (and a `&str` name would be parsed on every lookup).
+    if headers.keys_len() <= 16 {
+        headers
+            .keys()
+            .any(|k| matches!(k.as_str(), "traceparent" | "b3" | "x-b3-traceid"))
+    } else {
+        headers.contains_key(&TRACEPARENT)
+            || headers.contains_key(&B3)
+            || headers.contains_key(&X_B3_TRACEID)
+    }
 }
 
 /// The host of the request: its URI's, else its `Host` header's.

@@ -191,14 +191,18 @@ impl IdGenerator for ContextIds {
     fn new_trace_id(&self) -> TraceId {
         match NEXT_IDS.with(Cell::get) {
             Some((trace, _)) => TraceId::from_bytes(trace),
-            None => TraceId::from(rand::random::<u128>() | 1),
+            None => TraceId::from(
+                (u128::from(super::propagation::fast_u64()) << 64
+                    | u128::from(super::propagation::fast_u64()))
+                    | 1,
+            ),
         }
     }
 
     fn new_span_id(&self) -> SpanId {
         match NEXT_IDS.with(Cell::get) {
             Some((_, span)) => SpanId::from_bytes(span),
-            None => SpanId::from(rand::random::<u64>() | 1),
+            None => SpanId::from(super::propagation::fast_u64() | 1),
         }
     }
 }
@@ -339,12 +343,13 @@ impl Tracing {
     }
 
     /// Starts the span `ctx` describes (its ids; its parent, remote, when it has one), when
-    /// the context is sampled and spans are exported; `attributes` is only called then.
+    /// the context is sampled and spans are exported; `name` and `attributes` are only
+    /// called then.
     pub(crate) fn start(
         &self,
         ctx: &TraceContext,
         kind: SpanKind,
-        name: String,
+        name: impl FnOnce() -> String,
         attributes: impl FnOnce(&mut Vec<KeyValue>),
     ) -> Option<opentelemetry_sdk::trace::Span> {
         let tracer = self.inner.tracer.as_ref()?;
@@ -372,7 +377,7 @@ impl Tracing {
         let mut attrs = Vec::with_capacity(24);
         attributes(&mut attrs);
         attrs.extend(self.inner.attributes.iter().cloned());
-        let builder = SpanBuilder::from_name(name)
+        let builder = SpanBuilder::from_name(name())
             .with_kind(kind)
             .with_attributes(attrs);
         NEXT_IDS.with(|c| c.set(Some((ctx.trace_id, ctx.span_id))));

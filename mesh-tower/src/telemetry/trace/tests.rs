@@ -133,7 +133,7 @@ async fn spans_carry_the_ids_of_the_trace_context() {
     let child = root.child();
     for ctx in [&root, &child] {
         let mut span = t
-            .start(ctx, SpanKind::Internal, "x".to_owned(), |_| {})
+            .start(ctx, SpanKind::Internal, || "x".to_owned(), |_| {})
             .unwrap();
         opentelemetry::trace::Span::end(&mut span);
     }
@@ -148,15 +148,18 @@ async fn spans_carry_the_ids_of_the_trace_context() {
     // Not sampled: nothing is built.
     let unsampled = propagation::TraceContext::new_root(false);
     assert!(
-        t.start(&unsampled, SpanKind::Internal, "x".to_owned(), |_| {
-            panic!("attributes are not computed for an unsampled span")
-        })
+        t.start(
+            &unsampled,
+            SpanKind::Internal,
+            || "x".to_owned(),
+            |_| { panic!("attributes are not computed for an unsampled span") }
+        )
         .is_none()
     );
     // No exporter: nothing is built either.
     assert!(
         Tracing::disabled()
-            .start(&root, SpanKind::Internal, "x".to_owned(), |_| {})
+            .start(&root, SpanKind::Internal, || "x".to_owned(), |_| {})
             .is_none()
     );
 }
@@ -479,15 +482,76 @@ async fn batch_export_flushes_on_demand_and_stops_on_shutdown() {
         .build()
         .unwrap();
     let ctx = propagation::TraceContext::new_root(true);
-    drop(t.start(&ctx, SpanKind::Internal, "a".to_owned(), |_| {}));
+    drop(t.start(&ctx, SpanKind::Internal, || "a".to_owned(), |_| {}));
     t.force_flush().await.unwrap();
     assert_eq!(exporter.get_finished_spans().unwrap().len(), 1);
     t.shutdown().await.unwrap();
     assert!(exporter.is_shutdown_called());
-    drop(t.start(&ctx, SpanKind::Internal, "b".to_owned(), |_| {}));
+    drop(t.start(&ctx, SpanKind::Internal, || "b".to_owned(), |_| {}));
     assert!(t.shutdown().await.is_err(), "shut down twice");
     assert!(
         exporter.get_finished_spans().unwrap().is_empty(),
         "nothing is exported after shutdown"
     );
+}
+
+/// Without an exporter, a request carrying a context is continued and one without gets
+/// only its `x-request-id`, whether it has a few headers or many (the layer looks for the
+/// trace headers by scanning a few names, by lookups among many).
+#[tokio::test]
+async fn without_an_exporter_only_requests_with_a_context_are_traced() {
+    let seen = Seen::default();
+    let svc = TraceLayer::inbound(Tracing::disabled())
+        .port(9080)
+        .layer(app(StatusCode::OK, "ok", seen.clone()));
+    let parents = [
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("b3", "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1"),
+        ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+    ];
+    for extra in [0, 30] {
+        for parent in [None, Some(parents[0]), Some(parents[1]), Some(parents[2])] {
+            let mut req = Request::get("/").body(body::empty()).unwrap();
+            for i in 0..extra {
+                req.headers_mut().insert(
+                    http::HeaderName::try_from(format!("x-extra-{i}")).unwrap(),
+                    "1".parse().unwrap(),
+                );
+            }
+            if let Some((name, value)) = parent {
+                req.headers_mut().insert(name, value.parse().unwrap());
+                if name == "x-b3-traceid" {
+                    req.headers_mut()
+                        .insert("x-b3-spanid", "a2fb4a1d1a96d312".parse().unwrap());
+                }
+            }
+            let res = svc.clone().oneshot(req).await.unwrap();
+            let _ = res.into_body().collect().await;
+            let (headers, trace) = seen.lock().unwrap().pop().unwrap();
+            assert_eq!(headers[X_REQUEST_ID].len(), 36, "{parent:?}");
+            match parent {
+                None => {
+                    assert!(trace.is_none(), "untraced: no task-local trace");
+                    assert!(!headers.contains_key(TRACEPARENT), "nothing injected");
+                }
+                Some((name, _)) => {
+                    let trace =
+                        trace.unwrap_or_else(|| panic!("{name} continued ({extra} extra headers)"));
+                    let want = if name == "traceparent" {
+                        "4bf92f3577b34da6a3ce929d0e0e4736"
+                    } else {
+                        "463ac35c9f6413ad48485a3953bb6124"
+                    };
+                    assert_eq!(trace.context.trace_id_hex().to_string(), want, "{name}");
+                    assert!(
+                        headers[TRACEPARENT].to_str().unwrap().contains(want),
+                        "{name}"
+                    );
+                }
+            }
+        }
+    }
 }
