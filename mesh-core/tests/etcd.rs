@@ -362,7 +362,7 @@ async fn relists_when_the_resume_revision_was_compacted() {
         writer.apply(ap(&format!("b{i}"))).await.unwrap();
     }
     let mut raw = Client::connect(&endpoints[..2], None).await.unwrap();
-    let head = compact_now(&mut raw).await;
+    let head = compact(&mut raw, true).await;
     assert!(head.unsigned_abs() > seen);
     etcd.start_member(2).await.unwrap();
 
@@ -742,14 +742,7 @@ async fn incremental_reloads_never_drift_from_the_store() {
     );
 
     // A compaction while the watch runs changes nothing it has to know.
-    let head = raw
-        .get("/mesh/", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    raw.compact(head, None).await.unwrap();
+    compact(&mut raw, false).await;
     writer.apply(ap("after-compaction")).await.unwrap();
     writer.delete(&key("q1")).await.unwrap();
     converges(&etcd, &watcher, "after a compaction").await;
@@ -767,7 +760,7 @@ async fn incremental_reloads_never_drift_from_the_store() {
             .unwrap();
         raw.delete(k.as_str(), None).await.unwrap();
     }
-    compact_now(&mut raw).await;
+    compact(&mut raw, true).await;
     etcd.start_member(2).await.unwrap();
     converges(&etcd, &watcher, "after the outage and the compaction").await;
     let deltas = counting.deltas.load(Ordering::SeqCst);
@@ -788,8 +781,9 @@ async fn wait_until_error(watcher: &ConfigWatcher<Vec<Resource>>) {
         .unwrap();
 }
 
-/// Compacts etcd's history up to its current revision (physically); returns that revision.
-async fn compact_now(raw: &mut Client) -> i64 {
+/// Compacts etcd's history up to its current revision (`physical`: and waits until it is
+/// removed from the backend); returns that revision.
+async fn compact(raw: &mut Client, physical: bool) -> i64 {
     let head = raw
         .get("/mesh/", None)
         .await
@@ -797,8 +791,7 @@ async fn compact_now(raw: &mut Client) -> i64 {
         .header()
         .unwrap()
         .revision();
-    raw.compact(head, Some(CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
+    let options = physical.then(|| CompactionOptions::new().with_physical());
+    raw.compact(head, options).await.unwrap();
     head
 }

@@ -545,10 +545,11 @@ impl Conn {
         Ok(client.clone())
     }
 
-    /// Runs one request, trying again twice (after 100 and 300 ms) when it failed in
-    /// transport: the first request after a member restarts finds the old connection
-    /// broken. A repeated write is safe: every write here is a guarded transaction or an
-    /// idempotent put or delete.
+    /// Runs one request, trying again up to four times (after 100 ms, 300 ms, 900 ms and
+    /// 1 s) when it failed in transport: the first requests after a member stops or restarts
+    /// can be sent to its broken connection until the client's balancer drops it. A repeated
+    /// write is safe: every write here is a guarded transaction or an idempotent put or
+    /// delete.
     async fn call<T, F, Fut>(&self, op: impl Fn() -> String, mut f: F) -> Result<T, StoreError>
     where
         F: FnMut(Client) -> Fut,
@@ -561,10 +562,10 @@ impl Conn {
             let client = self.client().await?;
             match f(client).await {
                 Ok(v) => return Ok(v),
-                Err(e) if attempt < 3 && transient(&e) => {
+                Err(e) if attempt < 5 && transient(&e) => {
                     tracing::debug!(store = %self.url, op = %op(), error = %error_text(&e), "retrying");
                     tokio::time::sleep(delay).await;
-                    delay *= 3;
+                    delay = (delay * 3).min(Duration::from_secs(1));
                 }
                 Err(e) => return Err(self.error(op(), &e)),
             }
