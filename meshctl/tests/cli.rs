@@ -1,56 +1,19 @@
 //! `meshctl` as a user runs it: the real binary, a temporary store directory, exit codes,
 //! standard output and standard error.
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-};
+use std::path::{Path, PathBuf};
 
-fn compat(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/istio-compat")
-        .join(file)
-        .display()
-        .to_string()
-}
+mod support;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use support::{Run, compat};
 
+/// `meshctl` over the store directory `dir` (none: no store option).
 fn meshctl(dir: Option<&Path>, args: &[&str], stdin: Option<&str>) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshctl"));
-    cmd.env_remove("MESH_CONFIG_DIR").env_remove("MESH_STORE");
-    if let Some(dir) = dir {
-        cmd.arg("--config-dir").arg(dir);
-    }
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("meshctl runs");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().unwrap();
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
+    let global: Vec<&std::ffi::OsStr> = match dir {
+        Some(dir) => vec!["--config-dir".as_ref(), dir.as_os_str()],
+        None => Vec::new(),
+    };
+    support::meshctl(&global, args, stdin)
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {

@@ -1,58 +1,14 @@
 //! `meshctl --store etcd://…` as a user runs it: the real binary against a real etcd on a
 //! free loopback port (Debian's `etcd-server`).
 
-use std::{
-    io::Write,
-    path::Path,
-    process::{Command, Output, Stdio},
-};
+mod support;
 
+use support::{Run, compat};
 use testkit::EtcdCluster;
 
-fn compat(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/istio-compat")
-        .join(file)
-        .display()
-        .to_string()
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
+/// `meshctl --store STORE …`.
 fn meshctl(store: &str, args: &[&str], stdin: Option<&str>) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshctl"));
-    cmd.env_remove("MESH_CONFIG_DIR")
-        .env_remove("MESH_STORE")
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("meshctl runs");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().unwrap();
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
+    support::meshctl(&["--store", store], args, stdin)
 }
 
 #[tokio::test]
