@@ -139,10 +139,19 @@ fn version(http: Http) -> Version {
     }
 }
 
-/// A `Call` over a hyper-util client.
-fn hyper_call<C>(client: Client<C, Empty<Bytes>>, uri: http::Uri, http: Http) -> Call
+/// A `Call` over any HTTP client service: hyper-util's, or the mesh's `HttpClient`.
+fn service_call<S, B>(client: S, uri: http::Uri, http: Http) -> Call
 where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    S: tower::Service<http::Request<Empty<Bytes>>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+    S::Error: Into<mesh_core::BoxError>,
+    B: hyper::body::Body + Send,
+    B::Data: Send,
+    B::Error: std::fmt::Display,
 {
     Arc::new(move || {
         let client = client.clone();
@@ -151,7 +160,7 @@ where
             let mut req = http::Request::new(Empty::new());
             *req.uri_mut() = uri;
             *req.version_mut() = version(http);
-            let res = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+            let res = client.oneshot(req).await.map_err(|e| chain(&*e.into()))?;
             let status = res.status();
             let body = res
                 .into_body()
@@ -163,6 +172,18 @@ where
     })
 }
 
+/// An error and its sources, on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 async fn build_call(args: &LoadArgs) -> anyhow::Result<(Call, Option<Mesh>)> {
     let h2 = args.http == Http::H2;
     let pki_dir = || args.pki.as_deref().context("--pki is required for TLS");
@@ -172,7 +193,7 @@ async fn build_call(args: &LoadArgs) -> anyhow::Result<(Call, Option<Mesh>)> {
                 .http2_only(h2)
                 .build_http::<Empty<Bytes>>();
             let uri = format!("http://{}/", args.target).parse()?;
-            (hyper_call(client, uri, args.http), None)
+            (service_call(client, uri, args.http), None)
         }
         ClientKind::Tls => {
             let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
@@ -183,7 +204,7 @@ async fn build_call(args: &LoadArgs) -> anyhow::Result<(Call, Option<Mesh>)> {
                 .http2_only(h2)
                 .build::<_, Empty<Bytes>>(connector);
             let uri = format!("http://{}/", args.target).parse()?;
-            (hyper_call(client, uri, args.http), None)
+            (service_call(client, uri, args.http), None)
         }
         ClientKind::Mesh | ClientKind::MeshMtls => {
             let store: Arc<dyn Store> = Arc::new(FileStore::new(&args.store));
@@ -208,27 +229,8 @@ async fn build_call(args: &LoadArgs) -> anyhow::Result<(Call, Option<Mesh>)> {
                     bail!("the server did not register {host} in the store within 20 s");
                 }
             }
-            let client = mesh.http_client();
             let uri: http::Uri = format!("http://{MESH_HOST}:8080/").parse()?;
-            let http = args.http;
-            let call: Call = Arc::new(move || {
-                let client = client.clone();
-                let uri = uri.clone();
-                Box::pin(async move {
-                    let mut req = http::Request::new(Empty::<Bytes>::new());
-                    *req.uri_mut() = uri;
-                    *req.version_mut() = version(http);
-                    let res = client.oneshot(req).await.map_err(|e| format!("{e}"))?;
-                    let status = res.status();
-                    let body = res
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|e| format!("reading the body: {e}"))?;
-                    check(status, body.to_bytes().len())
-                })
-            });
-            (call, Some(mesh))
+            (service_call(mesh.http_client(), uri, args.http), Some(mesh))
         }
     })
 }
