@@ -202,6 +202,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Capped<K, V> {
         if let Some(v) = self.get(&key) {
             return Ok(v);
         }
+        if self.len() >= self.cap {
+            // Full: no lock and no copy on the request path.
+            return Err(make());
+        }
         let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.map.load_full();
         if let Some(v) = current.get(&key) {
@@ -215,6 +219,25 @@ impl<K: Hash + Eq + Clone, V: Clone> Capped<K, V> {
         next.insert(key, v.clone());
         self.map.store(Arc::new(next));
         Ok(v)
+    }
+
+    /// Caches `value` under `key`; when the map is full, starts a new map with it alone.
+    /// For caches that only speed up a slower path and whose keys go stale (the addresses of
+    /// a snapshot's endpoints: every configuration change makes new ones), so old keys do
+    /// not fill the map and keep their values alive for good.
+    fn insert_or_restart(&self, key: K, value: V) {
+        let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.map.load_full();
+        if current.contains_key(&key) {
+            return;
+        }
+        let mut next = if current.len() >= self.cap {
+            FoldMap::default()
+        } else {
+            (*current).clone()
+        };
+        next.insert(key, value);
+        self.map.store(Arc::new(next));
     }
 
     fn len(&self) -> usize {
@@ -481,8 +504,7 @@ impl Shared {
         }
         let (labels, cached) = self.peer(PeerRef::Endpoint { ep, mtls });
         if cached {
-            // Full (many snapshots' endpoints seen): the `peers` path still serves it.
-            let _ = self.endpoints.get_or_insert_with(key, || labels.clone());
+            self.endpoints.insert_or_restart(key, labels.clone());
         }
         (labels, cached)
     }
@@ -691,11 +713,13 @@ impl Shared {
         if let (Some(key), Some(host), Some(edge)) = (key, host, bound)
             && let Some(edge) = self.edges.get(&edge)
         {
-            // Full: the slower path above still serves it.
-            let _ = self.direct.get_or_insert_with(key, || Direct {
-                _keys: (ep.clone(), host.clone()),
-                metrics: edge.metrics,
-            });
+            self.direct.insert_or_restart(
+                key,
+                Direct {
+                    _keys: (ep.clone(), host.clone()),
+                    metrics: edge.metrics,
+                },
+            );
         }
     }
 }
@@ -1203,11 +1227,7 @@ struct Pending {
 
 impl Pending {
     fn new<B>(started: Started, res: &Response<B>) -> Self {
-        let flags = res
-            .extensions()
-            .get::<ResponseFlags>()
-            .cloned()
-            .unwrap_or_default();
+        let flags = ResponseFlags::of(res);
         let grpc_status = if started.grpc {
             grpc_status_of(res.headers())
         } else {

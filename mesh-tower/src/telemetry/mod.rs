@@ -29,9 +29,9 @@
 //!   carry the trace through the request path, so outbound calls continue it without the
 //!   application copying headers.
 //!
-//! What issue #8 adds next: span export to a tracing provider, and the mesh wiring (the
-//! layers in `Mesh`, the admin endpoint's `/metrics`, `Telemetry` resources and mesh config
-//! choosing the access log encoding and file, and the sampling rate).
+//! [`Mesh`](crate::mesh::Mesh) stacks these layers on both sides and serves the metrics on its
+//! admin endpoint ([`crate::admin`]). Not read: Istio's `Telemetry` resources (the access log,
+//! tracing and sampling are set on the [`MeshBuilder`](crate::mesh::MeshBuilder) instead).
 
 pub mod access_log;
 pub mod layer;

@@ -544,3 +544,19 @@ async fn routed_requests_keep_their_series_apart_by_host_endpoint_and_response()
         "{text}"
     );
 }
+
+#[test]
+fn caches_stay_within_their_cap() {
+    let c: super::Capped<u32, u32> = super::Capped::new(2);
+    assert_eq!(c.get_or_insert_with(1, || 10), Ok(10));
+    assert_eq!(c.get_or_insert_with(2, || 20), Ok(20));
+    // Full: the value is made but not kept.
+    assert_eq!(c.get_or_insert_with(3, || 30), Err(30));
+    assert_eq!(c.get(&3), None);
+    assert_eq!(c.get_or_insert_with(1, || 0), Ok(10));
+    // A cache of stale-prone keys starts over instead of keeping old keys for good.
+    c.insert_or_restart(4, 40);
+    assert_eq!((c.len(), c.get(&4), c.get(&1)), (1, Some(40), None));
+    c.insert_or_restart(5, 50);
+    assert_eq!((c.len(), c.get(&4), c.get(&5)), (2, Some(40), Some(50)));
+}
