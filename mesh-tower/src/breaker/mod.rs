@@ -221,19 +221,8 @@ impl<S> CircuitBreaker<S> {
             Mode::Fixed(cluster) => return Some(cluster.clone()),
             Mode::Target => req.extensions().get::<Target>()?,
         };
-        if !self.breakers.any_pool(&target.snapshot) {
-            return None;
-        }
-        let subset = target.subset.as_ref();
-        let pool = target
-            .snapshot
-            .destination_policy(&target.host)
-            .and_then(|p| connection_pool_settings(p, subset.map(|s| &**s), target.port))?;
-        let limits = PoolLimits::from_istio(pool);
-        let cluster = (!limits.is_unlimited()).then(|| {
-            self.breakers
-                .cluster(&target.host, subset, target.port, limits)
-        });
+        let pool = self.breakers.pool_of(target)?;
+        let cluster = self.breakers.cluster_under(target, pool);
         if let Some(settings) = ConnectionSettings::from_istio(pool) {
             req.extensions_mut().insert(settings);
         }
@@ -266,8 +255,8 @@ where
             return ResponseFuture::called(self.inner.call(req), None);
         };
         let http1 = req.version() != Version::HTTP_2;
-        let retry = match req.extensions().get::<RetryPermit>() {
-            Some(permit) => RetrySlot::Held(permit.take()),
+        let retry = match req.extensions_mut().remove::<RetryPermit>() {
+            Some(permit) => RetrySlot::Held(permit),
             None if is_retry(&req) => RetrySlot::Take,
             None => RetrySlot::None,
         };

@@ -8,6 +8,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use mesh_core::config::networking::destination_rule::ConnectionPoolSettings;
 use mesh_core::snapshot::Snapshot;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
@@ -75,6 +76,8 @@ pub struct Usage {
 pub(super) struct Permits {
     _request: Option<OwnedSemaphorePermit>,
     _retry: Option<OwnedSemaphorePermit>,
+    /// A retry slot the retry layer took.
+    _held_retry: Option<RetryPermit>,
     pub(super) connection: Option<OwnedSemaphorePermit>,
 }
 
@@ -85,8 +88,8 @@ pub(super) enum RetrySlot {
     None,
     /// A retry: take one, or overflow.
     Take,
-    /// A retry whose slot the retry layer took before retrying ([`RetryPermit`]).
-    Held(Option<OwnedSemaphorePermit>),
+    /// A retry whose slot the retry layer took before retrying.
+    Held(RetryPermit),
 }
 
 /// A retry slot under `maxRetries`, taken by the [`retry`](crate::retry) layer when it
@@ -94,13 +97,9 @@ pub(super) enum RetrySlot {
 /// the limit is reached), carried in the retry's extensions to the breaker, which holds it
 /// while the retry is in flight.
 #[derive(Clone, Debug)]
-pub(crate) struct RetryPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
-
-impl RetryPermit {
-    pub(super) fn take(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
+pub(crate) struct RetryPermit(
+    #[expect(dead_code, reason = "held for its drop")] Arc<OwnedSemaphorePermit>,
+);
 
 /// Whether a retry may be made under its cluster's `maxRetries`.
 #[derive(Debug)]
@@ -197,29 +196,41 @@ impl CircuitBreakers {
         cluster
     }
 
-    /// Takes a retry slot of `target`'s cluster for a retry about to be made.
-    pub(crate) fn admit_retry(&self, target: &Target) -> RetryAdmission {
+    /// `target`'s DestinationRule `connectionPool` (for its subset and port), if it has one.
+    pub(super) fn pool_of<'t>(&self, target: &'t Target) -> Option<&'t ConnectionPoolSettings> {
         if !self.any_pool(&target.snapshot) {
-            return RetryAdmission::Unlimited;
+            return None;
         }
-        let Some(pool) = target
+        target
             .snapshot
             .destination_policy(&target.host)
             .and_then(|p| connection_pool_settings(p, target.subset.as_deref(), target.port))
+    }
+
+    /// The cluster `target` counts in under `pool`; `None` when `pool` sets no limits.
+    pub(super) fn cluster_under(
+        &self,
+        target: &Target,
+        pool: &ConnectionPoolSettings,
+    ) -> Option<Arc<Cluster>> {
+        let limits = PoolLimits::from_istio(pool);
+        (!limits.is_unlimited())
+            .then(|| self.cluster(&target.host, target.subset.as_ref(), target.port, limits))
+    }
+
+    /// Takes a retry slot of `target`'s cluster for a retry about to be made.
+    pub(crate) fn admit_retry(&self, target: &Target) -> RetryAdmission {
+        let Some(cluster) = self
+            .pool_of(target)
+            .and_then(|pool| self.cluster_under(target, pool))
         else {
             return RetryAdmission::Unlimited;
         };
-        let limits = PoolLimits::from_istio(pool);
-        if limits.get_max_retries().is_none() {
-            return RetryAdmission::Unlimited;
-        }
-        let cluster = self.cluster(&target.host, target.subset.as_ref(), target.port, limits);
         match cluster.take_retry() {
             Ok(None) => RetryAdmission::Unlimited,
-            Ok(Some(permit)) => {
-                RetryAdmission::Admitted(RetryPermit(Arc::new(Mutex::new(Some(permit)))))
-            }
+            Ok(Some(permit)) => RetryAdmission::Admitted(RetryPermit(Arc::new(permit))),
             Err(()) => {
+                tracing::debug!(cluster = %cluster.name, "retry over maxRetries: not retried");
                 self.record_overflow();
                 RetryAdmission::Overflow
             }
@@ -282,12 +293,12 @@ impl Cluster {
             None => Ok(None),
             Some(s) => s.clone().try_acquire_owned().map(Some),
         };
-        let retry = match retry {
-            RetrySlot::None => None,
-            RetrySlot::Held(permit) => permit,
-            RetrySlot::Take => match take(&self.retries) {
-                Ok(permit) => permit,
-                Err(_) => return self.overflow(OverflowLimit::MaxRetries),
+        let (retry, held_retry) = match retry {
+            RetrySlot::None => (None, None),
+            RetrySlot::Held(permit) => (None, Some(permit)),
+            RetrySlot::Take => match self.take_retry() {
+                Ok(permit) => (permit, None),
+                Err(()) => return self.overflow(OverflowLimit::MaxRetries),
             },
         };
         let Ok(request) = take(&self.requests) else {
@@ -296,6 +307,7 @@ impl Cluster {
         let mut permits = Permits {
             _request: request,
             _retry: retry,
+            _held_retry: held_retry,
             connection: None,
         };
         let (Some(connections), true) = (&self.connections, http1) else {
@@ -317,14 +329,12 @@ impl Cluster {
         }
     }
 
-    /// A retry slot, taken by the retry layer before it retries: `Ok(None)` if the cluster
-    /// does not limit retries, `Err(())` if every slot is taken.
-    pub(super) fn take_retry(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
+    /// A retry slot: `Ok(None)` if the cluster does not limit retries, `Err(())` if every
+    /// slot is taken.
+    fn take_retry(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
         match &self.retries {
             None => Ok(None),
-            Some(s) => s.clone().try_acquire_owned().map(Some).map_err(|_| {
-                tracing::debug!(cluster = %self.name, "retry over maxRetries: not retried");
-            }),
+            Some(s) => s.clone().try_acquire_owned().map(Some).map_err(|_| ()),
         }
     }
 

@@ -322,20 +322,21 @@ where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Into<BoxError>,
 {
-    let Some(limit) = per_try else {
-        if wait_ready {
-            svc.ready().await.map_err(Into::into)?;
-        }
-        return svc.call(req).await.map_err(Into::into);
-    };
     let mut req = req;
-    let signal = TimeoutSignal::within(req.extensions().get::<TimeoutSignal>());
-    req.extensions_mut().insert(signal.clone());
+    // A timed try tells the balancer when its timeout cuts it (outlier detection).
+    let signal = per_try.map(|_| {
+        let signal = TimeoutSignal::within(req.extensions().get::<TimeoutSignal>());
+        req.extensions_mut().insert(signal.clone());
+        signal
+    });
     let once = async {
         if wait_ready {
             svc.ready().await.map_err(Into::into)?;
         }
         svc.call(req).await.map_err(Into::into)
+    };
+    let (Some(limit), Some(signal)) = (per_try, signal) else {
+        return once.await;
     };
     tokio::pin!(once);
     match tokio::time::timeout(limit, once.as_mut()).await {
