@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     config::{self, Kind, Resource, ResourceKey},
-    validate::{Finding, Findings, Severity, codes, validate_all},
+    validate::{Finding, Findings, Severity, codes},
 };
 
 /// The key prefix used unless the URL or [`EtcdStore::prefix`] sets another.
@@ -750,9 +750,9 @@ impl Inner {
         resources: Vec<Resource>,
         now: SystemTime,
     ) -> Result<ApplyOutcome, StoreError> {
-        if resources.is_empty() {
+        let Some(first_key) = resources.first().map(Resource::key) else {
             return Ok(ApplyOutcome::default());
-        }
+        };
         // The outcome of the first attempt that wrote anything: a retry after a partly
         // written apply finds those resources unchanged.
         let mut first: Option<ApplyOutcome> = None;
@@ -796,7 +796,7 @@ impl Inner {
                 return Ok(first.unwrap_or(plan.outcome));
             }
         }
-        Err(self.busy(resources.first().map(Resource::key)))
+        Err(self.busy(first_key))
     }
 
     async fn delete(&self, key: &ResourceKey) -> Result<bool, StoreError> {
@@ -806,25 +806,7 @@ impl Inner {
                 return Ok(false);
             };
             // Refuse a deletion that breaks what was valid.
-            let fingerprint = |f: &Finding| {
-                (
-                    f.code,
-                    f.resource.clone(),
-                    f.field.clone(),
-                    f.message.clone(),
-                )
-            };
-            let all = current.resources();
-            let before: HashSet<_> = validate_all(&all).errors().map(fingerprint).collect();
-            let remaining: Vec<Resource> = all.into_iter().filter(|r| &r.key() != key).collect();
-            let new_errors: Vec<Finding> = validate_all(&remaining)
-                .errors()
-                .filter(|f| !before.contains(&fingerprint(f)))
-                .cloned()
-                .collect();
-            if !new_errors.is_empty() {
-                return Err(StoreError::Invalid(Findings(new_errors)));
-            }
+            super::validate_delete(&current.resources(), key)?;
             let ekey = self.key_of(key);
             let when = vec![
                 Compare::mod_revision(self.marker(), CompareOp::Equal, current.marker),
@@ -838,7 +820,7 @@ impl Inner {
                 return Ok(true);
             }
         }
-        Err(self.busy(Some(key.clone())))
+        Err(self.busy(key.clone()))
     }
 
     /// Runs a transaction: the revision it wrote at, or `None` when a comparison failed
@@ -863,9 +845,9 @@ impl Inner {
         Ok(Some(revision))
     }
 
-    fn busy(&self, key: Option<ResourceKey>) -> StoreError {
+    fn busy(&self, key: ResourceKey) -> StoreError {
         StoreError::Conflict {
-            key: key.unwrap_or_else(|| ResourceKey::new(Kind::VirtualService, "", "")),
+            key,
             reason: format!(
                 "{} kept changing while the change was validated ({ATTEMPTS} attempts); try again",
                 self.conn.url
@@ -1348,7 +1330,6 @@ async fn watch_loop(
     revision: watch::Sender<u64>,
     mirror: Arc<std::sync::Mutex<Mirror>>,
 ) {
-    let raise = |rev: i64| raise(&revision, rev);
     // Always ticks, even when the revision is not new (a write of this handle raised it
     // first): the mirror changed, so a reader that found it behind must look again.
     let changed = |rev: i64| {
@@ -1388,7 +1369,6 @@ async fn watch_loop(
                     let rev = resp.header().map_or(0, |h| h.revision());
                     resync(&mirror, &dir, &resp, rev);
                     next = rev + 1;
-                    raise(rev);
                     // A re-list (first start or after compaction): watchers read again.
                     changed(rev);
                 }

@@ -35,7 +35,7 @@
 //! counts; a tick means "look again", never "this is the net change".
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     fmt,
     fs::{self, File, OpenOptions},
     io::{self, Write},
@@ -61,7 +61,7 @@ use super::{
 use crate::{
     config::{self, Resource, ResourceKey},
     source,
-    validate::{Finding, Findings, validate_all},
+    validate::{Finding, Findings},
 };
 
 /// The lock file, relative to the store directory.
@@ -504,33 +504,7 @@ impl Inner {
             return Ok(true);
         }
         // Refuse a deletion that breaks what was valid.
-        let fingerprint = |f: &Finding| {
-            (
-                f.code,
-                f.resource.clone(),
-                f.field.clone(),
-                f.message.clone(),
-            )
-        };
-        let before: HashSet<_> = validate_all(&current.resources)
-            .errors()
-            .map(fingerprint)
-            .collect();
-        let remaining: Vec<Resource> = current
-            .resources
-            .iter()
-            .filter(|r| &r.key() != key)
-            .cloned()
-            .collect();
-        let after = validate_all(&remaining);
-        let new_errors: Vec<Finding> = after
-            .errors()
-            .filter(|f| !before.contains(&fingerprint(f)))
-            .cloned()
-            .collect();
-        if !new_errors.is_empty() {
-            return Err(StoreError::Invalid(Findings(new_errors)));
-        }
+        super::validate_delete(&current.resources, key)?;
         let keys = BTreeSet::from([key.clone()]);
         let mut writes = Vec::new();
         for file in &files {

@@ -566,6 +566,41 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     url.parse::<StoreUrl>()?.open()
 }
 
+/// Refuses deleting `key` from the stored `resources` when that would add validation errors
+/// (a rule left referring to it): the errors it would add, as [`StoreError::Invalid`].
+pub(crate) fn validate_delete(
+    resources: &[Resource],
+    key: &crate::config::ResourceKey,
+) -> Result<(), StoreError> {
+    use std::collections::HashSet;
+
+    use crate::validate::{Finding, validate_all};
+    let fingerprint = |f: &Finding| {
+        (
+            f.code,
+            f.resource.clone(),
+            f.field.clone(),
+            f.message.clone(),
+        )
+    };
+    let before: HashSet<_> = validate_all(resources).errors().map(fingerprint).collect();
+    let remaining: Vec<Resource> = resources
+        .iter()
+        .filter(|r| &r.key() != key)
+        .cloned()
+        .collect();
+    let new_errors: Vec<Finding> = validate_all(&remaining)
+        .errors()
+        .filter(|f| !before.contains(&fingerprint(f)))
+        .cloned()
+        .collect();
+    if new_errors.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(Findings(new_errors)))
+    }
+}
+
 /// What a write is validated against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Check {

@@ -273,11 +273,9 @@ impl Listed {
     /// Everything [`validate_all`] reports on the resources, plus the listing's findings,
     /// sorted: with the schema checks of unchanged resources re-used.
     fn validate(&self) -> Findings {
-        let mut validation = Findings(self.schema.iter().flatten().cloned().collect());
-        validation.0.extend(analysis::analyze(&self.resources));
-        validation.sort();
         let mut findings = self.findings.clone();
-        findings.0.extend(validation.0);
+        findings.0.extend(self.schema.iter().flatten().cloned());
+        findings.0.extend(analysis::analyze(&self.resources));
         findings.sort();
         findings
     }

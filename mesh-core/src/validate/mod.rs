@@ -173,8 +173,8 @@ impl Findings {
     /// Sorts by file, line, severity and code, so output is stable.
     pub fn sort(&mut self) {
         self.0.sort_by(|a, b| {
-            let fa = a.file.as_ref().and_then(|o| o.file.clone());
-            let fb = b.file.as_ref().and_then(|o| o.file.clone());
+            let fa = a.file.as_ref().and_then(|o| o.file.as_deref());
+            let fb = b.file.as_ref().and_then(|o| o.file.as_deref());
             (fa, a.line, a.severity, a.code.id, &a.message)
                 .cmp(&(fb, b.line, b.severity, b.code.id, &b.message))
         });
