@@ -12,6 +12,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -310,28 +311,44 @@ impl Drop for Procs {
     }
 }
 
-/// Reads lines of a child's stdout until one starts with `prefix`; returns the rest.
+/// A child's stdout, read line by line on a thread of its own, so that waiting for a line
+/// can time out (a blocking read cannot). The thread drains the pipe until the child closes
+/// it, so the child never blocks or dies writing.
+struct ChildLines(mpsc::Receiver<std::io::Result<String>>);
+
+impl ChildLines {
+    fn new(stdout: ChildStdout) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let _ = tx.send(line);
+            }
+        });
+        Self(rx)
+    }
+}
+
+/// Waits for a line of a child's stdout that starts with `prefix`; returns the rest.
 fn expect_line(
-    out: &mut BufReader<ChildStdout>,
+    out: &ChildLines,
     role: &str,
     prefix: &str,
     timeout: Duration,
 ) -> anyhow::Result<String> {
     let deadline = Instant::now() + timeout;
-    let mut line = String::new();
     loop {
-        line.clear();
-        let n = out
-            .read_line(&mut line)
-            .with_context(|| format!("reading the {role} process's output"))?;
-        if n == 0 {
-            bail!("the {role} process exited before saying `{prefix}`; see its messages above");
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match out.0.recv_timeout(left) {
+            Ok(line) => line.with_context(|| format!("reading the {role} process's output"))?,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!("the {role} process did not say `{prefix}` within {timeout:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the {role} process exited before saying `{prefix}`; see its messages above")
+            }
+        };
         if let Some(rest) = line.trim_end().strip_prefix(prefix) {
             return Ok(rest.trim().to_owned());
-        }
-        if Instant::now() > deadline {
-            bail!("the {role} process did not say `{prefix}` within {timeout:?}");
         }
     }
 }
@@ -557,16 +574,12 @@ fn measure(
         server.arg("--pki").arg(p);
     }
     let mut child = server.spawn().context("starting the server process")?;
-    let mut server_out = BufReader::new(child.stdout.take().context("server stdout")?);
+    let server_out = ChildLines::new(child.stdout.take().context("server stdout")?);
     procs.children.push(("server", child));
-    let addr: SocketAddr = expect_line(
-        &mut server_out,
-        "server",
-        "listening",
-        Duration::from_secs(30),
-    )?
-    .parse()
-    .context("the server's address")?;
+    let addr: SocketAddr =
+        expect_line(&server_out, "server", "listening", Duration::from_secs(30))?
+            .parse()
+            .context("the server's address")?;
 
     // The proxies of the sidecar paths.
     let target = if path.is_sidecar() {
@@ -619,10 +632,10 @@ fn measure(
     }
     let mut child = load.spawn().context("starting the load generator")?;
     let mut load_in: ChildStdin = child.stdin.take().context("load generator stdin")?;
-    let mut load_out = BufReader::new(child.stdout.take().context("load generator stdout")?);
+    let load_out = ChildLines::new(child.stdout.take().context("load generator stdout")?);
     procs.children.push(("client", child));
 
-    expect_line(&mut load_out, "client", "ready", Duration::from_secs(60))?;
+    expect_line(&load_out, "client", "ready", Duration::from_secs(60))?;
     procs.check_alive()?;
     let pids = procs.pids();
     let before = pids
@@ -632,7 +645,7 @@ fn measure(
     writeln!(load_in, "go").context("starting the measurement")?;
     load_in.flush()?;
     let budget = plan.duration * 3 + Duration::from_secs(30);
-    expect_line(&mut load_out, "client", "end", budget)?;
+    expect_line(&load_out, "client", "end", budget)?;
     procs.check_alive()?;
     let after = pids
         .iter()
@@ -645,7 +658,7 @@ fn measure(
     writeln!(load_in, "report").context("asking for the result")?;
     load_in.flush()?;
     let result: load::LoadResult = serde_json::from_str(&expect_line(
-        &mut load_out,
+        &load_out,
         "client",
         "result",
         Duration::from_secs(10),
