@@ -138,8 +138,10 @@ impl CircuitBreakers {
         Self::default()
     }
 
-    /// Requests refused because a cluster's limit was reached, since these breakers were
-    /// created (Envoy's `upstream_rq_pending_overflow`, summed over clusters).
+    /// Tries refused because a cluster's limit was reached, since these breakers were
+    /// created, summed over clusters: requests over a connection, pending or request limit
+    /// (Envoy's `upstream_rq_pending_overflow`) and retries over `maxRetries` (Envoy's
+    /// `upstream_rq_retry_overflow`).
     pub fn overflows(&self) -> u64 {
         self.inner
             .overflows

@@ -22,7 +22,7 @@ use crate::{
 /// | `mesh_retries_total` | counter | retries sent (Envoy `upstream_rq_retry`) |
 /// | `mesh_retry_budget_exhausted_total` | counter | retries refused by the retry budget (`upstream_rq_retry_overflow`) |
 /// | `mesh_retry_limit_exceeded_total` | counter | retries refused by `attempts` (`upstream_rq_retry_limit_exceeded`) |
-/// | `mesh_upstream_rq_pending_overflow_total` | counter | requests refused by a circuit breaker (503 `UO`) |
+/// | `mesh_upstream_rq_pending_overflow_total` | counter | tries refused by a circuit-breaker limit: requests over `maxConnections` + pending, `http2MaxRequests` (503 `UO`), and retries over `maxRetries` (not made; the response at hand flagged `UO`) |
 /// | `mesh_outlier_ejections_total` | counter | outlier-detection ejections, over the endpoints tracked |
 /// | `mesh_config_generation` | gauge | snapshots built from the store so far |
 /// | `mesh_config_reload_errors_total` | counter | configuration changes refused |
@@ -108,7 +108,7 @@ impl MeshCounters {
         self.counter(
             metrics.meter(),
             "mesh_upstream_rq_pending_overflow_total",
-            "Requests refused by a circuit breaker (503 UO)",
+            "Tries refused by a circuit-breaker limit (requests answered 503 UO, retries over maxRetries not made)",
             move || breakers.overflows(),
         )
     }
