@@ -122,10 +122,7 @@ pub const DEFAULT_SAMPLING: f64 = 1.0;
 /// How long an OTLP export may take before it is abandoned (the exporter's default).
 pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The label Istio reads a workload's canonical service from.
-pub const CANONICAL_NAME_LABEL: &str = "service.istio.io/canonical-name";
-/// The label Istio reads a workload's canonical revision from.
-pub const CANONICAL_REVISION_LABEL: &str = "service.istio.io/canonical-revision";
+pub use super::layer::{CANONICAL_NAME_LABEL, CANONICAL_REVISION_LABEL};
 
 // === RequestTrace, current, scope ===
 
@@ -481,17 +478,15 @@ impl TracingBuilder {
     /// `version`, else `latest`. The service host (inbound span names) is
     /// `<app>.<namespace>.svc.cluster.local`, the host the workload is an endpoint of.
     pub fn workload(mut self, workload: &crate::mesh::Workload) -> Self {
-        let label = |keys: &[&str]| keys.iter().find_map(|k| workload.labels.get(*k).cloned());
-        let service = label(&[CANONICAL_NAME_LABEL, "app.kubernetes.io/name", "app"])
-            .unwrap_or_else(|| workload.name.clone());
-        let revision = label(&[
-            CANONICAL_REVISION_LABEL,
-            "app.kubernetes.io/version",
-            "version",
-        ])
-        .unwrap_or_else(|| "latest".to_owned());
-        let app = workload.labels.get("app").unwrap_or(&service);
-        self.service_host = Some(format!("{app}.{}.svc.cluster.local", workload.namespace));
+        // The same rules as the metrics' labels.
+        let local = super::layer::LocalWorkload::from_workload(workload);
+        let labels = local.peer_labels(false);
+        let service = labels.canonical_service.to_string();
+        self.service_host = Some(
+            local
+                .service_host()
+                .unwrap_or_else(|| format!("{service}.{}.svc.{}", local.namespace, local.domain)),
+        );
         let ip = workload
             .address
             .map_or_else(|| "0.0.0.0".to_owned(), |a| a.ip().to_string());
@@ -502,7 +497,7 @@ impl TracingBuilder {
             ns = workload.namespace
         ));
         self.canonical_service = Some(service);
-        self.canonical_revision = Some(revision);
+        self.canonical_revision = Some(labels.canonical_revision.to_string());
         self.namespace = Some(workload.namespace.clone());
         self
     }
