@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
+use http::{Extensions, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use mesh_core::{
     BoxError,
     policy::retry::{RetryBudget, RetryPolicy, backoff_ceiling, jittered},
@@ -53,7 +53,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<S, F> {
         Once { #[pin] future: F },
-        First { #[pin] future: F, rest: Option<FirstTry<S>> },
+        // `rest` is boxed: inline it would make this future (and every future wrapping it,
+        // moved once per layer on every call) hundreds of bytes larger.
+        First { #[pin] future: F, rest: Option<Box<FirstTry<S>>> },
         Retrying { future: BoxFuture },
     }
 }
@@ -79,7 +81,7 @@ impl<S, F> ResponseFuture<S, F> {
         Self {
             kind: Kind::First {
                 future,
-                rest: Some(rest),
+                rest: Some(Box::new(rest)),
             },
             active: Some(active),
         }
@@ -143,7 +145,7 @@ where
                             template,
                             policy,
                             shared,
-                        } = first;
+                        } = *first;
                         let method = template.method.clone();
                         let retrying = Box::pin(retry_after(
                             svc,
@@ -381,12 +383,17 @@ fn draw_backoff(ceiling: Duration) -> Duration {
     jittered(ceiling, rand::rng().random::<f64>())
 }
 
+/// A request's headers, in order and with repeated names as they were: a copy that costs no
+/// allocation for a few headers (a `HeaderMap` clone allocates twice), rebuilt into a map only
+/// when the request is retried.
+type HeaderList = smallvec::SmallVec<[(HeaderName, HeaderValue); 4]>;
+
 /// What every try of a request is built from.
 pub(super) struct Template {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    headers: HeaderList,
     extensions: ReplayExtensions,
     body: Replay,
 }
@@ -498,7 +505,11 @@ impl Template {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts.headers.clone(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
             extensions: ReplayExtensions::capture(&parts.extensions),
             body,
         }
@@ -532,7 +543,11 @@ impl Template {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in &self.headers {
+            headers.append(name, value.clone());
+        }
         *req.extensions_mut() = self.extensions.to_extensions();
         req
     }
