@@ -27,6 +27,8 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use tokio::net::TcpStream;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// One CA and what both ends need from it.
@@ -68,23 +70,7 @@ impl Pki {
     }
 
     fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(self.ca.trust_bundle_pem().as_bytes()) {
-            roots.add(cert.expect("root")).expect("root");
-        }
-        roots
-    }
-
-    fn chain_and_key(
-        chain_pem: &str,
-        key: &KeyPair,
-    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("chain");
-        let key =
-            PrivateKeyDer::from_pem_slice(key.to_pem().expose_secret().as_bytes()).expect("key");
-        (chain, key)
+        roots_from_pem(self.ca.trust_bundle_pem().as_bytes()).expect("roots")
     }
 
     /// The bare server's TLS: a `localhost` certificate, client certificates required and
@@ -95,20 +81,12 @@ impl Pki {
             .ca
             .issue_server_cert(&key, &["localhost".to_owned()], &Self::id("server"), HOUR)
             .expect("server cert");
-        let (chain, key) = Self::chain_and_key(&bundle.chain_pem(), &key);
-        let provider = Arc::new(ring::default_provider());
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()), provider.clone())
-                .build()
-                .expect("verifier");
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .expect("server config");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
+        let (chain, key) = chain_and_key_from_pem(
+            bundle.chain_pem().as_bytes(),
+            key.to_pem().expose_secret().as_bytes(),
+        )
+        .expect("chain and key");
+        server_config(chain, key, self.roots(), &[b"http/1.1"]).expect("server config")
     }
 
     /// The bare client's TLS: the CA as the only root, a workload certificate as the client's.
@@ -118,16 +96,79 @@ impl Pki {
             .ca
             .issue(&Self::id("client"), &key, HOUR)
             .expect("issue");
-        let (chain, key) = Self::chain_and_key(&bundle.chain_pem(), &key);
-        let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(self.roots())
-            .with_client_auth_cert(chain, key)
-            .expect("client config");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
+        let (chain, key) = chain_and_key_from_pem(
+            bundle.chain_pem().as_bytes(),
+            key.to_pem().expose_secret().as_bytes(),
+        )
+        .expect("chain and key");
+        client_config(chain, key, self.roots(), b"http/1.1").expect("client config")
     }
+}
+
+/// A certificate chain and its private key, from PEM.
+///
+/// # Errors
+/// A PEM section that does not parse, or no private key.
+pub fn chain_and_key_from_pem(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), rustls_pki_types::pem::Error> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)?;
+    Ok((chain, key))
+}
+
+/// A root store holding every certificate of a PEM trust bundle.
+///
+/// # Errors
+/// A certificate that does not parse or that rustls refuses as a root.
+pub fn roots_from_pem(bundle_pem: &[u8]) -> Result<RootCertStore, BoxError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle_pem) {
+        roots.add(cert?)?;
+    }
+    Ok(roots)
+}
+
+/// A bare rustls server (ring, the stock cipher suites and versions): `chain` as its
+/// certificate, client certificates required and verified against `roots`, ALPN `alpn`.
+///
+/// # Errors
+/// rustls refuses the key or the roots.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: RootCertStore,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, BoxError> {
+    let provider = Arc::new(ring::default_provider());
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A bare rustls client (ring, the stock cipher suites and versions): `roots` as its only
+/// roots, `chain` as its client certificate, ALPN `alpn`.
+///
+/// # Errors
+/// rustls refuses the key.
+pub fn client_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: RootCertStore,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, BoxError> {
+    let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A TLS stream as hyper-util's client wants it.

@@ -207,25 +207,22 @@ impl Mode {
     }
 }
 
-/// Parses `10s`, `1500ms`, `2m` or a plain number of seconds.
+/// Parses a Go-style duration as Istio writes them (`10s`, `1500ms`, `1m30s`), or a plain
+/// number of seconds; it must be more than zero.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a duration such as 10s or 500ms"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s or m)")),
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => Duration::ZERO,
+        Err(_) => s
+            .parse::<mesh_core::duration::Duration>()
+            .map_err(|e| format!("`{s}`: {e} (e.g. 10s, 500ms, 1m30s)"))?
+            .as_std(),
     };
-    if !(secs.is_finite() && secs > 0.0) {
+    if d.is_zero() {
         return Err(format!("`{s}`: must be more than zero"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 /// Entry point of the binary.
@@ -716,4 +713,21 @@ fn measure(
         ratio_to_bare: None,
         ratio_to_bare_tls: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_istio_writes_them_or_as_seconds() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration(" 2 "), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["0s", "0", "-1", "10x", "", "ten"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -8,15 +8,14 @@ use std::{
 };
 
 use anyhow::Context;
+use benches::tls;
 use mesh_ca::{
     CaOptions, CertificateAuthority,
     identity::Identity,
     key::{KeyAlgorithm, KeyPair},
 };
-use rustls::{
-    ClientConfig, RootCertStore, ServerConfig, crypto::ring, server::WebPkiClientVerifier,
-};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 const LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -98,14 +97,9 @@ fn rustls_parts(
     RootCertStore,
 )> {
     let (chain, key, ca) = load(dir, name)?;
-    let chain = CertificateDer::pem_slice_iter(&chain)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{name}.crt"))?;
-    let key = PrivateKeyDer::from_pem_slice(&key).with_context(|| format!("{name}.key"))?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&ca) {
-        roots.add(cert.context("ca.pem")?).context("ca.pem")?;
-    }
+    let (chain, key) =
+        tls::chain_and_key_from_pem(&chain, &key).with_context(|| format!("{name}.crt/.key"))?;
+    let roots = tls::roots_from_pem(&ca).map_err(|e| anyhow::anyhow!("ca.pem: {e}"))?;
     Ok((chain, key, roots))
 }
 
@@ -113,29 +107,13 @@ fn rustls_parts(
 /// by rustls' stock verifier, ring, ALPN `h2` and `http/1.1`.
 pub(crate) fn bare_server(dir: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let (chain, key, roots) = rustls_parts(dir, "server")?;
-    let provider = Arc::new(ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .context("client certificate verifier")?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .context("server certificate")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    tls::server_config(chain, key, roots, &[b"h2", b"http/1.1"])
+        .map_err(|e| anyhow::anyhow!("server TLS from {}: {e}", dir.display()))
 }
 
 /// Bare client TLS: the CA as the only root, the client certificate, ALPN `alpn`.
 pub(crate) fn bare_client(dir: &Path, alpn: &[u8]) -> anyhow::Result<Arc<ClientConfig>> {
     let (chain, key, roots) = rustls_parts(dir, "client")?;
-    let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .context("client certificate")?;
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(config))
+    tls::client_config(chain, key, roots, alpn)
+        .map_err(|e| anyhow::anyhow!("client TLS from {}: {e}", dir.display()))
 }
