@@ -43,8 +43,8 @@
 //! # Differences from Envoy
 //!
 //! - `maxConnections` limits HTTP/1.1 *requests in flight* to the cluster rather than
-//!   connections: hyper-util's pool opens a connection per concurrent HTTP/1.1 request and
-//!   cannot be capped, so bounding concurrent requests bounds busy connections (idle pooled
+//!   connections: the connection pool ([`connect`](crate::connect)) opens a connection per
+//!   concurrent HTTP/1.1 request, so bounding concurrent requests bounds busy connections (idle pooled
 //!   connections are not counted). HTTP/2 requests multiplex on one connection per endpoint
 //!   and are not limited by it.
 //!

@@ -1,11 +1,9 @@
-//! hyper-util's client errors, mapped to the mesh's (see the table in the module docs).
+//! hyper's client errors, mapped to the mesh's (see the table in the module docs).
 
 use std::error::Error as StdError;
 
-use hyper_util::client::legacy;
 use mesh_core::BoxError;
 
-use super::io::ConnTag;
 use crate::error::{UpstreamConnectFailure, UpstreamReset, cause_ref};
 
 /// How h2 describes a `RST_STREAM(REFUSED_STREAM)` received from the peer
@@ -16,21 +14,20 @@ const H2_REFUSED_STREAM: &str =
 /// streams it did not process (those above its last stream id). Debug data may follow.
 const H2_REMOTE_GOAWAY_NO_ERROR: &str = "connection error received: not a result of an error";
 
-/// Maps a client error to [`UpstreamConnectFailure`], [`UpstreamReset`] or, for the errors
-/// that are neither (a malformed response, the request body failing, an unsupported
-/// request), the error itself.
-pub(super) fn classify(err: legacy::Error, endpoint: &str) -> BoxError {
-    if err.is_connect() {
-        return UpstreamConnectFailure {
-            endpoint: endpoint.to_owned(),
-            source: err.into(),
-        }
-        .into();
+/// A failure to establish a connection (connect, timeout, TLS handshake, HTTP handshake).
+pub(super) fn connect_failure(source: BoxError, endpoint: &str) -> BoxError {
+    UpstreamConnectFailure {
+        endpoint: endpoint.to_owned(),
+        source,
     }
-    let reused = err
-        .connect_info()
-        .and_then(ConnTag::of)
-        .is_some_and(|tag| tag.reused());
+    .into()
+}
+
+/// Maps an error sending a request on an established connection to [`UpstreamReset`] or,
+/// for the errors that are not resets (a malformed response, the request body failing, an
+/// unsupported request), the error itself. `reused`: the connection had carried a response
+/// before (it was taken from the pool).
+pub(super) fn classify(err: hyper::Error, endpoint: &str, reused: bool) -> BoxError {
     match reset_kind(&err, reused) {
         Some(refused) => UpstreamReset {
             endpoint: endpoint.to_owned(),
@@ -44,26 +41,23 @@ pub(super) fn classify(err: legacy::Error, endpoint: &str) -> BoxError {
 
 /// `Some(refused)` if `err` means the upstream reset or closed the connection or stream
 /// before answering; `None` for other errors.
-fn reset_kind(err: &legacy::Error, reused: bool) -> Option<bool> {
-    let hyper_err = cause_ref::<hyper::Error>(err);
-    if let Some(h) = hyper_err {
-        // The request went back unsent: the connection closed before hyper wrote it.
-        if h.is_canceled() {
-            return Some(true);
-        }
-        // EOF before the response was complete. On a connection that had carried a response
-        // before, this is the keep-alive race (the server closed it as idle while the
-        // request was on its way): refused. On a new connection the server accepted and
-        // then closed it after the request was written: it may have seen the request.
-        if h.is_incomplete_message() {
-            return Some(reused);
-        }
-        // A user error (the request body failed) or a parse error is not a reset.
-        if h.is_user() || h.is_parse() {
-            return None;
-        }
+fn reset_kind(h: &hyper::Error, reused: bool) -> Option<bool> {
+    // The request went back unsent: the connection closed before hyper wrote it.
+    if h.is_canceled() {
+        return Some(true);
     }
-    if chain(err).any(|e| {
+    // EOF before the response was complete. On a connection that had carried a response
+    // before, this is the keep-alive race (the server closed it as idle while the request
+    // was on its way): refused. On a new connection the server accepted and then closed it
+    // after the request was written: it may have seen the request.
+    if h.is_incomplete_message() {
+        return Some(reused);
+    }
+    // A user error (the request body failed) or a parse error is not a reset.
+    if h.is_user() || h.is_parse() {
+        return None;
+    }
+    if chain(h).any(|e| {
         let text = e.to_string();
         text == H2_REFUSED_STREAM || text.starts_with(H2_REMOTE_GOAWAY_NO_ERROR)
     }) {
@@ -71,8 +65,8 @@ fn reset_kind(err: &legacy::Error, reused: bool) -> Option<bool> {
     }
     // Any other HTTP/2 stream or connection error, or the socket failing, after the request
     // was handed to the connection.
-    let h2 = hyper_err.is_some_and(|h| h.to_string() == "http2 error");
-    let io = cause_ref::<std::io::Error>(err).is_some_and(|io| {
+    let h2 = h.to_string() == "http2 error";
+    let io = cause_ref::<std::io::Error>(h).is_some_and(|io| {
         matches!(
             io.kind(),
             std::io::ErrorKind::ConnectionReset
@@ -82,8 +76,7 @@ fn reset_kind(err: &legacy::Error, reused: bool) -> Option<bool> {
                 | std::io::ErrorKind::NotConnected
         )
     });
-    let closed = hyper_err.is_some_and(|h| h.is_closed());
-    (h2 || io || closed).then_some(false)
+    (h2 || io || h.is_closed()).then_some(false)
 }
 
 /// `err` and its sources.

@@ -3,29 +3,34 @@
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
-use http::{Response, uri::Authority};
-use hyper_util::client::legacy;
+use http::Response;
 use mesh_core::BoxError;
 
-use super::{
-    classify::classify,
-    io::{ConnTag, IdleOnEnd},
-};
-use crate::body::{self, Body};
+use crate::body::Body;
+
+type Inner = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
 /// The upstream's response, with its body boxed into [`Body`], or the failure mapped to the
 /// mesh's errors (see the [module docs](super)).
 pub struct ResponseFuture {
-    inner: legacy::ResponseFuture,
-    endpoint: Option<Authority>,
+    inner: Inner,
 }
 
 impl ResponseFuture {
-    pub(super) fn new(inner: legacy::ResponseFuture, endpoint: Option<Authority>) -> Self {
-        Self { inner, endpoint }
+    pub(super) fn new(
+        inner: impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            inner: Box::pin(inner),
+        }
+    }
+
+    /// A future that fails at once with `err`.
+    pub(super) fn failed(err: BoxError) -> Self {
+        Self::new(std::future::ready(Err(err)))
     }
 }
 
@@ -33,32 +38,12 @@ impl Future for ResponseFuture {
     type Output = Result<Response<Body>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = ready!(Pin::new(&mut self.inner).poll(cx));
-        Poll::Ready(match result {
-            Ok(mut res) => {
-                if let Some(tag) = res.extensions_mut().remove::<ConnTag>() {
-                    let n = tag.responded();
-                    if tag.is_limited() {
-                        // The connection may close once this response has ended.
-                        return Poll::Ready(
-                            Ok(res.map(|b| body::boxed(IdleOnEnd::new(b, tag, n)))),
-                        );
-                    }
-                }
-                Ok(res.map(body::boxed))
-            }
-            Err(err) => {
-                let endpoint = self.endpoint.as_ref().map_or("", Authority::as_str);
-                Err(classify(err, endpoint))
-            }
-        })
+        self.inner.as_mut().poll(cx)
     }
 }
 
 impl std::fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }

@@ -1,12 +1,41 @@
 //! The upstream connection: the leaf service of the outbound stack, which sends a request to
-//! the address in its URI with hyper-util's pooling client.
+//! the address in its URI over a pooled connection.
 //!
-//! [`Connect`] holds two [`hyper_util::client::legacy::Client`]s that pool connections by
-//! `scheme://authority` (the balancer puts the endpoint's `address:port` there): one speaks
-//! HTTP/1.1 and one HTTP/2 with prior knowledge (h2c). A request whose
-//! [`version`](http::Request::version) is `HTTP/2` (tonic sets it on every gRPC request) goes
-//! to the HTTP/2 client, multiplexed on one connection per endpoint; any other to the
-//! HTTP/1.1 client. Connections are TCP with `TCP_NODELAY`.
+//! The balancer has already picked the endpoint and put its `address:port` into the URI's
+//! authority, so [`Connect`] keeps a lean pool per endpoint, keyed by that authority (one
+//! hash lookup, no allocation), built on hyper's `client::conn` (each connection's driver on
+//! a Tokio task of its own). A request whose [`version`](http::Request::version) is `HTTP/2`
+//! (tonic sets it on every gRPC request) goes over HTTP/2 with prior knowledge (h2c),
+//! multiplexed on one connection per endpoint; HTTP/1.1 and HTTP/1.0 requests over HTTP/1.1;
+//! other versions fail. Connections are TCP with `TCP_NODELAY`. The URI's scheme must be
+//! `http` (TLS is the mesh's business, below).
+//!
+//! # Pooling
+//!
+//! - **HTTP/1.1**: a connection carries one request at a time. It goes back to its
+//!   endpoint's idle list when its response body has ended (read to its end, or dropped
+//!   after that; at once for a response without body); a body dropped before its end does
+//!   not give it back, and hyper closes it. A request takes the most recently used idle
+//!   connection that is still open, waiting for hyper to be ready on it, and opens a new
+//!   connection when there is none (the number of connections is the
+//!   [`breaker`](crate::breaker)'s business). The request gets a `Host` header from its URI
+//!   when it has none, and is written in origin form (`/path?query`).
+//! - **The keep-alive race**: when a server closes an idle connection just as a request is
+//!   handed to it, hyper gives the request back unsent if it saw the close first, and the
+//!   request goes on a new connection. A request already written fails as refused (see
+//!   Errors), for the [`retry`](crate::retry) layer to send again.
+//! - **HTTP/2**: one connection per endpoint, shared by concurrent requests; concurrent
+//!   first requests share one connect attempt, and a closed connection (GOAWAY, or the socket
+//!   closed) is replaced on next use. A request that the closed connection gave back unsent
+//!   goes on the new one.
+//! - **Idle connections** are closed after the idle timeout: checked when a connection is
+//!   taken, and by a sweep task per set of pools that runs every idle timeout while the pools
+//!   have endpoints (so an idle connection lives between one and two idle timeouts when no
+//!   request comes). An HTTP/2 connection is idle when no request started on it for a whole
+//!   sweep period; streams still in flight finish before hyper closes it. Endpoints without
+//!   connections are forgotten.
+//! - Responses on a mutual-TLS connection carry the server's
+//!   [`PeerIdentity`](crate::tls::PeerIdentity) in their extensions.
 //!
 //! # Mutual TLS
 //!
@@ -14,11 +43,10 @@
 //! [`MtlsConnector`]: for each new connection a lookup (the mesh's is
 //! [`tls::policy::upstream_tls`](crate::tls::policy::upstream_tls) on the current snapshot)
 //! says whether the endpoint's `address:port` gets mutual TLS (and which identities it may
-//! present) or plaintext. The pools are keyed by `scheme://authority` with the scheme always
-//! `http`, so one endpoint is either TLS or plaintext for as long as its pooled connections
-//! live; a policy change applies to new connections. The HTTP/1.1 client offers only
-//! `http/1.1` with ALPN and the HTTP/2 client only `h2`, so the protocol is the same as in
-//! plaintext. A refused handshake or a secure-naming failure is a connect failure
+//! present) or plaintext. The pools are keyed by the authority alone, so one endpoint is
+//! either TLS or plaintext for as long as its pooled connections live; a policy change
+//! applies to new connections. HTTP/1.1 connections offer only `http/1.1` with ALPN and
+//! HTTP/2 connections only `h2`, so the protocol is the same as in plaintext. A refused handshake or a secure-naming failure is a connect failure
 //! ([`UpstreamConnectFailure`], `503 UF`) whose source is the [`TlsError`] naming the peer;
 //! retries then prefer another endpoint.
 //!
@@ -30,7 +58,7 @@
 //! | connect timeout | 10 s ([`DEFAULT_CONNECT_TIMEOUT`]) | `connectTimeout` 10 s |
 //! | idle pooled connection closed after | 90 s ([`DEFAULT_POOL_IDLE_TIMEOUT`]) | `idleTimeout` 1 h |
 //!
-//! The idle timeout is hyper-util's default rather than Istio's hour: a client that keeps an
+//! The idle timeout is hyper-util's pool default rather than Istio's hour: a client that keeps an
 //! idle connection longer than the server does races the server's close on reuse, and many
 //! servers close idle connections after a minute or less.
 //!
@@ -38,11 +66,10 @@
 //!
 //! A request carrying [`ConnectionSettings`] in its extensions (the
 //! [`breaker`](crate::breaker) layer puts them there from the destination's
-//! `trafficPolicy.connectionPool`) goes over pools built for those settings. hyper-util
-//! configures pools per client, so there is one pair of clients per distinct settings,
-//! shared by every destination with the same settings, built on first use (a small cache,
-//! read without a lock). Requests without settings use the default clients: the only cost on
-//! their path is one look into the request's extensions.
+//! `trafficPolicy.connectionPool`) goes over pools built for those settings: one set of
+//! pools per distinct settings, shared by every destination with the same settings, built on
+//! first use (a small cache, read without a lock). Requests without settings use the default
+//! pools: the only cost on their path is one look into the request's extensions.
 //!
 //! | Istio field | here |
 //! |---|---|
@@ -50,17 +77,15 @@
 //! | `tcp.tcpKeepalive` | `SO_KEEPALIVE` with `time` ([`DEFAULT_KEEPALIVE_TIME`] when unset: one value must be given to the socket), `interval`, `probes` |
 //! | `http.idleTimeout`, else `tcp.idleTimeout` | the pooled idle timeout; `0s` keeps idle connections |
 //! | `http.maxRequestsPerConnection: 1` | HTTP/1.1 requests carry `Connection: close` and are never pooled |
-//! | `http.maxRequestsPerConnection: N` | an HTTP/1.1 connection is closed once idle after its N-th response |
-//! | `tcp.maxConnectionDuration` | an HTTP/1.1 connection is closed once idle after it is this old (Envoy drains it, waiting for requests in flight, too) |
+//! | `http.maxRequestsPerConnection: N` | an HTTP/1.1 connection is closed (not given back to the pool) when its N-th response ends |
+//! | `tcp.maxConnectionDuration` | an HTTP/1.1 connection is not given back to the pool, and an idle one is closed, once it is this old (Envoy drains it, waiting for requests in flight, too) |
 //! | `http.maxConcurrentStreams` | HTTP/2: advertised in SETTINGS and used as the initial limit on streams to the server until its SETTINGS arrive; beyond the server's limit streams wait in h2 for a free one (one connection per endpoint) |
 //! | `http.h2UpgradePolicy` | not applied: the protocol follows the request (HTTP/2 requests, e.g. gRPC, go over h2c, others over HTTP/1.1) as with `DO_NOT_UPGRADE`; `UPGRADE` would need to know the endpoint speaks h2c, and an HTTP/1.1 server without it would fail every request |
 //! | `http.useClientProtocol` | what the mesh does anyway: the protocol follows the request |
 //! | `tcp.maxConnections`, `http.http1MaxPendingRequests`, `http.http2MaxRequests`, `http.maxRetries` | the [`breaker`](crate::breaker) layer |
 //!
-//! An HTTP/1.1 connection is closed "once idle": when its last response has ended and no
-//! request was written since, the connection's reader sees the end of the stream and hyper
-//! closes it; a request the pool handed out at that moment is given back unsent and
-//! hyper-util sends it on a new connection. `maxRequestsPerConnection` and
+//! A connection at its limit is closed by hyper once its last response has ended (the pool
+//! drops its sender), so requests in flight are never cut. `maxRequestsPerConnection` and
 //! `maxConnectionDuration` do not apply to HTTP/2 connections, which are shared by
 //! concurrent streams.
 //!
@@ -68,10 +93,10 @@
 //!
 //! Retries decide on the kind of failure, so hyper's errors are mapped precisely:
 //!
-//! | hyper / hyper-util condition | error |
+//! | condition | error |
 //! |---|---|
-//! | [`Error::is_connect`]: refused, unreachable, DNS failure, connect timeout | [`UpstreamConnectFailure`] |
-//! | [`hyper::Error::is_canceled`]: the connection closed before the request was written (hyper gives the request back; it retries it itself on a pooled connection) | [`UpstreamReset`] `{ refused: true }` |
+//! | establishing the connection failed: refused, unreachable, DNS failure, connect timeout, TLS handshake or secure naming, an `https` URI | [`UpstreamConnectFailure`] (its source is the connector's error) |
+//! | [`hyper::Error::is_canceled`]: the connection closed before the request was written (on a pooled connection the pool sends it on a new one first) | [`UpstreamReset`] `{ refused: true }` |
 //! | [`hyper::Error::is_incomplete_message`] (EOF before a response) on a connection that carried a response before | [`UpstreamReset`] `{ refused: true }` |
 //! | HTTP/2 `RST_STREAM(REFUSED_STREAM)` received | [`UpstreamReset`] `{ refused: true }` |
 //! | HTTP/2 `GOAWAY(NO_ERROR)` received, for a stream above its last stream id (not processed) | [`UpstreamReset`] `{ refused: true }` |
@@ -79,8 +104,8 @@
 //! | any other HTTP/2 stream or connection error; the socket reset, aborted or broken; [`hyper::Error::is_closed`] | [`UpstreamReset`] `{ refused: false }` |
 //! | anything else (a malformed response, the request body failing, an unsupported request) | the error itself |
 //!
-//! "Pooled" is known from a tag the connector attaches to each connection, counting the
-//! responses it carried. An EOF in the middle of a response *head* on a pooled connection
+//! "Pooled" means the connection was taken from the idle list (it carried a response
+//! before). An EOF in the middle of a response *head* on a pooled connection
 //! cannot be told apart from an EOF before any byte at this level, and counts as refused.
 //! hyper reports HTTP/2 reasons only as an `h2::Error` source, and h2 is not a direct
 //! dependency: the two HTTP/2 cases are recognized by h2's error text (pinned by tests
@@ -88,7 +113,7 @@
 //!
 //! # Readiness
 //!
-//! Always ready: hyper-util's client queues requests for a connection itself.
+//! Always ready: a request waits for its connection in its response future.
 //!
 //! # Examples
 //!
@@ -107,13 +132,13 @@
 //! # }
 //! ```
 //!
-//! [`Error::is_connect`]: hyper_util::client::legacy::Error::is_connect
 //! [`UpstreamConnectFailure`]: crate::error::UpstreamConnectFailure
 //! [`UpstreamReset`]: crate::error::UpstreamReset
 
 mod classify;
+mod dial;
 pub mod future;
-mod io;
+mod pool;
 mod settings;
 
 use std::{
@@ -124,16 +149,18 @@ use std::{
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Version, uri::Authority};
+use hyper::client::conn::{http1, http2};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::connect::HttpConnector,
     rt::{TokioExecutor, TokioTimer},
 };
 use mesh_core::BoxError;
 
 pub use self::settings::{ConnectionSettings, DEFAULT_KEEPALIVE_TIME, TcpKeepalive};
 use self::{
+    dial::Dial,
     future::ResponseFuture,
-    io::{ConnLimits, Connector},
+    pool::{Limits, Pool},
 };
 use crate::{
     body::Body,
@@ -158,33 +185,21 @@ const MAX_CUSTOM_POOLS: usize = 64;
 /// Clones share the connection pools.
 #[derive(Clone, Debug)]
 pub struct Connect {
-    /// Behind one `Arc`: a hyper client holds large configuration structs, and the stack
-    /// clones its inner service per request (retries, readiness), so a clone must be cheap.
+    /// Behind one `Arc`: the stack clones its inner service per request (retries,
+    /// readiness), so a clone must be cheap.
     inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
     /// The pools of destinations without connection settings.
-    default: Clients,
+    default: Arc<Pool>,
     /// How to build more pools.
     base: ConnectBuilder,
     /// Pools per distinct connection settings (copied on insert; read without a lock).
-    custom: ArcSwap<foldhash::HashMap<ConnectionSettings, Arc<Clients>>>,
+    custom: ArcSwap<foldhash::HashMap<ConnectionSettings, Arc<Pool>>>,
     /// Serializes inserts into `custom`.
     inserting: Mutex<()>,
-}
-
-#[derive(Debug)]
-enum Clients {
-    Plain {
-        http1: Client<Connector, Body>,
-        http2: Client<Connector, Body>,
-    },
-    Mtls {
-        http1: Client<Connector<MtlsConnector>, Body>,
-        http2: Client<Connector<MtlsConnector>, Body>,
-    },
 }
 
 /// Decides per new connection whether an endpoint gets mutual TLS.
@@ -229,7 +244,7 @@ impl Connect {
 
     /// True if connections may use mutual TLS (built with [`ConnectBuilder::mutual_tls`]).
     pub fn is_mutual_tls(&self) -> bool {
-        matches!(self.inner.default, Clients::Mtls { .. })
+        self.inner.base.mtls.is_some()
     }
 
     /// How many sets of pools with their own [`ConnectionSettings`] exist.
@@ -240,7 +255,7 @@ impl Connect {
 
 impl Inner {
     /// The pools for `settings`, built on first use.
-    fn clients_for(&self, settings: &ConnectionSettings) -> Arc<Clients> {
+    fn pool_for(&self, settings: &ConnectionSettings) -> Arc<Pool> {
         if let Some(c) = self.custom.load().get(settings) {
             return c.clone();
         }
@@ -249,15 +264,15 @@ impl Inner {
         if let Some(c) = current.get(settings) {
             return c.clone();
         }
-        let clients = Arc::new(self.base.clients(Some(settings)));
+        let pool = Arc::new(self.base.pool(Some(settings)));
         let mut next = if current.len() >= MAX_CUSTOM_POOLS {
             foldhash::HashMap::default()
         } else {
             (*current).clone()
         };
-        next.insert(settings.clone(), clients.clone());
+        next.insert(settings.clone(), pool.clone());
         self.custom.store(Arc::new(next));
-        clients
+        pool
     }
 }
 
@@ -277,43 +292,27 @@ impl tower::Service<Request<Body>> for Connect {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let endpoint = req.uri().authority().cloned();
-        let h2 = req.version() == Version::HTTP_2;
+        let h2 = match req.version() {
+            Version::HTTP_2 => true,
+            Version::HTTP_11 | Version::HTTP_10 => false,
+            other => {
+                let err =
+                    format!("cannot send an {other:?} request: the mesh speaks HTTP/1 and HTTP/2");
+                return ResponseFuture::failed(err.into());
+            }
+        };
         // Destinations with connection settings (from their DestinationRule) have pools of
         // their own; the others use the default pools.
-        let custom = match req.extensions().get::<ConnectionSettings>() {
-            None => None,
-            Some(settings) => Some((
-                self.inner.clients_for(settings),
-                !h2 && settings.one_request_per_connection(),
-            )),
+        let Some(settings) = req.extensions().get::<ConnectionSettings>() else {
+            return self.inner.default.send(req, h2);
         };
-        let custom = custom.map(|(clients, close)| {
-            if close {
-                // `maxRequestsPerConnection: 1`: no keep-alive.
-                req.headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            clients
-        });
-        let clients = custom.as_deref().unwrap_or(&self.inner.default);
-        let future = match clients {
-            Clients::Plain { http1, http2 } => {
-                if h2 {
-                    http2.request(req)
-                } else {
-                    http1.request(req)
-                }
-            }
-            Clients::Mtls { http1, http2 } => {
-                if h2 {
-                    http2.request(req)
-                } else {
-                    http1.request(req)
-                }
-            }
-        };
-        ResponseFuture::new(future, endpoint)
+        let pool = self.inner.pool_for(settings);
+        if !h2 && settings.one_request_per_connection() {
+            // `maxRequestsPerConnection: 1`: no keep-alive.
+            req.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        pool.send(req, h2)
     }
 }
 
@@ -351,7 +350,7 @@ impl ConnectBuilder {
     /// Builds the connector. It spawns its connection tasks on the Tokio runtime it is used
     /// from.
     pub fn build(self) -> Connect {
-        let default = self.clients(None);
+        let default = Arc::new(self.pool(None));
         Connect {
             inner: Arc::new(Inner {
                 default,
@@ -362,8 +361,8 @@ impl ConnectBuilder {
         }
     }
 
-    /// The HTTP/1.1 and HTTP/2 clients, with a destination's settings if given.
-    fn clients(&self, settings: Option<&ConnectionSettings>) -> Clients {
+    /// The pools, with a destination's settings if given.
+    fn pool(&self, settings: Option<&ConnectionSettings>) -> Pool {
         let connect_timeout = settings
             .and_then(ConnectionSettings::get_connect_timeout)
             .or(self.connect_timeout);
@@ -378,39 +377,25 @@ impl ConnectBuilder {
             tcp.set_keepalive_interval(ka.interval);
             tcp.set_keepalive_retries(ka.probes);
         }
-        // Limits on the life of HTTP/1.1 connections (one request per connection is done
-        // with `Connection: close` instead).
-        let limits = settings.map_or_else(ConnLimits::default, |s| ConnLimits {
-            max_requests: s
-                .get_max_requests_per_connection()
+        let limits = Limits {
+            idle_timeout,
+            max_requests: settings
+                .and_then(ConnectionSettings::get_max_requests_per_connection)
                 .map(|n| u64::from(n.get()))
                 .filter(|n| *n > 1),
-            max_duration: s.get_max_connection_duration(),
-        });
-        let max_streams = settings.and_then(ConnectionSettings::get_max_concurrent_streams);
-        let builder = |http2_only: bool| {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .http2_only(http2_only);
-            if let Some(max) = max_streams.filter(|_| http2_only) {
-                b.http2_initial_max_send_streams(usize::try_from(max).unwrap_or(usize::MAX))
-                    .http2_max_concurrent_streams(max);
-            }
-            if settings.is_some_and(ConnectionSettings::one_request_per_connection) && !http2_only {
-                b.pool_max_idle_per_host(0);
-            }
-            b
+            max_duration: settings.and_then(ConnectionSettings::get_max_connection_duration),
+            one_per_connection: settings
+                .is_some_and(ConnectionSettings::one_request_per_connection),
         };
-        match &self.mtls {
-            None => {
-                let connector = Connector::new(tcp);
-                Clients::Plain {
-                    http1: builder(false).build(connector.clone().with_limits(limits)),
-                    http2: builder(true).build(connector),
-                }
-            }
+        let h1 = http1::Builder::new();
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new());
+        if let Some(max) = settings.and_then(ConnectionSettings::get_max_concurrent_streams) {
+            h2.initial_max_send_streams(usize::try_from(max).unwrap_or(usize::MAX))
+                .max_concurrent_streams(max);
+        }
+        let (http1_dial, http2_dial): (Box<dyn Dial>, Box<dyn Dial>) = match &self.mtls {
+            None => (Box::new(tcp.clone()), Box::new(tcp)),
             Some((identity, lookup)) => {
                 let mut tls = TlsConnector::new(identity.clone());
                 if let Some(timeout) = connect_timeout {
@@ -418,18 +403,19 @@ impl ConnectBuilder {
                 }
                 let connector = |alpn: &'static [Alpn]| {
                     let lookup = lookup.clone();
-                    Connector::new(MtlsConnector::with_connector(
+                    MtlsConnector::with_connector(
                         tcp.clone(),
                         tls.clone().alpn(alpn),
                         move |a: &Authority| lookup(a),
-                    ))
+                    )
                 };
-                Clients::Mtls {
-                    http1: builder(false).build(connector(&[Alpn::Http11]).with_limits(limits)),
-                    http2: builder(true).build(connector(&[Alpn::H2])),
-                }
+                (
+                    Box::new(connector(&[Alpn::Http11])),
+                    Box::new(connector(&[Alpn::H2])),
+                )
             }
-        }
+        };
+        Pool::new(http1_dial, http2_dial, h1, h2, limits)
     }
 }
 

@@ -377,6 +377,304 @@ async fn a_request_without_an_authority_fails_without_a_reset() {
     assert!(cause_ref::<UpstreamConnectFailure>(&*err).is_none());
 }
 
+#[tokio::test]
+async fn sequential_http1_requests_share_one_connection() {
+    let (addr, accepted) = echo_server().await;
+    let connect = Connect::new();
+    for _ in 0..10 {
+        let res = connect.clone().oneshot(get(addr, Version::HTTP_11)).await;
+        assert_eq!(
+            text(res.expect("response")).await,
+            "HTTP/1.1 reviews:9080 /path"
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one TCP connection");
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_end_does_not_give_the_connection_back() {
+    // The first connection sends part of its body and then nothing; the others answer.
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    let closed_tx = Arc::new(std::sync::Mutex::new(Some(closed_tx)));
+    let addr = raw_server(move |mut stream, n| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            if n == 0 {
+                read_head(&mut stream).await;
+                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc";
+                stream.write_all(head).await.expect("write");
+                // Wait for the client to close the connection.
+                let mut rest = [0; 64];
+                while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+                if let Some(tx) = closed_tx.lock().expect("lock").take() {
+                    let _ = tx.send(());
+                }
+                return;
+            }
+            while read_head(&mut stream).await {
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                stream.write_all(ok).await.expect("write");
+            }
+        }
+    })
+    .await;
+    let connect = Connect::new();
+    let res = connect
+        .clone()
+        .oneshot(get(addr, Version::HTTP_11))
+        .await
+        .expect("first response");
+    let mut body = res.into_body();
+    let frame = body.frame().await.expect("a frame").expect("data");
+    assert_eq!(frame.into_data().expect("data"), "abc");
+    drop(body);
+    // The next request gets a new connection (on the old one it would wait forever).
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        connect.clone().oneshot(get(addr, Version::HTTP_11)),
+    )
+    .await
+    .expect("not sent on the unfinished connection")
+    .expect("second response");
+    assert_eq!(text(res).await, "ok");
+    tokio::time::timeout(Duration::from_secs(10), closed_rx)
+        .await
+        .expect("the unfinished connection is closed")
+        .expect("signal");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_is_not_used() {
+    // The first connection answers once, then closes when told to (a server closing an idle
+    // keep-alive connection); the request after that goes on a new connection. (When the
+    // close crosses the request on the wire, hyper gives the request back unsent if it saw
+    // the close first, and the pool sends it on a new connection; otherwise the request
+    // fails as refused.)
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let signals = Arc::new(std::sync::Mutex::new(Some((close_rx, closed_tx))));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let addr = raw_server(move |mut stream, n| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let signals = signals.clone();
+        async move {
+            if n == 0 {
+                read_head(&mut stream).await;
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                stream.write_all(ok).await.expect("write");
+                let signals = signals.lock().expect("lock").take();
+                if let Some((close, closed)) = signals {
+                    let _ = close.await;
+                    drop(stream);
+                    let _ = closed.send(());
+                }
+                return;
+            }
+            while read_head(&mut stream).await {
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew";
+                stream.write_all(ok).await.expect("write");
+            }
+        }
+    })
+    .await;
+    let connect = Connect::new();
+    let res = connect.clone().oneshot(get(addr, Version::HTTP_11)).await;
+    assert_eq!(text(res.expect("first response")).await, "ok");
+    close_tx.send(()).expect("server waits");
+    closed_rx.await.expect("server closed");
+    settle().await;
+    for _ in 0..3 {
+        let res = connect
+            .clone()
+            .oneshot(get(addr, Version::HTTP_11))
+            .await
+            .expect("sent on a new connection");
+        assert_eq!(text(res).await, "new");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_request_given_back_by_a_closing_pooled_connection_goes_on_a_new_one() {
+    // The keep-alive race, ordered: the server closes the idle connection just as the next
+    // request is handed to it, and hyper sees the close before writing the request. The
+    // server acknowledges on a side socket first and then closes, so the client's reactor
+    // wakes the test (which sends the request) before the connection's task, which then
+    // reads the end of the stream and gives the request back.
+    let side = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut ack_rx = TcpStream::connect(side.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (ack_tx, _) = side.accept().await.expect("accept");
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+    let signals = Arc::new(std::sync::Mutex::new(Some((close_rx, ack_tx))));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let addr = raw_server(move |mut stream, n| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let signals = signals.clone();
+        async move {
+            if n == 0 {
+                read_head(&mut stream).await;
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                stream.write_all(ok).await.expect("write");
+                let signals = signals.lock().expect("lock").take();
+                if let Some((close, mut ack)) = signals {
+                    let _ = close.await;
+                    ack.write_all(b"!").await.expect("ack");
+                    drop(stream);
+                    // Keep the side socket open until the test is done with it.
+                    let mut end = [0; 1];
+                    let _ = ack.read(&mut end).await;
+                }
+                return;
+            }
+            while read_head(&mut stream).await {
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew";
+                stream.write_all(ok).await.expect("write");
+            }
+        }
+    })
+    .await;
+    let connect = Connect::new();
+    let res = connect.clone().oneshot(get(addr, Version::HTTP_11)).await;
+    assert_eq!(text(res.expect("first response")).await, "ok");
+    settle().await;
+    close_tx.send(()).expect("server waits");
+    let mut ack = [0; 1];
+    ack_rx.read_exact(&mut ack).await.expect("ack");
+    let res = connect
+        .clone()
+        .oneshot(get(addr, Version::HTTP_11))
+        .await
+        .expect("sent again on a new connection");
+    assert_eq!(text(res).await, "new");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        connect.inner.default.resent(),
+        1,
+        "given back and sent again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = closed.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let addr = raw_server(move |mut stream, _| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let seen = seen.clone();
+        async move {
+            while read_head(&mut stream).await {
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                stream.write_all(ok).await.expect("write");
+            }
+            seen.store(true, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let connect = Connect::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build();
+    let res = connect.clone().oneshot(get(addr, Version::HTTP_11)).await;
+    assert_eq!(text(res.expect("response")).await, "ok");
+    assert_eq!(connect.inner.default.endpoints(), 1);
+
+    // Real time passes for the sockets; the clock stays before the timeout.
+    let wait_for_close = || async {
+        for _ in 0..200 {
+            if closed.load(Ordering::SeqCst) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            tokio::task::yield_now().await;
+        }
+        false
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !wait_for_close().await,
+        "kept while younger than the timeout"
+    );
+
+    // The sweep closes it, and forgets the endpoint, with no request coming.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(wait_for_close().await, "the server sees the close");
+    assert_eq!(connect.inner.default.endpoints(), 0);
+
+    let res = connect.oneshot(get(addr, Version::HTTP_11)).await;
+    assert_eq!(text(res.expect("response")).await, "ok");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_first_http2_requests_share_one_connection() {
+    let (addr, accepted) = echo_server().await;
+    let connect = Connect::new();
+    let requests = (0..20).map(|_| connect.clone().oneshot(get(addr, Version::HTTP_2)));
+    for res in futures_util::future::join_all(requests).await {
+        assert_eq!(
+            text(res.expect("response")).await,
+            "HTTP/2.0 reviews:9080 /path"
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_closed_http2_connection_is_replaced() {
+    // The first connection answers one request and closes.
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("h2"))))
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                if n == 0 {
+                    // Serve until the first request is answered, then go away.
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                    conn.as_mut().graceful_shutdown();
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    let connect = Connect::new();
+    let res = connect.clone().oneshot(get(addr, Version::HTTP_2)).await;
+    assert_eq!(text(res.expect("first response")).await, "h2");
+    // Past the server's GOAWAY and close.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let res = connect.clone().oneshot(get(addr, Version::HTTP_2)).await;
+    assert_eq!(text(res.expect("second response")).await, "h2");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_https_uri_is_a_connect_failure() {
+    let req = Request::get("https://127.0.0.1:1/")
+        .body(body::empty())
+        .expect("valid request");
+    let err = Connect::new().oneshot(req).await.expect_err("not http");
+    assert!(
+        cause_ref::<UpstreamConnectFailure>(&*err).is_some(),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn connection_settings_follow_istio_fields_and_defaults() {
     use mesh_core::config::networking::destination_rule::{
