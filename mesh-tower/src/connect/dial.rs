@@ -73,8 +73,10 @@ where
             let io = connecting.await.map_err(Into::into)?;
             let peer = io.peer_identity();
             let (tx, conn) = builder.handshake::<_, Body>(io).await?;
+            // With upgrades: a `101 Switching Protocols` (WebSocket) or a `CONNECT` tunnel
+            // hands the connection to the caller (`hyper::upgrade::on`).
             tokio::spawn(async move {
-                if let Err(error) = conn.await {
+                if let Err(error) = conn.with_upgrades().await {
                     tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
                 }
             });

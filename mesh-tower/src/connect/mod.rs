@@ -13,23 +13,30 @@
 //! # Pooling
 //!
 //! - **HTTP/1.1**: a connection carries one request at a time. It goes back to its
-//!   endpoint's idle list when its response body has ended (read to its end, or dropped
-//!   after that; at once for a response without body); a body dropped before its end does
-//!   not give it back, and hyper closes it. A request takes the most recently used idle
+//!   endpoint's idle list when its response body has ended (read to its end, or, for a body
+//!   of known length, dropped after its last byte; at once for a response without body); a
+//!   body dropped before its end does not give it back, and hyper closes it. A connection
+//!   still writing its request's body (the server answered before reading it all) goes back
+//!   only once hyper has written it, so no request waits behind an upload. A request takes the most recently used idle
 //!   connection that is still open, waiting for hyper to be ready on it, and opens a new
 //!   connection when there is none (the number of connections is the
 //!   [`breaker`](crate::breaker)'s business). The request gets a `Host` header from its URI
-//!   when it has none, and is written in origin form (`/path?query`).
+//!   when it has none, and is written in origin form (`/path?query`; authority form for
+//!   `CONNECT`, whose URI may then be a bare `host:port`). A `101 Switching Protocols`
+//!   (WebSocket) or a successful `CONNECT` hands the connection to the caller
+//!   ([`hyper::upgrade::on`]) and it never returns to the pool.
 //! - **The keep-alive race**: when a server closes an idle connection just as a request is
 //!   handed to it, hyper gives the request back unsent if it saw the close first, and the
 //!   request goes on a new connection. A request already written fails as refused (see
 //!   Errors), for the [`retry`](crate::retry) layer to send again.
 //! - **HTTP/2**: one connection per endpoint, shared by concurrent requests; concurrent
-//!   first requests share one connect attempt, and a closed connection (GOAWAY, or the socket
+//!   first requests share one connect attempt (which runs on a task of its own, so it
+//!   completes within the connect timeout even when they are all cancelled), and a closed connection (GOAWAY, or the socket
 //!   closed) is replaced on next use. A request that the closed connection gave back unsent
 //!   goes on the new one.
 //! - **Idle connections** are closed after the idle timeout: checked when a connection is
-//!   taken, and by a sweep task per set of pools that runs every idle timeout while the pools
+//!   taken, and by a sweep task per set of pools that runs every idle timeout (or maximum
+//!   connection duration, when shorter) while the pools
 //!   have endpoints (so an idle connection lives between one and two idle timeouts when no
 //!   request comes). An HTTP/2 connection is idle when no request started on it for a whole
 //!   sweep period; streams still in flight finish before hyper closes it. Endpoints without

@@ -167,6 +167,9 @@ struct Conn1 {
     created: Instant,
     /// Responses received on it.
     responses: u64,
+    /// The last request had a body: hyper may still be writing it after the response (a
+    /// server may answer before reading it all).
+    uploading: bool,
 }
 
 struct Idle {
@@ -207,7 +210,7 @@ impl fmt::Display for SharedError {
 
 impl std::error::Error for SharedError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        Some(&**self.0)
     }
 }
 
@@ -246,7 +249,9 @@ impl Pool {
             let err = format!("cannot send a request to {uri}: the URI has no authority");
             return ResponseFuture::failed(err.into());
         };
-        if uri.scheme() != Some(&Scheme::HTTP) {
+        // `CONNECT host:port` is in authority form: no scheme.
+        let authority_form = req.method() == Method::CONNECT && uri.scheme().is_none();
+        if !authority_form && uri.scheme() != Some(&Scheme::HTTP) {
             let err = match uri.scheme() {
                 None => format!("cannot send a request to {uri}: the URI has no scheme").into(),
                 Some(_) => connect_failure(
@@ -268,8 +273,16 @@ impl Pool {
     /// The endpoint's connections, added on first use.
     fn endpoint(self: &Arc<Self>, key: &str) -> Arc<Endpoint> {
         let mut endpoints = lock(&self.endpoints);
-        if let Some(endpoint) = endpoints.map.get(key) {
-            return endpoint.clone();
+        if let Some(endpoint) = endpoints.map.get(key).cloned() {
+            // The sweep ends with the runtime it ran on: started again on this one.
+            if endpoints
+                .sweeper
+                .as_ref()
+                .is_none_or(JoinHandle::is_finished)
+            {
+                endpoints.sweeper = self.spawn_sweeper();
+            }
+            return endpoint;
         }
         let key: Arc<str> = key.into();
         let endpoint = Arc::new(Endpoint {
@@ -363,9 +376,28 @@ impl Endpoint {
         None
     }
 
-    /// Puts an HTTP/1.1 connection whose response has ended back.
-    fn put(&self, conn: Conn1) {
+    /// Puts an HTTP/1.1 connection whose response has ended back. One still writing its
+    /// request's body goes back once hyper is done with it, so that no request waits behind
+    /// an upload (and a caller that sends its next request before finishing the body of the
+    /// previous one does not wait for itself).
+    fn put(self: &Arc<Self>, mut conn: Conn1) {
         if conn.tx.is_closed() {
+            return;
+        }
+        if conn.uploading && !conn.tx.is_ready() {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let endpoint = self.clone();
+            runtime.spawn(async move {
+                if std::future::poll_fn(|cx| conn.tx.poll_ready(cx))
+                    .await
+                    .is_ok()
+                {
+                    conn.uploading = false;
+                    endpoint.put(conn);
+                }
+            });
             return;
         }
         let since = if self.limits.idle_timeout.is_some() {
@@ -379,13 +411,22 @@ impl Endpoint {
     /// The response to a request sent on `conn`: the server's identity goes into its
     /// extensions, and the connection goes back to the idle list when its body has ended
     /// (at once for a response without body), unless it reached a limit.
-    fn respond(self: &Arc<Self>, mut conn: Conn1, res: Response<Incoming>) -> Response<Body> {
+    fn respond(
+        self: &Arc<Self>,
+        mut conn: Conn1,
+        res: Response<Incoming>,
+        connect: bool,
+    ) -> Response<Body> {
         conn.responses += 1;
         let (mut parts, incoming) = res.into_parts();
         if let Some(peer) = &conn.peer {
             parts.extensions.insert(peer.clone());
         }
-        let body = if !self.limits.reusable(&conn) {
+        // A protocol switch or a tunnel: the connection is the caller's now
+        // (`hyper::upgrade::on`), never reused.
+        let upgraded = parts.status == http::StatusCode::SWITCHING_PROTOCOLS
+            || (connect && parts.status.is_success());
+        let body = if upgraded || !self.limits.reusable(&conn) {
             // Without a sender hyper closes the connection after this response.
             body::boxed(incoming)
         } else if incoming.is_end_stream() {
@@ -410,14 +451,21 @@ impl Endpoint {
                     self.http2_used.store(true, Ordering::Relaxed);
                     return Ok((conn.clone(), false));
                 }
-                Http2Slot::Connecting(dialing) => dialing.clone(),
-                Http2Slot::Ready(_) | Http2Slot::Empty => {
+                Http2Slot::Connecting(dialing) if usable(dialing) => dialing.clone(),
+                Http2Slot::Connecting(_) | Http2Slot::Ready(_) | Http2Slot::Empty => {
                     let dst = dst(&self.key);
                     let connecting = pool.http2_dial.http2(dst, &pool.http2);
-                    let dialing: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+                    // On a task of its own: the attempt goes on (within the connect timeout)
+                    // when the requests waiting for it are cancelled, and the next request
+                    // finds its outcome instead of resuming a stale attempt.
+                    let task = tokio::spawn(async move {
                         let (tx, peer) = connecting.await.map_err(|e| SharedError(Arc::new(e)))?;
                         let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
                         Ok(Conn2 { tx, peer, id })
+                    });
+                    let dialing: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(SharedError(Arc::new(Box::new(e)))))
                     });
                     let dialing = dialing.shared();
                     state.http2 = Http2Slot::Connecting(dialing.clone());
@@ -459,6 +507,14 @@ impl Endpoint {
         state
             .idle
             .retain(|idle| !self.limits.expired(idle, now) && !idle.conn.tx.is_closed());
+        // An attempt whose requests were all cancelled: its outcome, kept.
+        if let Http2Slot::Connecting(dialing) = &state.http2 {
+            match dialing.peek() {
+                Some(Ok(conn)) => state.http2 = Http2Slot::Ready(conn.clone()),
+                Some(Err(_)) => state.http2 = Http2Slot::Empty,
+                None => {}
+            }
+        }
         let used = self.http2_used.swap(false, Ordering::Relaxed);
         if let Http2Slot::Ready(conn) = &state.http2
             && (conn.tx.is_closed() || (self.limits.idle_timeout.is_some() && !used))
@@ -467,6 +523,16 @@ impl Endpoint {
             state.http2 = Http2Slot::Empty;
         }
         state.idle.is_empty() && matches!(state.http2, Http2Slot::Empty)
+    }
+}
+
+/// True if a request may wait for (or take the outcome of) this HTTP/2 connect attempt: it
+/// is still running, or it gave a connection that is still open.
+fn usable(dialing: &Dialing2) -> bool {
+    match dialing.peek() {
+        None => true,
+        Some(Ok(conn)) => !conn.tx.is_closed(),
+        Some(Err(_)) => false,
     }
 }
 
@@ -521,7 +587,10 @@ async fn send_http1(
     mut req: Request<Body>,
 ) -> Result<Response<Body>, BoxError> {
     http1_form(&mut req, endpoint.host.as_ref());
+    let connect = req.method() == Method::CONNECT;
+    let uploading = !req.body().is_end_stream();
     while let Some(mut conn) = endpoint.take_idle() {
+        conn.uploading = uploading;
         // Its last response has ended; hyper is ready for the next request once it has
         // read that response to its end, or fails if the connection closed meanwhile.
         if !conn.tx.is_ready()
@@ -532,7 +601,7 @@ async fn send_http1(
             continue;
         }
         match conn.tx.try_send_request(req).await {
-            Ok(res) => return Ok(endpoint.respond(conn, res)),
+            Ok(res) => return Ok(endpoint.respond(conn, res, connect)),
             Err(mut err) => match err.take_message() {
                 // The keep-alive race: the server closed the connection before hyper
                 // wrote the request. Send it on a new connection.
@@ -564,8 +633,9 @@ async fn send_http1(
         peer,
         created,
         responses: 0,
+        uploading,
     };
-    Ok(endpoint.respond(conn, res))
+    Ok(endpoint.respond(conn, res, connect))
 }
 
 async fn send_http2(
@@ -657,5 +727,18 @@ impl http_body::Body for PoolBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn a_shared_connect_error_has_the_error_itself_as_its_source() {
+        let err = SharedError(Arc::new(Box::new(std::io::Error::other("refused"))));
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(source.downcast_ref::<std::io::Error>().is_some());
+        assert_eq!(err.to_string(), "refused");
     }
 }

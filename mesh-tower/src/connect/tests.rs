@@ -732,3 +732,85 @@ fn connection_settings_follow_istio_fields_and_defaults() {
     };
     assert_eq!(super::ConnectionSettings::from_istio(&limits_only), None);
 }
+
+#[tokio::test]
+async fn a_switching_protocols_response_hands_the_connection_to_the_caller() {
+    // The server switches to a protocol of its own: answers `ping` with `pong` on the raw
+    // connection.
+    let addr = raw_server(|mut stream, _| async move {
+        if !read_head(&mut stream).await {
+            return;
+        }
+        let _ = stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+            )
+            .await;
+        let mut ping = [0; 4];
+        if stream.read_exact(&mut ping).await.is_ok() && &ping == b"ping" {
+            let _ = stream.write_all(b"pong").await;
+        }
+    })
+    .await;
+    let req = Request::get(format!("http://{addr}/ws"))
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "echo")
+        .body(body::empty())
+        .expect("valid request");
+    let mut res = Connect::new().oneshot(req).await.expect("response");
+    assert_eq!(res.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    let upgraded = tokio::time::timeout(Duration::from_secs(5), hyper::upgrade::on(&mut res))
+        .await
+        .expect("upgrade in time")
+        .expect("the connection is handed over");
+    let mut io = TokioIo::new(upgraded);
+    io.write_all(b"ping").await.expect("write");
+    let mut pong = [0; 4];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut pong))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert_eq!(&pong, b"pong");
+}
+
+#[tokio::test]
+async fn a_request_does_not_wait_behind_an_upload_the_server_answered_early() {
+    // The server answers each request as soon as its head arrives, without reading bodies,
+    // and keeps the connection open.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let addr = raw_server(move |mut stream, _| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            while read_head(&mut stream).await {
+                if stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let connect = Connect::new();
+    // An upload whose body never ends.
+    let never = futures_util::stream::pending::<Result<http_body::Frame<Bytes>, BoxError>>();
+    let upload = Request::post(format!("http://{addr}/upload"))
+        .body(body::boxed(http_body_util::StreamBody::new(never)))
+        .expect("valid request");
+    let res = connect.clone().oneshot(upload).await.expect("early answer");
+    assert_eq!(text(res).await, "ok");
+    // The next request gets an answer (on another connection) instead of waiting for the
+    // upload to end.
+    let res = tokio::time::timeout(
+        Duration::from_secs(5),
+        connect.clone().oneshot(get(addr, Version::HTTP_11)),
+    )
+    .await
+    .expect("not stuck behind the upload")
+    .expect("response");
+    assert_eq!(text(res).await, "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
