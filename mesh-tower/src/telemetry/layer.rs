@@ -1033,17 +1033,24 @@ fn add_baggage(headers: &mut http::HeaderMap, ours: &HeaderValue) {
     if ours.is_empty() {
         return;
     }
-    match headers.get(&BAGGAGE) {
-        None => {
-            headers.insert(BAGGAGE, ours.clone());
+    if headers.is_empty() {
+        // Nothing to merge with (and nothing to look up).
+        headers.insert(BAGGAGE, ours.clone());
+        return;
+    }
+    // One hashed lookup for both cases.
+    match headers.entry(BAGGAGE) {
+        http::header::Entry::Vacant(e) => {
+            e.insert(ours.clone());
         }
-        Some(theirs) => {
+        http::header::Entry::Occupied(mut e) => {
+            let theirs = e.get();
             let mut v = Vec::with_capacity(ours.len() + 1 + theirs.len());
             v.extend_from_slice(ours.as_bytes());
             v.push(b',');
             v.extend_from_slice(theirs.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&v) {
-                headers.insert(BAGGAGE, v);
+                e.insert(v);
             }
         }
     }

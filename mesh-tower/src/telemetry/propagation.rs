@@ -199,83 +199,234 @@ impl fmt::Display for Hex<'_> {
 /// The trace context of incoming `headers`: W3C first, then B3 single, then B3 multi (see
 /// the [module docs](self) for why and for the parsing rules). `None` when no source is valid.
 pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
-    extract_w3c(headers)
-        .or_else(|| extract_b3_single(headers))
-        .or_else(|| extract_b3_multi(headers))
+    TraceHeaders::of(headers).extract()
 }
 
 /// The context of a single valid `traceparent`, with the `tracestate` when that is valid.
 pub fn extract_w3c(headers: &HeaderMap) -> Option<TraceContext> {
-    let mut values = headers.get_all(TRACEPARENT).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    let (trace_id, span_id, flags) = parse_traceparent(value.as_bytes())?;
-    Some(TraceContext {
-        trace_id,
-        span_id,
-        parent_span_id: None,
-        sampled: Some(flags & 1 == 1),
-        debug: false,
-        tracestate: extract_tracestate(headers),
-    })
+    TraceHeaders::of(headers).extract_w3c()
 }
 
 /// The context of the B3 single header `b3`, when it carries ids.
 pub fn extract_b3_single(headers: &HeaderMap) -> Option<TraceContext> {
-    match parse_b3_single(headers.get(B3)?.as_bytes())? {
-        B3Single::Context(ctx) => Some(ctx),
-        B3Single::SamplingOnly { .. } => None,
-    }
+    TraceHeaders::of(headers).extract_b3_single()
 }
 
 /// The context of the B3 multi headers `x-b3-*`.
 pub fn extract_b3_multi(headers: &HeaderMap) -> Option<TraceContext> {
-    let trace_id = parse_b3_trace_id(headers.get(X_B3_TRACEID)?.as_bytes())?;
-    let span_id = parse_b3_span_id(headers.get(X_B3_SPANID)?.as_bytes())?;
-    let parent_span_id = match headers.get(X_B3_PARENTSPANID) {
-        None => None,
-        Some(v) => parse_b3_parent(v.as_bytes())?,
-    };
-    let debug = b3_debug(headers);
-    let sampled = match headers.get(X_B3_SAMPLED) {
-        None => None,
-        Some(v) => Some(parse_b3_sampled(v.as_bytes())?),
-    };
-    Some(TraceContext {
-        trace_id,
-        span_id,
-        parent_span_id,
-        sampled: if debug { Some(true) } else { sampled },
-        debug,
-        tracestate: None,
-    })
+    TraceHeaders::of(headers).extract_b3_multi()
 }
 
 /// A sampling decision carried without a trace context (`b3: 0`, `b3: d`, `x-b3-sampled: 0`
 /// or `x-b3-flags: 1` without valid ids), for the caller's new root span; `None` when the
 /// headers carry no decision or [`extract`] finds a context (whose decision wins).
 pub fn sampling_decision(headers: &HeaderMap) -> Option<bool> {
-    if extract(headers).is_some() {
+    let found = TraceHeaders::of(headers);
+    if found.extract().is_some() {
         return None;
     }
-    bare_sampling_decision(headers)
+    found.bare_sampling_decision()
 }
 
-/// [`sampling_decision`] for headers [`extract`] found no context in.
-pub(crate) fn bare_sampling_decision(headers: &HeaderMap) -> Option<bool> {
-    if let Some(B3Single::SamplingOnly { sampled }) =
-        headers.get(B3).and_then(|v| parse_b3_single(v.as_bytes()))
-    {
-        return Some(sampled);
+/// Maps with at most this many names are scanned once for the trace headers; larger ones
+/// are looked up name by name.
+const SCAN_MAX_KEYS: usize = 24;
+
+/// The trace headers of a request, found in one pass over its header names (a hashed
+/// lookup each would cost more for the few headers most requests have, and the B3 multi
+/// headers alone are five). Each field is the first value of its header, as
+/// [`HeaderMap::get`] gives it.
+#[derive(Clone, Copy)]
+pub(crate) struct TraceHeaders<'a> {
+    headers: &'a HeaderMap,
+    traceparent: Option<&'a HeaderValue>,
+    /// More than one `traceparent` (invalid).
+    traceparent_repeated: bool,
+    tracestate: Option<&'a HeaderValue>,
+    /// More than one `tracestate` (joined with `,`).
+    tracestate_repeated: bool,
+    b3: Option<&'a HeaderValue>,
+    trace_id: Option<&'a HeaderValue>,
+    span_id: Option<&'a HeaderValue>,
+    parent_span_id: Option<&'a HeaderValue>,
+    sampled: Option<&'a HeaderValue>,
+    flags: Option<&'a HeaderValue>,
+    /// The first `x-request-id`.
+    request_id: Option<&'a HeaderValue>,
+}
+
+impl<'a> TraceHeaders<'a> {
+    /// Finds the trace headers of `headers`.
+    pub(crate) fn of(headers: &'a HeaderMap) -> Self {
+        let mut found = Self {
+            headers,
+            traceparent: None,
+            traceparent_repeated: false,
+            tracestate: None,
+            tracestate_repeated: false,
+            b3: None,
+            trace_id: None,
+            span_id: None,
+            parent_span_id: None,
+            sampled: None,
+            flags: None,
+            request_id: None,
+        };
+        if headers.keys_len() <= SCAN_MAX_KEYS {
+            // `iter` gives every value, in order: keep the first of each name.
+            for (name, value) in headers {
+                let (slot, repeated) = match name.as_str() {
+                    "traceparent" => (
+                        &mut found.traceparent,
+                        Some(&mut found.traceparent_repeated),
+                    ),
+                    "tracestate" => (&mut found.tracestate, Some(&mut found.tracestate_repeated)),
+                    "b3" => (&mut found.b3, None),
+                    "x-b3-traceid" => (&mut found.trace_id, None),
+                    "x-b3-spanid" => (&mut found.span_id, None),
+                    "x-b3-parentspanid" => (&mut found.parent_span_id, None),
+                    "x-b3-sampled" => (&mut found.sampled, None),
+                    "x-b3-flags" => (&mut found.flags, None),
+                    "x-request-id" => (&mut found.request_id, None),
+                    _ => continue,
+                };
+                match (slot.is_some(), repeated) {
+                    (false, _) => *slot = Some(value),
+                    (true, Some(repeated)) => *repeated = true,
+                    (true, None) => {}
+                }
+            }
+        } else {
+            let mut traceparents = headers.get_all(TRACEPARENT).iter();
+            found.traceparent = traceparents.next();
+            found.traceparent_repeated = traceparents.next().is_some();
+            let mut tracestates = headers.get_all(TRACESTATE).iter();
+            found.tracestate = tracestates.next();
+            found.tracestate_repeated = tracestates.next().is_some();
+            found.b3 = headers.get(B3);
+            found.trace_id = headers.get(X_B3_TRACEID);
+            found.span_id = headers.get(X_B3_SPANID);
+            found.parent_span_id = headers.get(X_B3_PARENTSPANID);
+            found.sampled = headers.get(X_B3_SAMPLED);
+            found.flags = headers.get(X_B3_FLAGS);
+            found.request_id = headers.get(X_REQUEST_ID);
+        }
+        found
     }
-    if b3_debug(headers) {
-        return Some(true);
+
+    /// True if the request carries a trace context to continue (a `traceparent`, a `b3` or
+    /// an `x-b3-traceid`, valid or not).
+    pub(crate) fn has_context(&self) -> bool {
+        self.traceparent.is_some() || self.b3.is_some() || self.trace_id.is_some()
     }
-    headers
-        .get(X_B3_SAMPLED)
-        .and_then(|v| parse_b3_sampled(v.as_bytes()))
+
+    /// True if [`inject`] has headers to remove (`tracestate`, `x-b3-parentspanid`,
+    /// `x-b3-flags`, `x-b3-sampled`, `b3`).
+    pub(crate) fn has_stale(&self) -> bool {
+        self.tracestate.is_some()
+            || self.parent_span_id.is_some()
+            || self.flags.is_some()
+            || self.sampled.is_some()
+            || self.b3.is_some()
+    }
+
+    /// The request's `x-request-id`, when it has one.
+    pub(crate) fn request_id(&self) -> Option<&'a HeaderValue> {
+        self.request_id
+    }
+
+    /// [`extract`].
+    pub(crate) fn extract(&self) -> Option<TraceContext> {
+        if !self.has_context() {
+            return None;
+        }
+        self.extract_w3c()
+            .or_else(|| self.extract_b3_single())
+            .or_else(|| self.extract_b3_multi())
+    }
+
+    fn extract_w3c(&self) -> Option<TraceContext> {
+        let value = self.traceparent?;
+        if self.traceparent_repeated {
+            return None;
+        }
+        let (trace_id, span_id, flags) = parse_traceparent(value.as_bytes())?;
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            parent_span_id: None,
+            sampled: Some(flags & 1 == 1),
+            debug: false,
+            tracestate: self.extract_tracestate(),
+        })
+    }
+
+    /// The valid `tracestate` (several headers joined with `,`).
+    fn extract_tracestate(&self) -> Option<HeaderValue> {
+        let first = self.tracestate?;
+        let value = if self.tracestate_repeated {
+            let mut joined = Vec::new();
+            for (i, v) in self.headers.get_all(TRACESTATE).iter().enumerate() {
+                if i > 0 {
+                    joined.push(b',');
+                }
+                joined.extend_from_slice(v.as_bytes());
+                if joined.len() > MAX_TRACESTATE_LEN {
+                    return None;
+                }
+            }
+            HeaderValue::from_bytes(&joined).ok()?
+        } else {
+            first.clone()
+        };
+        is_valid_tracestate(value.as_bytes()).then_some(value)
+    }
+
+    fn extract_b3_single(&self) -> Option<TraceContext> {
+        match parse_b3_single(self.b3?.as_bytes())? {
+            B3Single::Context(ctx) => Some(ctx),
+            B3Single::SamplingOnly { .. } => None,
+        }
+    }
+
+    fn extract_b3_multi(&self) -> Option<TraceContext> {
+        let trace_id = parse_b3_trace_id(self.trace_id?.as_bytes())?;
+        let span_id = parse_b3_span_id(self.span_id?.as_bytes())?;
+        let parent_span_id = match self.parent_span_id {
+            None => None,
+            Some(v) => parse_b3_parent(v.as_bytes())?,
+        };
+        let debug = self.debug();
+        let sampled = match self.sampled {
+            None => None,
+            Some(v) => Some(parse_b3_sampled(v.as_bytes())?),
+        };
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            parent_span_id,
+            sampled: if debug { Some(true) } else { sampled },
+            debug,
+            tracestate: None,
+        })
+    }
+
+    fn debug(&self) -> bool {
+        self.flags.is_some_and(|v| v == "1")
+    }
+
+    /// [`sampling_decision`] for headers [`extract`] found no context in.
+    pub(crate) fn bare_sampling_decision(&self) -> Option<bool> {
+        if let Some(B3Single::SamplingOnly { sampled }) =
+            self.b3.and_then(|v| parse_b3_single(v.as_bytes()))
+        {
+            return Some(sampled);
+        }
+        if self.debug() {
+            return Some(true);
+        }
+        self.sampled.and_then(|v| parse_b3_sampled(v.as_bytes()))
+    }
 }
 
 /// Parses a `traceparent` value: trace id, span id, flags.
@@ -298,29 +449,6 @@ pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     let span_id = nonzero(decode_hex_lower::<8>(&v[36..52])?)?;
     let flags = decode_hex_lower::<1>(&v[53..55])?[0];
     Some((trace_id, span_id, flags))
-}
-
-/// The valid `tracestate` of `headers` (several headers joined with `,`).
-fn extract_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
-    let mut values = headers.get_all(TRACESTATE).iter();
-    let first = values.next()?;
-    let value = match values.next() {
-        None => first.clone(),
-        Some(_) => {
-            let mut joined = Vec::new();
-            for (i, v) in headers.get_all(TRACESTATE).iter().enumerate() {
-                if i > 0 {
-                    joined.push(b',');
-                }
-                joined.extend_from_slice(v.as_bytes());
-                if joined.len() > MAX_TRACESTATE_LEN {
-                    return None;
-                }
-            }
-            HeaderValue::from_bytes(&joined).ok()?
-        }
-    };
-    is_valid_tracestate(value.as_bytes()).then_some(value)
 }
 
 /// True if `v` is a `tracestate` worth keeping: W3C's syntax, at most
@@ -478,18 +606,58 @@ fn parse_b3_sampled(v: &[u8]) -> Option<bool> {
     }
 }
 
-fn b3_debug(headers: &HeaderMap) -> bool {
-    headers.get(X_B3_FLAGS).is_some_and(|v| v == "1")
-}
-
 // === inject ===
 
 /// Writes `ctx` into outgoing `headers` as W3C (`traceparent`, `tracestate`) and B3 multi
 /// headers, replacing any values there and removing a single `b3` header (see the
 /// [module docs](self)).
 pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
-    // The hex values share one buffer (one allocation instead of one per header).
-    let mut buf = [0u8; 55 + 32 + 16 + 16];
+    let stale = TraceHeaders::of(headers).has_stale();
+    write_trace_headers(ctx, headers, stale, RequestId::Untouched);
+}
+
+/// What [`propagate`] does with `x-request-id`.
+enum RequestId {
+    /// Leaves it alone (plain [`inject`]).
+    Untouched,
+    /// The request's own, kept.
+    Kept(HeaderValue),
+    /// Sets this one (the inbound request's, for an outbound call).
+    Set(HeaderValue),
+    /// Sets a new one.
+    New,
+}
+
+/// [`ensure_request_id`] (an absent or empty `x-request-id` becomes `inherited`, when
+/// given and the header is absent, else a new id) and then [`inject`], with one allocation
+/// for every value written. `found` is what [`TraceHeaders::of`] found in `headers`:
+/// whether it has any trace header [`inject`] removes ([`TraceHeaders::has_stale`]) and
+/// its `x-request-id` ([`TraceHeaders::request_id`]). Returns the request's id.
+pub(crate) fn propagate(
+    ctx: &TraceContext,
+    headers: &mut HeaderMap,
+    (stale, existing): (bool, Option<HeaderValue>),
+    inherited: Option<HeaderValue>,
+) -> HeaderValue {
+    let id = match existing {
+        Some(v) if !v.is_empty() => RequestId::Kept(v.clone()),
+        Some(_) => RequestId::New,
+        None => inherited.map_or(RequestId::New, RequestId::Set),
+    };
+    write_trace_headers(ctx, headers, stale, id).unwrap_or_else(|| HeaderValue::from_static(""))
+}
+
+/// Longest `traceparent`, B3 trace id, span id, parent span id and request id together.
+const VALUES_LEN: usize = 55 + 32 + 16 + 16 + 36;
+
+fn write_trace_headers(
+    ctx: &TraceContext,
+    headers: &mut HeaderMap,
+    stale: bool,
+    id: RequestId,
+) -> Option<HeaderValue> {
+    // The values share one buffer (one allocation instead of one per header).
+    let mut buf = [0u8; VALUES_LEN];
     buf[..55].copy_from_slice(ctx.traceparent_bytes().as_slice());
     let trace_id: &[u8] = if ctx.trace_id[..8] == [0; 8] {
         &ctx.trace_id[8..]
@@ -505,25 +673,30 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
         encode_hex(&parent, &mut buf[span_end..span_end + 16]);
         end += 16;
     }
+    let parent_end = end;
+    if matches!(id, RequestId::New) {
+        buf[end..end + 36].copy_from_slice(&request_id_bytes());
+        end += 36;
+    }
     let shared = bytes::Bytes::from_owner(buf);
     let value = |range: std::ops::Range<usize>| {
         HeaderValue::from_maybe_shared(shared.slice(range))
             .unwrap_or_else(|_| HeaderValue::from_static(""))
     };
 
-    // Which of the headers to remove are there: one pass over a few names, instead of a
-    // lookup each (most requests have none of them).
-    let stale = if headers.keys_len() <= 16 {
-        headers.keys().any(|k| {
-            matches!(
-                k.as_str(),
-                "tracestate" | "x-b3-parentspanid" | "x-b3-flags" | "x-b3-sampled" | "b3"
-            )
-        })
-    } else {
-        true
+    let request_id = match id {
+        RequestId::Untouched => None,
+        RequestId::Kept(id) => Some(id),
+        RequestId::Set(id) => {
+            headers.insert(X_REQUEST_ID, id.clone());
+            Some(id)
+        }
+        RequestId::New => {
+            let id = value(parent_end..end);
+            headers.insert(X_REQUEST_ID, id.clone());
+            Some(id)
+        }
     };
-
     headers.insert(TRACEPARENT, value(0..55));
     match &ctx.tracestate {
         Some(state) => {
@@ -538,7 +711,7 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
     headers.insert(X_B3_SPANID, value(trace_end..span_end));
     match ctx.parent_span_id {
         Some(_) => {
-            headers.insert(X_B3_PARENTSPANID, value(span_end..end));
+            headers.insert(X_B3_PARENTSPANID, value(span_end..parent_end));
         }
         None if stale => {
             headers.remove(X_B3_PARENTSPANID);
@@ -569,6 +742,7 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
     if stale {
         headers.remove(B3);
     }
+    request_id
 }
 
 // === x-request-id ===
@@ -576,6 +750,11 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
 /// A new random `x-request-id`: a UUID v4 (`6ba7b810-9dad-41d1-80b4-00c04fd430c8`) from the
 /// per-thread generator, formatted on the stack; the only allocation is the `HeaderValue`'s.
 pub fn new_request_id() -> HeaderValue {
+    owned_header(request_id_bytes())
+}
+
+/// A new UUID v4, formatted.
+fn request_id_bytes() -> [u8; 36] {
     let mut b = ((u128::from(fast_u64()) << 64) | u128::from(fast_u64())).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
@@ -587,7 +766,7 @@ pub fn new_request_id() -> HeaderValue {
     out[14..18].copy_from_slice(&hex[12..16]);
     out[19..23].copy_from_slice(&hex[16..20]);
     out[24..].copy_from_slice(&hex[20..]);
-    owned_header(out)
+    out
 }
 
 /// The request's `x-request-id`: kept when present and not empty (Envoy preserves the id a

@@ -640,6 +640,59 @@ fn keeps_or_creates_request_ids() {
     assert_eq!(ensure_request_id(&mut map).len(), 36);
 }
 
+/// `propagate`, told what the trace layer tells it about `map`.
+fn run(ctx: &TraceContext, map: &mut HeaderMap, inherited: Option<HeaderValue>) -> HeaderValue {
+    let found = TraceHeaders::of(map);
+    let seen = (found.has_stale(), found.request_id().cloned());
+    propagate(ctx, map, seen, inherited)
+}
+
+#[test]
+fn propagates_request_ids_with_the_trace_headers() {
+    let ctx = TraceContext::new_root(true).child();
+    let inherited = HeaderValue::from_static("inbound-request-id");
+
+    // The caller's own id wins over the inbound request's.
+    let mut map = headers(&[("x-request-id", "caller-chosen-id")]);
+    let id = run(&ctx, &mut map, Some(inherited.clone()));
+    assert_eq!(id, "caller-chosen-id");
+    assert_eq!(map[X_REQUEST_ID], "caller-chosen-id");
+    assert_eq!(extract(&map).unwrap().span_id, ctx.span_id);
+
+    // Absent: the inbound request's.
+    let mut map = HeaderMap::new();
+    let id = run(&ctx, &mut map, Some(inherited.clone()));
+    assert_eq!(id, inherited);
+    assert_eq!(map[X_REQUEST_ID], inherited);
+
+    // Absent and nothing inherited, or empty: a new UUID, the same in the map and returned.
+    for mut map in [HeaderMap::new(), headers(&[("x-request-id", "")])] {
+        let id = run(&ctx, &mut map, None);
+        assert_eq!(id.len(), 36, "{id:?}");
+        assert_eq!(id.as_bytes()[14], b'4', "{id:?}");
+        assert_eq!(map[X_REQUEST_ID], id);
+        assert_eq!(map["x-b3-parentspanid"].len(), 16);
+        assert_eq!(map["traceparent"], ctx.traceparent());
+    }
+    let mut map = headers(&[("x-request-id", "")]);
+    let id = run(&ctx, &mut map, Some(inherited.clone()));
+    assert_eq!(
+        id.len(),
+        36,
+        "an empty id is replaced by a new one, as before"
+    );
+
+    // Stale headers go, as with `inject`.
+    let mut map = headers(&[("b3", "1"), ("x-b3-flags", "1")]);
+    assert!(TraceHeaders::of(&map).has_stale());
+    run(&ctx, &mut map, None);
+    assert!(
+        !map.contains_key(B3) && !map.contains_key(X_B3_FLAGS),
+        "{map:?}"
+    );
+    assert_eq!(map[X_B3_SAMPLED], "1");
+}
+
 // === properties ===
 
 fn context() -> impl Strategy<Value = TraceContext> {
@@ -724,6 +777,43 @@ proptest! {
         }
         let _ = extract(&map);
         let _ = sampling_decision(&map);
+    }
+
+    #[test]
+    fn scanning_and_looking_up_agree(
+        values in proptest::collection::vec(
+            (proptest::sample::select(vec![
+                "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+                "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
+            ]), proptest::sample::select(vec![
+                W3C_EXAMPLE, "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7", B3_TRACE, B3_SPAN, B3_PARENT,
+                "0", "1", "d", "true", "garbage",
+                "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+            ])),
+            0..8,
+        )
+    ) {
+        let mut small = HeaderMap::new();
+        for (name, value) in &values {
+            small.append(*name, HeaderValue::from_static(value));
+        }
+        // Enough other names that the map is looked up rather than scanned.
+        let mut large = small.clone();
+        for i in 0..=SCAN_MAX_KEYS {
+            large.insert(
+                http::HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        prop_assert!(large.keys_len() > SCAN_MAX_KEYS);
+        let (a, b) = (TraceHeaders::of(&small), TraceHeaders::of(&large));
+        prop_assert_eq!(a.extract(), b.extract());
+        prop_assert_eq!(a.bare_sampling_decision(), b.bare_sampling_decision());
+        prop_assert_eq!(a.has_context(), b.has_context());
+        prop_assert_eq!(a.has_stale(), b.has_stale());
+        prop_assert_eq!(a.request_id(), b.request_id());
+        prop_assert_eq!(sampling_decision(&small), sampling_decision(&large));
     }
 
     #[test]

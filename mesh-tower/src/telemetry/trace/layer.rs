@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use opentelemetry::{
-    KeyValue,
+    KeyValue, Value,
     trace::{Span as _, SpanKind, Status},
 };
 use opentelemetry_sdk::trace::Span;
@@ -30,8 +30,7 @@ use crate::{
     server::PeerAddr,
     target::{PickedEndpoint, Target},
     telemetry::propagation::{
-        B3, TRACEPARENT, TraceContext, X_B3_TRACEID, X_REQUEST_ID, bare_sampling_decision,
-        ensure_request_id, extract, inject,
+        B3, TRACEPARENT, TraceContext, TraceHeaders, X_B3_TRACEID, ensure_request_id, propagate,
     },
 };
 
@@ -149,8 +148,7 @@ where
     S: Service<Request<Body>, Response = Response<Body>>,
 {
     fn call_inbound(&mut self, mut req: Request<Body>) -> ResponseFuture<S::Future> {
-        let has_context = has_trace_context(req.headers());
-        if !self.tracing.is_exporting() && !has_context {
+        if !self.tracing.is_exporting() && !has_trace_context(req.headers()) {
             // Nothing to record and no trace to continue: only Envoy's request id. Starting
             // a trace here would cost every untraced request new ids, five injected headers
             // and a task-local scope for nothing.
@@ -162,20 +160,22 @@ where
                 state: None,
             };
         }
-        let headers = req.headers_mut();
-        let request_id = ensure_request_id(headers).clone();
-        let mut ctx = match has_context.then(|| extract(headers)).flatten() {
+        let found = TraceHeaders::of(req.headers());
+        let mut ctx = match found.extract() {
             Some(parent) => parent.child(),
             None => TraceContext::new_root(
-                bare_sampling_decision(headers).unwrap_or_else(|| self.tracing.sample()),
+                found
+                    .bare_sampling_decision()
+                    .unwrap_or_else(|| self.tracing.sample()),
             ),
         };
+        let seen = (found.has_stale(), found.request_id().cloned());
         if ctx.sampled.is_none() && !ctx.debug {
             ctx.sampled = Some(self.tracing.sample());
         }
         // Towards the application the headers carry the server span, as Envoy writes them:
         // an application forwarding them by hand makes its calls children of this span.
-        inject(&ctx, headers);
+        let request_id = propagate(&ctx, req.headers_mut(), seen, None);
 
         let port = self
             .port
@@ -235,8 +235,7 @@ where
                 })
             })
             .or_else(current);
-        let has_context = has_trace_context(req.headers());
-        if parent.is_none() && !self.tracing.is_exporting() && !has_context {
+        if parent.is_none() && !self.tracing.is_exporting() && !has_trace_context(req.headers()) {
             // No trace to continue and none to record: the request goes as it is.
             return ResponseFuture {
                 kind: Kind::Plain {
@@ -245,31 +244,28 @@ where
                 state: None,
             };
         }
-        let headers = req.headers_mut();
+        let found = TraceHeaders::of(req.headers());
         let (mut ctx, request_id) = match parent {
             Some(parent) => (parent.context.child(), parent.request_id),
             // Headers the application forwarded by hand: continue that trace.
-            None => match has_context.then(|| extract(headers)).flatten() {
+            None => match found.extract() {
                 Some(parent) => (parent.child(), None),
                 None => (
                     TraceContext::new_root(
-                        bare_sampling_decision(headers).unwrap_or_else(|| self.tracing.sample()),
+                        found
+                            .bare_sampling_decision()
+                            .unwrap_or_else(|| self.tracing.sample()),
                     ),
                     None,
                 ),
             },
         };
+        let seen = (found.has_stale(), found.request_id().cloned());
         if ctx.sampled.is_none() && !ctx.debug {
             ctx.sampled = Some(self.tracing.sample());
         }
         // An id the application set wins; else the inbound request's; else a new one.
-        if let Some(id) = request_id
-            && !headers.contains_key(X_REQUEST_ID)
-        {
-            headers.insert(X_REQUEST_ID, id);
-        }
-        let request_id = ensure_request_id(headers).clone();
-        inject(&ctx, headers);
+        let request_id = propagate(&ctx, req.headers_mut(), seen, request_id);
 
         // The name and the cluster only when a span is built.
         let port = || host_port(&req).unwrap_or_else(|| default_port(&req));
@@ -305,10 +301,11 @@ where
     }
 }
 
-/// True if the request carries a trace context (W3C or B3) to continue.
+/// True if the request carries a trace context (W3C or B3) to continue: the untraced fast
+/// path's check, lighter than the full [`TraceHeaders`] scan the traced path makes.
 fn has_trace_context(headers: &HeaderMap) -> bool {
     // Most requests carry a few headers: one pass over their names costs less than three
-    // hashed lookups (and a `&str` name would be parsed on every lookup).
+    // hashed lookups.
     if headers.keys_len() <= 16 {
         headers
             .keys()
@@ -372,10 +369,7 @@ fn request_attributes<B>(
         url.truncate(end);
     }
     attrs.push(KeyValue::new("http.url", url));
-    attrs.push(KeyValue::new(
-        "http.method",
-        req.method().as_str().to_owned(),
-    ));
+    attrs.push(KeyValue::new("http.method", method_value(req.method())));
     attrs.push(KeyValue::new("http.protocol", protocol(req.version())));
     attrs.push(KeyValue::new(
         "user_agent",
@@ -387,11 +381,54 @@ fn request_attributes<B>(
     ));
 }
 
-fn header_str(headers: &HeaderMap, name: http::HeaderName) -> String {
-    headers.get(name).map_or_else(
-        || "-".to_owned(),
-        |v| String::from_utf8_lossy(v.as_bytes()).into_owned(),
-    )
+fn header_str(headers: &HeaderMap, name: http::HeaderName) -> Value {
+    headers.get(name).map_or(Value::from("-"), |v| {
+        Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned())
+    })
+}
+
+/// The method as a span attribute value: the standard ones without allocating.
+fn method_value(method: &http::Method) -> Value {
+    use http::Method;
+    let known: &'static str = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return Value::from(method.as_str().to_owned()),
+    };
+    Value::from(known)
+}
+
+/// A status code as Envoy's `http.status_code` tag: the common ones without allocating.
+fn status_value(status: http::StatusCode) -> Value {
+    let known: &'static str = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        206 => "206",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        409 => "409",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        code => return Value::from(code.to_string()),
+    };
+    Value::from(known)
 }
 
 fn protocol(version: Version) -> &'static str {
@@ -435,13 +472,16 @@ impl SpanState {
     /// Records what the response head says.
     fn response(&mut self, res: &Response<Body>) {
         let status = res.status();
-        self.span.set_attribute(KeyValue::new(
-            "http.status_code",
-            status.as_u16().to_string(),
-        ));
+        self.span
+            .set_attribute(KeyValue::new("http.status_code", status_value(status)));
+        let flags = ResponseFlags::of(res);
         self.span.set_attribute(KeyValue::new(
             "response_flags",
-            ResponseFlags::of(res).to_string(),
+            if flags.is_empty() {
+                Value::from("-")
+            } else {
+                Value::from(flags.to_string())
+            },
         ));
         if self.direction == Direction::Outbound {
             if let Some(target) = self.slot.as_ref().and_then(|s| s.0.get()) {
@@ -475,6 +515,8 @@ impl SpanState {
 
     fn end(&mut self) {
         if let Some(cluster) = self.upstream_cluster.take() {
+            // One string for both tags.
+            let cluster = Arc::<str>::from(cluster);
             self.span
                 .set_attribute(KeyValue::new("upstream_cluster.name", cluster.clone()));
             self.span

@@ -332,7 +332,10 @@ impl Tracing {
     /// A sampling decision for a new trace.
     pub(crate) fn sample(&self) -> bool {
         let p = self.inner.sampling;
-        p >= 100.0 || (p > 0.0 && rand::random::<f64>() * 100.0 < p)
+        // 53 random bits as a uniform float in [0, 1), from the per-thread generator the
+        // ids come from (a ChaCha block from `rand` would cost more than the rest).
+        let uniform = (super::propagation::fast_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        p >= 100.0 || (p > 0.0 && uniform * 100.0 < p)
     }
 
     pub(crate) fn service_host(&self) -> Option<&str> {
@@ -622,7 +625,8 @@ impl TracingBuilder {
         let mut attributes = vec![KeyValue::new("component", "proxy")];
         let mut push = |key: &'static str, value: &Option<String>| {
             if let Some(v) = value {
-                attributes.push(KeyValue::new(key, v.clone()));
+                // Shared: every span clones these, and an `Arc<str>` clone allocates nothing.
+                attributes.push(KeyValue::new(key, Arc::<str>::from(v.as_str())));
             }
         };
         push("node_id", &self.node_id);
