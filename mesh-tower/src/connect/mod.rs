@@ -36,10 +36,10 @@
 //!   goes on the new one.
 //! - **Idle connections** are closed after the idle timeout: checked when a connection is
 //!   taken, and by a sweep task per set of pools that runs every idle timeout (or maximum
-//!   connection duration, when shorter) while the pools
-//!   have endpoints (so an idle connection lives between one and two idle timeouts when no
-//!   request comes). An HTTP/2 connection is idle when no request started on it for a whole
-//!   sweep period; streams still in flight finish before hyper closes it. Endpoints without
+//!   connection duration, when shorter) while the pools have endpoints (so an idle connection lives between one and two idle timeouts when no
+//!   request comes). An HTTP/2 connection is closed once the sweeps have seen no request
+//!   start on it for the idle timeout (it lives one to three idle timeouts after its last
+//!   request); streams still in flight finish before hyper closes it. Endpoints without
 //!   connections are forgotten.
 //! - Responses on a mutual-TLS connection carry the server's
 //!   [`PeerIdentity`](crate::tls::PeerIdentity) in their extensions.

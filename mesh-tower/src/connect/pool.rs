@@ -158,6 +158,8 @@ struct State {
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Vec<Idle>,
     http2: Http2Slot,
+    /// Since when the sweeps have seen no request start on the HTTP/2 connection.
+    http2_unused_since: Option<Instant>,
 }
 
 /// An HTTP/1.1 connection.
@@ -515,9 +517,21 @@ impl Endpoint {
                 None => {}
             }
         }
+        // Idle for the idle timeout: no request started on it since a sweep that long ago
+        // (the sweep period may be shorter: the maximum connection duration).
         let used = self.http2_used.swap(false, Ordering::Relaxed);
+        let since = if used {
+            None
+        } else {
+            Some(*state.http2_unused_since.get_or_insert(now))
+        };
+        state.http2_unused_since = since;
+        let idle = match (self.limits.idle_timeout, since) {
+            (Some(timeout), Some(since)) => now.saturating_duration_since(since) >= timeout,
+            _ => false,
+        };
         if let Http2Slot::Ready(conn) = &state.http2
-            && (conn.tx.is_closed() || (self.limits.idle_timeout.is_some() && !used))
+            && (conn.tx.is_closed() || idle)
         {
             // Streams in flight finish: hyper closes the connection after them.
             state.http2 = Http2Slot::Empty;

@@ -443,6 +443,46 @@ async fn a_body_dropped_before_its_end_does_not_give_the_connection_back() {
         .expect("signal");
 }
 
+/// A server whose first connection answers one request with `ok`, then waits for `close`,
+/// runs `on_close` with the connection (which drops it: the server closing an idle keep-alive
+/// connection), and whose later connections answer every request with `new`. Returns its
+/// address and a count of accepted connections.
+async fn closing_server<F, Fut>(
+    close: tokio::sync::oneshot::Receiver<()>,
+    on_close: F,
+) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let first = Arc::new(std::sync::Mutex::new(Some((close, on_close))));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let addr = raw_server(move |mut stream, n| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let first = first.clone();
+        async move {
+            if n == 0 {
+                read_head(&mut stream).await;
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                stream.write_all(ok).await.expect("write");
+                let first = first.lock().expect("lock").take();
+                if let Some((close, on_close)) = first {
+                    let _ = close.await;
+                    on_close(stream).await;
+                }
+                return;
+            }
+            while read_head(&mut stream).await {
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew";
+                stream.write_all(ok).await.expect("write");
+            }
+        }
+    })
+    .await;
+    (addr, connections)
+}
+
 #[tokio::test]
 async fn a_pooled_connection_the_server_closed_is_not_used() {
     // The first connection answers once, then closes when told to (a server closing an idle
@@ -452,30 +492,9 @@ async fn a_pooled_connection_the_server_closed_is_not_used() {
     // fails as refused.)
     let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
-    let signals = Arc::new(std::sync::Mutex::new(Some((close_rx, closed_tx))));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let count = connections.clone();
-    let addr = raw_server(move |mut stream, n| {
-        count.fetch_add(1, Ordering::SeqCst);
-        let signals = signals.clone();
-        async move {
-            if n == 0 {
-                read_head(&mut stream).await;
-                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                stream.write_all(ok).await.expect("write");
-                let signals = signals.lock().expect("lock").take();
-                if let Some((close, closed)) = signals {
-                    let _ = close.await;
-                    drop(stream);
-                    let _ = closed.send(());
-                }
-                return;
-            }
-            while read_head(&mut stream).await {
-                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew";
-                stream.write_all(ok).await.expect("write");
-            }
-        }
+    let (addr, connections) = closing_server(close_rx, move |stream| async move {
+        drop(stream);
+        let _ = closed_tx.send(());
     })
     .await;
     let connect = Connect::new();
@@ -508,33 +527,13 @@ async fn a_request_given_back_by_a_closing_pooled_connection_goes_on_a_new_one()
         .expect("connect");
     let (ack_tx, _) = side.accept().await.expect("accept");
     let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
-    let signals = Arc::new(std::sync::Mutex::new(Some((close_rx, ack_tx))));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let count = connections.clone();
-    let addr = raw_server(move |mut stream, n| {
-        count.fetch_add(1, Ordering::SeqCst);
-        let signals = signals.clone();
-        async move {
-            if n == 0 {
-                read_head(&mut stream).await;
-                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                stream.write_all(ok).await.expect("write");
-                let signals = signals.lock().expect("lock").take();
-                if let Some((close, mut ack)) = signals {
-                    let _ = close.await;
-                    ack.write_all(b"!").await.expect("ack");
-                    drop(stream);
-                    // Keep the side socket open until the test is done with it.
-                    let mut end = [0; 1];
-                    let _ = ack.read(&mut end).await;
-                }
-                return;
-            }
-            while read_head(&mut stream).await {
-                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew";
-                stream.write_all(ok).await.expect("write");
-            }
-        }
+    let (addr, connections) = closing_server(close_rx, move |stream| async move {
+        let mut ack = ack_tx;
+        ack.write_all(b"!").await.expect("ack");
+        drop(stream);
+        // Keep the side socket open until the test is done with it.
+        let mut end = [0; 1];
+        let _ = ack.read(&mut end).await;
     })
     .await;
     let connect = Connect::new();
@@ -812,5 +811,46 @@ async fn a_request_does_not_wait_behind_an_upload_the_server_answered_early() {
     .expect("not stuck behind the upload")
     .expect("response");
     assert_eq!(text(res).await, "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout_not_the_sweep_period() {
+    use mesh_core::config::networking::destination_rule::{ConnectionPoolSettings, TcpSettings};
+    // idleTimeout 6s; maxConnectionDuration 1s (HTTP/1.1 only) makes the sweep run every
+    // second, which must not close an HTTP/2 connection unused for less than 6 s.
+    let pool = ConnectionPoolSettings {
+        tcp: Some(TcpSettings {
+            idle_timeout: Some(Duration::from_secs(6).into()),
+            max_connection_duration: Some(Duration::from_secs(1).into()),
+            ..Default::default()
+        }),
+        http: None,
+    };
+    let settings = super::ConnectionSettings::from_istio(&pool).expect("settings");
+    let (addr, accepted) = echo_server().await;
+    let connect = Connect::new();
+    let send = |connect: &Connect| {
+        let mut req = get(addr, Version::HTTP_2);
+        req.extensions_mut().insert(settings.clone());
+        connect.clone().oneshot(req)
+    };
+    let res = send(&connect).await.expect("response");
+    assert_eq!(text(res).await, "HTTP/2.0 reviews:9080 /path");
+    let pool = connect.inner.pool_for(&settings);
+    assert_eq!(pool.endpoints(), 1);
+
+    // Four sweeps later, unused for 4 s: kept.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert_eq!(pool.endpoints(), 1, "kept while unused for less than 6 s");
+    let res = send(&connect).await.expect("response");
+    assert_eq!(text(res).await, "HTTP/2.0 reviews:9080 /path");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the same connection");
+
+    // Unused for longer than the idle timeout: closed and the endpoint forgotten.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(pool.endpoints(), 0, "closed once idle for 6 s");
+    let res = send(&connect).await.expect("response");
+    assert_eq!(text(res).await, "HTTP/2.0 reviews:9080 /path");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
