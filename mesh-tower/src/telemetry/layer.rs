@@ -372,12 +372,7 @@ fn addr<T: ?Sized>(arc: &Arc<T>) -> usize {
 struct EdgeKey {
     peer: usize,
     service: usize,
-    code: u16,
-    flags: u32,
-    /// 255 when not gRPC.
-    grpc_status: u8,
-    mtls: bool,
-    grpc: bool,
+    outcome: Outcome,
 }
 
 /// One edge's bound instruments, and the labels its key points to (kept alive).
@@ -394,11 +389,7 @@ struct Edge {
 struct DirectKey {
     endpoint: usize,
     host: usize,
-    code: u16,
-    flags: u32,
-    grpc_status: u8,
-    mtls: bool,
-    grpc: bool,
+    outcome: Outcome,
 }
 
 /// A [`DirectKey`]'s bound instruments, and the endpoint and host it points to (kept alive).
@@ -538,7 +529,7 @@ impl Shared {
 
     fn labels(
         &self,
-        key: &EdgeKey,
+        key: &Outcome,
         peer: &Arc<PeerLabels>,
         svc: &ServiceLabels,
         flags: &ResponseFlags,
@@ -630,11 +621,7 @@ impl Shared {
         let key = EdgeKey {
             peer: addr(peer),
             service: addr(service),
-            code: edge.code,
-            flags: edge.flags,
-            grpc_status: edge.grpc_status,
-            mtls: edge.mtls,
-            grpc: edge.grpc,
+            outcome: edge,
         };
         if cached_peer {
             if self
@@ -648,8 +635,8 @@ impl Shared {
                 let bind = || Edge {
                     _labels: (peer.clone(), service.clone()),
                     metrics: {
-                        let labels = self.labels(&key, peer, service, flags);
-                        if key.grpc {
+                        let labels = self.labels(&key.outcome, peer, service, flags);
+                        if key.outcome.grpc {
                             self.config.metrics.bind_grpc(&labels)
                         } else {
                             self.config.metrics.bind(&labels)
@@ -673,7 +660,7 @@ impl Shared {
         self.uncached.fetch_add(1, Ordering::Relaxed);
         self.config
             .metrics
-            .record(&self.labels(&key, peer, service, flags), sample);
+            .record(&self.labels(&key.outcome, peer, service, flags), sample);
         None
     }
 }
@@ -693,11 +680,7 @@ impl Shared {
         let key = host.map(|host| DirectKey {
             endpoint: addr(ep),
             host: addr(host),
-            code: outcome.code,
-            flags: outcome.flags,
-            grpc_status: outcome.grpc_status,
-            mtls: outcome.mtls,
-            grpc: outcome.grpc,
+            outcome,
         });
         if let Some(key) = &key
             && self
@@ -725,7 +708,7 @@ impl Shared {
 }
 
 /// What an edge's key takes from the response.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Outcome {
     code: u16,
     flags: u32,
