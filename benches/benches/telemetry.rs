@@ -86,6 +86,18 @@ fn picked() -> PickedEndpoint {
     }
 }
 
+/// The application behind the inbound stacks: a 1 KB response.
+async fn app(_req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
+    Ok(http::Response::new(body::full(RESPONSE)))
+}
+
+/// The caller's verified identity on inbound requests.
+fn productpage_id() -> Identity {
+    "spiffe://cluster.local/ns/default/sa/productpage"
+        .parse()
+        .expect("a SPIFFE id")
+}
+
 fn productpage() -> LocalWorkload {
     LocalWorkload::from_workload(
         &Workload::new("productpage-v1", "default")
@@ -148,14 +160,8 @@ fn bench(c: &mut Criterion) {
     );
 
     // --- inbound (reporter="destination") ---
-    let app = tower::service_fn(|_req: http::Request<Body>| {
-        std::future::ready(Ok::<_, Infallible>(http::Response::new(body::full(
-            RESPONSE,
-        ))))
-    });
-    let id: Identity = "spiffe://cluster.local/ns/default/sa/productpage"
-        .parse()
-        .unwrap();
+    let app = tower::service_fn(app);
+    let id = productpage_id();
     let baggage = productpage().baggage();
     let inbound_req = move || {
         let mut req = http::Request::get("/reviews/0")
@@ -436,14 +442,8 @@ fn trace_bench(c: &mut Criterion) {
     );
 
     // --- inbound: Telemetry → Trace → app (authorization left out) ---
-    let app = tower::service_fn(|_req: http::Request<Body>| {
-        std::future::ready(Ok::<_, Infallible>(http::Response::new(body::full(
-            RESPONSE,
-        ))))
-    });
-    let id: Identity = "spiffe://cluster.local/ns/default/sa/productpage"
-        .parse()
-        .unwrap();
+    let app = tower::service_fn(app);
+    let id = productpage_id();
     let baggage = productpage().baggage();
     let inbound_req = |ctx: Context| {
         let id = id.clone();

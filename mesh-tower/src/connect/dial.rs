@@ -75,11 +75,7 @@ where
             let (tx, conn) = builder.handshake::<_, Body>(io).await?;
             // With upgrades: a `101 Switching Protocols` (WebSocket) or a `CONNECT` tunnel
             // hands the connection to the caller (`hyper::upgrade::on`).
-            tokio::spawn(async move {
-                if let Err(error) = conn.with_upgrades().await {
-                    tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
-                }
-            });
+            drive(conn.with_upgrades(), "HTTP/1.1");
             Ok((tx, peer))
         })
     }
@@ -95,12 +91,20 @@ where
             let io = connecting.await.map_err(Into::into)?;
             let peer = io.peer_identity();
             let (tx, conn) = builder.handshake::<_, Body>(io).await?;
-            tokio::spawn(async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
-                }
-            });
+            drive(conn, "HTTP/2");
             Ok((tx, peer))
         })
     }
+}
+
+/// Runs a connection's driver on a task of its own until the connection ends.
+fn drive<F>(conn: F, protocol: &'static str)
+where
+    F: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            tracing::debug!(%error, protocol, "upstream connection ended with an error");
+        }
+    });
 }

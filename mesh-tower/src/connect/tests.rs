@@ -106,8 +106,7 @@ async fn text(res: Response<body::Body>) -> String {
     String::from_utf8(bytes.to_vec()).expect("utf-8")
 }
 
-/// Lets the connection tasks run (a finished HTTP/1 connection goes back to the pool from a
-/// spawned task).
+/// Lets the connection tasks run (so that hyper has seen a close before the next request).
 async fn settle() {
     for _ in 0..20 {
         tokio::task::yield_now().await;
