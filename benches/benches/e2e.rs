@@ -80,6 +80,18 @@ async fn app(_req: http::Request<Body>) -> Result<http::Response<Body>, Infallib
     Ok(http::Response::new(body::full(Bytes::from_static(BODY))))
 }
 
+/// The bare server's application: like [`app`], an `async fn` that owns its request until
+/// it runs, as any handler that reads its request does. (A closure that drops the request
+/// before returning its future lets hyper reuse its read buffer in place, where a real
+/// handler makes it allocate a new one: a saving no application gets.)
+async fn bare_app(
+    _req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<http_body_util::Full<Bytes>>, Infallible> {
+    Ok(http::Response::new(http_body_util::Full::new(
+        Bytes::from_static(BODY),
+    )))
+}
+
 /// A bare hyper server (hyper-util's auto builder, as an application would write it).
 async fn bare_server() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -91,13 +103,7 @@ async fn bare_server() -> std::net::SocketAddr {
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |_req: http::Request<hyper::body::Incoming>| async {
-                        Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
-                            Bytes::from_static(BODY),
-                        )))
-                    },
-                );
+                let svc = hyper::service::service_fn(bare_app);
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -238,13 +244,7 @@ async fn bare_tls(requests: usize, pki: &Pki) -> Run {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
-                let svc = hyper::service::service_fn(
-                    |_req: http::Request<hyper::body::Incoming>| async {
-                        Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
-                            Bytes::from_static(BODY),
-                        )))
-                    },
-                );
+                let svc = hyper::service::service_fn(bare_app);
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
                     .await;
