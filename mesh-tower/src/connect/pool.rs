@@ -576,10 +576,12 @@ fn host_header(authority: &str) -> Option<HeaderValue> {
 /// when it has none, and the URI in origin form (authority form for `CONNECT`).
 fn http1_form(req: &mut Request<Body>, host: Option<&HeaderValue>) {
     let uri = std::mem::take(req.uri_mut());
+    // Not `entry`: it makes room for an insert even when `Host` is there (set by the
+    // balancer, usually), which grows a full map for nothing.
     if let Some(host) = host
-        && let http::header::Entry::Vacant(entry) = req.headers_mut().entry(HOST)
+        && !req.headers().contains_key(HOST)
     {
-        entry.insert(host.clone());
+        req.headers_mut().insert(HOST, host.clone());
     }
     let mut parts = uri.into_parts();
     let mut form = http::uri::Parts::default();

@@ -71,7 +71,6 @@
 
 use std::{cell::Cell, fmt};
 
-use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 #[cfg(test)]
@@ -772,15 +771,13 @@ fn request_id_bytes() -> [u8; 36] {
 /// The request's `x-request-id`: kept when present and not empty (Envoy preserves the id a
 /// caller sends, whatever its form), otherwise a new one ([`new_request_id`]) is inserted.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
-    match headers.entry(X_REQUEST_ID) {
-        Entry::Occupied(mut e) => {
-            if e.get().is_empty() {
-                e.insert(new_request_id());
-            }
-            e.into_mut()
-        }
-        Entry::Vacant(e) => e.insert(new_request_id()),
+    // Looked up before any insert: `HeaderMap::entry` makes room for an insert first, and
+    // the map hyper parses a request into is sized to its headers, so an `entry` on a
+    // request that has its id would grow (reallocate and rehash) the map for nothing.
+    if headers.get(X_REQUEST_ID).is_none_or(HeaderValue::is_empty) {
+        headers.insert(X_REQUEST_ID, new_request_id());
     }
+    &headers[X_REQUEST_ID]
 }
 
 // === hex and ids ===

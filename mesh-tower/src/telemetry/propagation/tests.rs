@@ -638,6 +638,21 @@ fn keeps_or_creates_request_ids() {
 
     let mut map = headers(&[("x-request-id", "")]);
     assert_eq!(ensure_request_id(&mut map).len(), 36);
+
+    // A request that has its id, in a map filled to capacity (as hyper parses one): the
+    // map is not grown (no reallocation and rehash per request).
+    let mut map = HeaderMap::with_capacity(3);
+    map.insert(X_REQUEST_ID, HeaderValue::from_static("forwarded"));
+    for i in 1..map.capacity() {
+        map.insert(
+            http::HeaderName::try_from(format!("x-h{i}")).unwrap(),
+            HeaderValue::from_static("1"),
+        );
+    }
+    let full = map.capacity();
+    assert_eq!(map.len(), full);
+    assert_eq!(ensure_request_id(&mut map), "forwarded");
+    assert_eq!(map.capacity(), full, "grown for a lookup");
 }
 
 /// `propagate`, told what the trace layer tells it about `map`.
