@@ -11,10 +11,19 @@
 //!   kernel closes the pipes and every child stops on its own, so no process is left behind.
 //!   Children also stop on `SIGTERM` and Ctrl-C (`SIGINT`), like any server.
 
-use std::{future::Future, io::Read, time::Duration};
+use std::{future::Future, io::Read, net::SocketAddr, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
+use mesh_core::store::Store;
 use mesh_tower::mesh::Mesh;
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use super::{
+    StoreArgs,
+    mtls::{self, WorkloadIdentity},
+    service::registrable,
+};
 
 /// What a ready workload reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +151,76 @@ pub(crate) async fn terminate() {
         }
     }
     std::future::pending::<()>().await;
+}
+
+/// What a workload process sets up before its mesh: both listeners (bound first, so the
+/// addresses it registers and reports are the real ones), the config store and, with a CA,
+/// its first certificate.
+pub(crate) struct Prepared {
+    pub(crate) listener: TcpListener,
+    pub(crate) admin_listener: TcpListener,
+    /// `listener`'s address as others reach it (loopback for a wildcard bind).
+    pub(crate) address: SocketAddr,
+    pub(crate) admin_address: SocketAddr,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) identity: Option<WorkloadIdentity>,
+}
+
+/// Where and as whom a workload process starts; `kind` (`workload`, `gateway`) names it in
+/// messages.
+pub(crate) struct Start<'a> {
+    pub(crate) kind: &'static str,
+    pub(crate) name: &'a str,
+    pub(crate) namespace: &'a str,
+    pub(crate) service_account: &'a str,
+    pub(crate) listen: SocketAddr,
+    pub(crate) admin_listen: SocketAddr,
+    pub(crate) store: &'a StoreArgs,
+    pub(crate) ca: &'a mtls::CaArgs,
+}
+
+/// Binds the listeners, opens the store and waits for the first certificate; `None` when
+/// `shutdown` fires first (the process then stops without serving).
+///
+/// # Errors
+/// An address that cannot be bound, a store that cannot be opened, no SPIFFE identity for
+/// the service account, or a CA that issues no certificate, each named.
+pub(crate) async fn prepare(
+    start: Start<'_>,
+    shutdown: std::pin::Pin<&mut impl Future<Output = &'static str>>,
+) -> anyhow::Result<Option<Prepared>> {
+    let listener = TcpListener::bind(start.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", start.listen))?;
+    let admin_listener = TcpListener::bind(start.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", start.admin_listen))?;
+    let address = registrable(listener.local_addr()?);
+    let admin_address = registrable(admin_listener.local_addr()?);
+    let store = start.store.open()?;
+    let identity = start
+        .ca
+        .identity(&mtls::identity(start.namespace, start.service_account)?)?;
+    if let Some(identity) = &identity {
+        tokio::select! {
+            issued = identity.wait_first() => if !issued {
+                anyhow::bail!("no {} certificate from {}", start.kind, identity.source);
+            },
+            why = shutdown => {
+                tracing::info!(kind = start.kind, name = %start.name, why,
+                    "stopped before the certificate was issued");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(Prepared {
+        listener,
+        admin_listener,
+        address,
+        admin_address,
+        store,
+        identity,
+    }))
 }
 
 /// Waits until `mesh` has loaded a good configuration, logging why every few seconds while

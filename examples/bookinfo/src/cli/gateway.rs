@@ -27,10 +27,9 @@ use mesh_tower::{
     mesh::{HttpClient, Mesh, Workload},
     server::PeerAddr,
 };
-use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use super::{GoDuration, StoreArgs, child, mtls, random_suffix, service::registrable};
+use super::{GoDuration, StoreArgs, child, mtls, random_suffix};
 
 /// Flags of `bookinfo gateway`.
 #[derive(Debug, clap::Args)]
@@ -85,30 +84,27 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = child::shutdown_signal(args.supervised);
     tokio::pin!(shutdown);
 
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let admin_listener = TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
-    let address = registrable(listener.local_addr()?);
-    let admin_address = registrable(admin_listener.local_addr()?);
-
-    let store = args.store.open()?;
-    let identity = args
-        .ca
-        .identity(&mtls::identity(&args.namespace, &service_account)?)?;
-    if let Some(identity) = &identity {
-        tokio::select! {
-            issued = identity.wait_first() => if !issued {
-                anyhow::bail!("no gateway certificate from {}", identity.source);
-            },
-            why = &mut shutdown => {
-                tracing::info!(gateway = %name, why, "stopped before the certificate was issued");
-                return Ok(());
-            }
-        }
-    }
+    let start = child::Start {
+        kind: "gateway",
+        name: &name,
+        namespace: &args.namespace,
+        service_account: &service_account,
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        store: &args.store,
+        ca: &args.ca,
+    };
+    let Some(child::Prepared {
+        listener,
+        admin_listener,
+        address,
+        admin_address,
+        store,
+        identity,
+    }) = child::prepare(start, shutdown.as_mut()).await?
+    else {
+        return Ok(());
+    };
     let workload = Workload::new(&name, &args.namespace)
         .label("app", APP)
         .label("istio", "ingressgateway")

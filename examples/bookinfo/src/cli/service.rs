@@ -16,7 +16,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use anyhow::Context as _;
 use bookinfo::{Service, Settings};
 use mesh_tower::mesh::{Mesh, Workload};
-use tokio::net::TcpListener;
 
 use super::{
     GoDuration, StoreArgs, child, mtls, random_suffix,
@@ -186,30 +185,27 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = child::shutdown_signal(args.supervised);
     tokio::pin!(shutdown);
 
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let admin_listener = TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
-    let address = registrable(listener.local_addr()?);
-    let admin_address = registrable(admin_listener.local_addr()?);
-
-    let store = args.store.open()?;
-    let identity = args
-        .ca
-        .identity(&mtls::identity(&args.namespace, &service_account)?)?;
-    if let Some(identity) = &identity {
-        tokio::select! {
-            issued = identity.wait_first() => if !issued {
-                anyhow::bail!("no workload certificate from {}", identity.source);
-            },
-            why = &mut shutdown => {
-                tracing::info!(workload = %name, why, "stopped before the certificate was issued");
-                return Ok(());
-            }
-        }
-    }
+    let start = child::Start {
+        kind: "workload",
+        name: &name,
+        namespace: &args.namespace,
+        service_account: &service_account,
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        store: &args.store,
+        ca: &args.ca,
+    };
+    let Some(child::Prepared {
+        listener,
+        admin_listener,
+        address,
+        admin_address,
+        store,
+        identity,
+    }) = child::prepare(start, shutdown.as_mut()).await?
+    else {
+        return Ok(());
+    };
     let workload = Workload::new(&name, &args.namespace)
         .label("app", service.name())
         .label("version", &args.version)
