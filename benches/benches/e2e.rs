@@ -8,10 +8,14 @@
 //!
 //! `cargo bench -p benches --bench e2e` runs the full measurement (~40,000 requests per
 //! mode); with `-- --test` (what CI runs) it only checks that both paths work.
+//!
+//! For profiling one path: `E2E_ONLY=bare|mesh|serve|connect|bare+tls|mesh+tls` runs only it,
+//! `E2E_REQUESTS=N` sets the count, and `E2E_HTTP2=1` (with `E2E_ONLY` and a plaintext path)
+//! sends HTTP/2 with prior knowledge instead of HTTP/1.1.
 
 use std::{
     convert::Infallible,
-    sync::Arc,
+    sync::{Arc, LazyLock},
     time::{Duration, Instant},
 };
 
@@ -76,6 +80,18 @@ fn cpu_time() -> Duration {
     Duration::from_millis(total * 10)
 }
 
+/// `E2E_HTTP2` is set: the plaintext paths speak HTTP/2 (prior knowledge).
+static HTTP2: LazyLock<bool> = LazyLock::new(|| std::env::var_os("E2E_HTTP2").is_some());
+
+/// A request to `uri`, in the HTTP version of the run.
+fn request(uri: &str) -> http::Request<Empty<Bytes>> {
+    let mut req = http::Request::get(uri).body(Empty::new()).unwrap();
+    if *HTTP2 {
+        *req.version_mut() = http::Version::HTTP_2;
+    }
+    req
+}
+
 async fn app(_req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
     Ok(http::Response::new(body::full(Bytes::from_static(BODY))))
 }
@@ -131,7 +147,7 @@ where
         let uri = uri.clone();
         warm.push(tokio::spawn(async move {
             for _ in 0..50 {
-                let req = http::Request::get(&uri).body(Empty::new()).unwrap();
+                let req = request(&uri);
                 let res = svc.clone().oneshot(req).await.unwrap();
                 let _ = res.into_body().collect().await;
             }
@@ -151,7 +167,7 @@ where
             let mut h = Histogram::<u64>::new(3).unwrap();
             for _ in 0..per_task {
                 let start = Instant::now();
-                let req = http::Request::get(&uri).body(Empty::new()).unwrap();
+                let req = request(&uri);
                 let res = svc.clone().oneshot(req).await.unwrap();
                 assert_eq!(res.status(), 200);
                 let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -176,7 +192,9 @@ where
 
 async fn bare(requests: usize) -> Run {
     let addr = bare_server().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(*HTTP2)
+        .build_http::<Empty<Bytes>>();
     let svc = tower::service_fn(move |req: http::Request<Empty<Bytes>>| {
         let client = client.clone();
         async move { client.request(req).await.map(|res| res.map(body::boxed)) }
@@ -197,7 +215,9 @@ async fn serve_only(requests: usize) -> Run {
         )
         .await;
     });
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(*HTTP2)
+        .build_http::<Empty<Bytes>>();
     let svc = tower::service_fn(move |req: http::Request<Empty<Bytes>>| {
         let client = client.clone();
         async move { client.request(req).await.map(|res| res.map(body::boxed)) }
@@ -392,6 +412,10 @@ fn main() {
         // Alternate, so drift in machine load affects both alike.
         // `E2E_ONLY=mesh` runs one path (for profiling with `perf record`).
         if let Ok(only) = std::env::var("E2E_ONLY") {
+            if *HTTP2 && only.contains("tls") {
+                eprintln!("e2e: E2E_HTTP2 is for the plaintext paths (bare, mesh, serve, connect)");
+                std::process::exit(2);
+            }
             let run = match only.as_str() {
                 "bare" => bare(requests).await,
                 "serve" => serve_only(requests).await,
@@ -407,6 +431,10 @@ fn main() {
                 run.rps()
             );
             std::process::exit(0);
+        }
+        if *HTTP2 {
+            eprintln!("e2e: E2E_HTTP2 is for profiling one path: set E2E_ONLY too");
+            std::process::exit(2);
         }
         let pki = Pki::new();
         let mut runs = Vec::new();
