@@ -767,10 +767,21 @@ async fn incremental_reloads_never_drift_from_the_store() {
     writer.apply(ap("last")).await.unwrap();
     writer.delete(&key("r0")).await.unwrap();
     converges(&etcd, &watcher, "after the re-list").await;
-    eventually(PATIENCE, "deltas again after the re-list", || async {
-        counting.deltas.load(Ordering::SeqCst) > deltas
-    })
-    .await;
+    // The watch comes back on its own schedule (its back-off reaches 2 s), and until it does
+    // the watcher converges by reading the whole prefix: keep changing the store until a
+    // change arrives as a delta.
+    let deadline = Instant::now() + PATIENCE;
+    let mut more = 0;
+    while counting.deltas.load(Ordering::SeqCst) <= deltas {
+        assert!(
+            Instant::now() < deadline,
+            "no delta within {PATIENCE:?} after the re-list ({more} more writes)"
+        );
+        writer.apply(ap(&format!("more{more}"))).await.unwrap();
+        more += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    converges(&etcd, &watcher, "back on deltas").await;
 }
 
 async fn wait_until_error(watcher: &ConfigWatcher<Vec<Resource>>) {
