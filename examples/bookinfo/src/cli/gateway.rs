@@ -94,15 +94,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         store: &args.store,
         ca: &args.ca,
     };
-    let Some(child::Prepared {
-        listener,
-        admin_listener,
-        address,
-        admin_address,
-        store,
-        identity,
-    }) = child::prepare(start, shutdown.as_mut()).await?
-    else {
+    let Some(prepared) = child::prepare(start, shutdown.as_mut()).await? else {
         return Ok(());
     };
     let workload = Workload::new(&name, &args.namespace)
@@ -113,12 +105,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // With an identity the gateway's calls use mutual TLS; its public port stays plaintext
     // (`Mesh::serves_mutual_tls`: PeerAuthentication does not govern a gateway's listeners).
     let mut builder = args.telemetry.apply(
-        Mesh::builder(store, workload.clone())
+        Mesh::builder(prepared.store, workload.clone())
             .gateway(true)
             .drain_delay(args.drain_delay.as_std()),
         &workload,
     )?;
-    if let Some(identity) = &identity {
+    if let Some(identity) = &prepared.identity {
         builder = builder.identity(identity.watch.clone());
     }
     let mesh = builder.start().await.context("cannot start the mesh")?;
@@ -141,8 +133,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         app: APP.to_owned(),
         version: String::new(),
         namespace: args.namespace.clone(),
-        address: address.to_string(),
-        admin: format!("http://{admin_address}/"),
+        address: prepared.address.to_string(),
+        admin: format!("http://{}/", prepared.admin_address),
         pid: std::process::id(),
         // The public port is plaintext; only the calls the gateway makes use mutual TLS.
         mtls: false,
@@ -151,15 +143,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "gateway",
         mesh,
         me,
-        listener,
-        admin_listener,
+        prepared.listener,
+        prepared.admin_listener,
         service_account,
         app,
         shutdown,
         args.supervised,
     )
     .await;
-    drop(identity);
+    drop(prepared.identity);
     served
 }
 

@@ -195,15 +195,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         store: &args.store,
         ca: &args.ca,
     };
-    let Some(child::Prepared {
-        listener,
-        admin_listener,
-        address,
-        admin_address,
-        store,
-        identity,
-    }) = child::prepare(start, shutdown.as_mut()).await?
-    else {
+    let Some(prepared) = child::prepare(start, shutdown.as_mut()).await? else {
         return Ok(());
     };
     let workload = Workload::new(&name, &args.namespace)
@@ -217,10 +209,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // No address yet: `start` would register it before the mesh is ready. It is registered
     // below, once the application is built and the admin listener runs.
     let mut builder = args.telemetry.apply(
-        Mesh::builder(store, workload.clone()).drain_delay(args.drain_delay.as_std()),
+        Mesh::builder(prepared.store, workload.clone()).drain_delay(args.drain_delay.as_std()),
         &workload,
     )?;
-    if let Some(identity) = &identity {
+    if let Some(identity) = &prepared.identity {
         builder = builder.identity(identity.watch.clone());
     }
     let mesh = builder.start().await.context("cannot start the mesh")?;
@@ -241,17 +233,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         app: service.name().to_owned(),
         version: args.version.clone(),
         namespace: args.namespace.clone(),
-        address: address.to_string(),
-        admin: format!("http://{admin_address}/"),
+        address: prepared.address.to_string(),
+        admin: format!("http://{}/", prepared.admin_address),
         pid: std::process::id(),
-        mtls: identity.is_some(),
+        mtls: prepared.identity.is_some(),
     };
     let served = child::serve_workload(
         "workload",
         mesh,
         me,
-        listener,
-        admin_listener,
+        prepared.listener,
+        prepared.admin_listener,
         service_account,
         app,
         shutdown,
@@ -259,7 +251,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await;
     // The certificate is renewed until the workload stops serving.
-    drop(identity);
+    drop(prepared.identity);
     served
 }
 
