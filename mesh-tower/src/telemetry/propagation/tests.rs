@@ -13,6 +13,17 @@ const SPAN: [u8; 8] = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
 const B3_TRACE: &str = "80f198ee56343ba864fe8b2a57d3eff7";
 const B3_SPAN: &str = "e457b5a2e4d86bd1";
 const B3_PARENT: &str = "05e3ac9a4f6e3b90";
+/// Every header the trace context is read from, for the property tests.
+const TRACE_HEADER_NAMES: [&str; 8] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
@@ -777,10 +788,7 @@ proptest! {
     #[test]
     fn extract_never_panics(
         values in proptest::collection::vec(
-            (proptest::sample::select(vec![
-                "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
-                "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
-            ]), proptest::collection::vec(any::<u8>(), 0..80)),
+            (proptest::sample::select(TRACE_HEADER_NAMES.to_vec()), proptest::collection::vec(any::<u8>(), 0..80)),
             0..8,
         )
     ) {
@@ -797,10 +805,7 @@ proptest! {
     #[test]
     fn scanning_and_looking_up_agree(
         values in proptest::collection::vec(
-            (proptest::sample::select(vec![
-                "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
-                "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
-            ]), proptest::sample::select(vec![
+            (proptest::sample::select(TRACE_HEADER_NAMES.to_vec()), proptest::sample::select(vec![
                 W3C_EXAMPLE, "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
                 "congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7", B3_TRACE, B3_SPAN, B3_PARENT,
                 "0", "1", "d", "true", "garbage",
