@@ -11,7 +11,9 @@
 //!
 //! For profiling one path: `E2E_ONLY=bare|mesh|serve|connect|bare+tls|mesh+tls` runs only it,
 //! `E2E_REQUESTS=N` sets the count, and `E2E_HTTP2=1` (with `E2E_ONLY` and a plaintext path)
-//! sends HTTP/2 with prior knowledge instead of HTTP/1.1.
+//! sends HTTP/2 with prior knowledge instead of HTTP/1.1. `E2E_RULES=1` gives the mesh
+//! paths the route `compare` uses (a route timeout, retries with a per-try timeout) instead
+//! of the default route.
 
 use std::{
     convert::Infallible,
@@ -82,6 +84,23 @@ fn cpu_time() -> Duration {
 
 /// `E2E_HTTP2` is set: the plaintext paths speak HTTP/2 (prior knowledge).
 static HTTP2: LazyLock<bool> = LazyLock::new(|| std::env::var_os("E2E_HTTP2").is_some());
+
+/// `E2E_RULES` is set: the mesh paths route by [`RULES`] instead of the default route.
+static WITH_RULES: LazyLock<bool> = LazyLock::new(|| std::env::var_os("E2E_RULES").is_some());
+
+/// The route of `compare`'s mesh paths: a timeout and retries with a per-try timeout.
+const RULES: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: bench, namespace: default }
+spec:
+  hosts: [bench]
+  http:
+  - name: default
+    timeout: 10s
+    retries: { attempts: 2, perTryTimeout: 5s, retryOn: \"5xx,reset,connect-failure\" }
+    route:
+    - destination: { host: bench }
+";
 
 /// A request to `uri`, in the HTTP version of the run.
 fn request(uri: &str) -> http::Request<Empty<Bytes>> {
@@ -294,6 +313,11 @@ async fn mesh_over(requests: usize, pki: Option<&Pki>) -> Run {
     let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.path()));
     if pki.is_some() {
         let loaded = mesh_core::config::load_str(STRICT, None);
+        store.apply(loaded.resources).await.unwrap();
+    }
+    if *WITH_RULES {
+        let loaded = mesh_core::config::load_str(RULES, None);
+        assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
         store.apply(loaded.resources).await.unwrap();
     }
     let workload = |name: &str, app: &str| {

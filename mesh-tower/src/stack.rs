@@ -23,7 +23,8 @@
 //! [`Target`], so the whole stack is built once per client and
 //! follows configuration changes without being rebuilt. Requests whose rule has none of the
 //! policies from `cors` to `mirror` (the default route, or a rule that only forwards) skip
-//! those seven layers ([`ByRoute`]).
+//! those seven layers, and a rule whose only one is its timeout goes through `timeout` alone
+//! ([`ByRoute`]).
 
 use std::{
     pin::Pin,
@@ -191,7 +192,8 @@ where
 /// Sends a request through the route-policy layers (CORS, redirects and direct responses,
 /// rewrites, header operations, timeout, faults, mirrors) only when its [`Target`] has some
 /// of them; a request on the default route, or on a rule that only forwards, goes straight to
-/// the retry layer. Both paths share the same retry, balancer and connection pools; skipping
+/// the retry layer, and one on a rule whose only policy is a timeout through the timeout
+/// layer alone. All three share the same retry, balancer and connection pools; skipping
 /// seven layers that would do nothing saves their futures and request moves on every request.
 #[derive(Clone, Debug)]
 pub struct ByRoute<P, L> {
@@ -203,21 +205,47 @@ pub struct ByRoute<P, L> {
 
 /// True if a layer between the route and the retry layer has something to do for `req`.
 pub fn needs_route_policies<B>(req: &http::Request<B>) -> bool {
+    route_policies(req) != RoutePolicies::None
+}
+
+/// Which of the route-policy layers a request needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RoutePolicies {
+    /// None: the request goes straight to the retry layer.
+    None,
+    /// Only the route timeout (the most common explicit rule: a timeout, with or without
+    /// retries, which are below).
+    Timeout,
+    /// Others: every policy layer.
+    All,
+}
+
+fn route_policies<B>(req: &http::Request<B>) -> RoutePolicies {
     let ext = req.extensions();
     if ext.get::<DestinationHeaders>().is_some() {
-        return true;
+        return RoutePolicies::All;
     }
-    let Some(route) = ext.get::<Target>().and_then(Target::route) else {
-        // No route decision (a request that bypassed the route layer) or the default route.
-        return ext.get::<Target>().is_none();
+    let Some(target) = ext.get::<Target>() else {
+        // No route decision: a request that bypassed the route layer takes every layer.
+        return RoutePolicies::All;
     };
-    !matches!(route.action, Action::Forward(_))
-        || route.timeout.is_some()
+    let Some(route) = target.route() else {
+        // The default route.
+        return RoutePolicies::None;
+    };
+    if !matches!(route.action, Action::Forward(_))
         || route.fault.is_some()
         || !route.mirrors.is_empty()
         || route.rewrite.is_some()
         || !route.headers.is_empty()
         || route.cors.is_some()
+    {
+        RoutePolicies::All
+    } else if route.timeout.is_some() {
+        RoutePolicies::Timeout
+    } else {
+        RoutePolicies::None
+    }
 }
 
 impl<P, L> tower::Service<http::Request<Body>> for ByRoute<P, L>
@@ -229,8 +257,9 @@ where
 {
     type Response = http::Response<Body>;
     type Error = BoxError;
-    // The policy path's future nests seven layers' futures: boxed, so that the plain path's
-    // future (and every future wrapping it, up to the caller's) stays small to move.
+    // The policy path's future nests seven layers' futures, the timed path's holds a timer:
+    // both boxed, so that the plain path's future (and every future wrapping it, up to the
+    // caller's) stays small to move.
     type Future = Either<
         Pin<
             Box<
@@ -240,7 +269,10 @@ where
                 >,
             >,
         >,
-        futures_util::future::MapErr<L::Future, fn(L::Error) -> BoxError>,
+        Either<
+            Pin<Box<crate::timeout::future::ResponseFuture<L::Future>>>,
+            futures_util::future::MapErr<L::Future, fn(L::Error) -> BoxError>,
+        >,
     >;
 
     /// Ready when the plain path is; the policy path is driven to readiness by the request
@@ -251,13 +283,22 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         use futures_util::TryFutureExt;
-        if needs_route_policies(&req) {
-            let policies = P::clone(&self.policies);
-            Either::Left(Box::pin(
-                policies.oneshot(req).map_err(Into::into as fn(_) -> _),
-            ))
-        } else {
-            Either::Right(self.plain.call(req).map_err(Into::into as fn(_) -> _))
+        match route_policies(&req) {
+            RoutePolicies::All => {
+                let policies = P::clone(&self.policies);
+                Either::Left(Box::pin(
+                    policies.oneshot(req).map_err(Into::into as fn(_) -> _),
+                ))
+            }
+            // The timeout layer alone, straight over the plain path (polled ready): the
+            // same order as in the policy path, where every layer between would pass the
+            // request through.
+            RoutePolicies::Timeout => Either::Right(Either::Left(Box::pin(
+                crate::timeout::Timeout::from_target(&mut self.plain).call(req),
+            ))),
+            RoutePolicies::None => Either::Right(Either::Right(
+                self.plain.call(req).map_err(Into::into as fn(_) -> _),
+            )),
         }
     }
 }
@@ -311,9 +352,79 @@ spec:
             let req = target_for(VS, &format!("http://reviews:9080{path}"));
             assert!(needs_route_policies(&req), "{path}");
         }
+        // A rule whose only policy is its timeout takes the timeout layer alone.
+        let timed = target_for(VS, "http://reviews:9080/timed");
+        assert_eq!(route_policies(&timed), RoutePolicies::Timeout);
+        for path in ["/slow", "/tagged"] {
+            let req = target_for(VS, &format!("http://reviews:9080{path}"));
+            assert_eq!(route_policies(&req), RoutePolicies::All, "{path}");
+        }
         // A request that did not go through the route layer takes every layer.
         assert!(needs_route_policies(
             &http::Request::get("/").body(()).unwrap()
         ));
+    }
+
+    /// A rule whose only policy is a timeout (and retries, below it) takes the timeout layer
+    /// alone: the upstream hangs, the caller gets Envoy's 504 `UT` when the timeout elapses,
+    /// with no retry (a route timeout covers every try).
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_only_rule_answers_504_ut_when_the_upstream_hangs() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let loaded = load_str(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: ratings-v1 }
+spec: { address: 127.0.0.1, ports: { http: 20001 }, labels: { app: ratings } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: ratings }
+spec:
+  hosts: [ratings]
+  http:
+  - timeout: 3s
+    retries: { attempts: 2, perTryTimeout: 5s, retryOn: 5xx }
+    route: [{ destination: { host: ratings } }]
+",
+            None,
+        );
+        assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+        let snapshot = Arc::new(Snapshot::build(&loaded.resources).unwrap());
+        let req = http::Request::get("http://ratings:9080/ratings/0")
+            .body(())
+            .unwrap();
+        let (target, _) =
+            crate::route::decide(&snapshot, &Caller::new("default"), &req, 0).unwrap();
+        let mut probe = req;
+        probe.extensions_mut().insert(target);
+        assert_eq!(route_policies(&probe), RoutePolicies::Timeout);
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let hangs = tower::service_fn(move |_req: http::Request<Body>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<Result<http::Response<Body>, BoxError>>()
+        });
+        let parts = StackParts::new(Duration::from_secs(1));
+        let stack = outbound_over(
+            Arc::new(ArcSwap::from(snapshot)),
+            Caller::new("default"),
+            &parts,
+            hangs,
+        );
+        let start = tokio::time::Instant::now();
+        let res = stack
+            .oneshot(
+                http::Request::get("http://ratings:9080/ratings/0")
+                    .body(crate::body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), http::StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(crate::flags::ResponseFlags::of(&res).to_string(), "UT");
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one try, not retried");
     }
 }

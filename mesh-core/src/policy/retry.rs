@@ -260,7 +260,7 @@ pub enum Outcome<'a> {
 /// The `grpc-status` of a response's headers (not trailers, as Envoy reads it for retries).
 fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")?
+        .get(&GRPC_STATUS)?
         .to_str()
         .ok()?
         .trim()
@@ -279,8 +279,11 @@ const fn grpc_condition(code: u32) -> Option<RetryCondition> {
     }
 }
 
-/// The header an upstream Envoy sets on responses it rate limited.
-const ENVOY_RATELIMITED: &str = "x-envoy-ratelimited";
+/// The header an upstream Envoy sets on responses it rate limited. Header names are
+/// constants: a `&str` name is parsed and validated on every lookup.
+const ENVOY_RATELIMITED: http::HeaderName = http::HeaderName::from_static("x-envoy-ratelimited");
+
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 impl RetryOn {
     /// True if `outcome` is retriable under these conditions, as Envoy's router decides
@@ -320,7 +323,7 @@ impl RetryOn {
         let any_reset = self.has(C::Reset) || self.has(C::FiveXx) || self.has(C::GatewayError);
         match *outcome {
             Outcome::Response { status, headers } => {
-                if headers.contains_key(ENVOY_RATELIMITED) {
+                if headers.contains_key(&ENVOY_RATELIMITED) {
                     return self.has(C::EnvoyRateLimited);
                 }
                 let code = status.as_u16();
@@ -369,7 +372,7 @@ pub fn mesh_default_retriable(method: &http::Method, outcome: &Outcome<'_>) -> b
         Outcome::Response { status, headers } => {
             status == http::StatusCode::SERVICE_UNAVAILABLE
                 && method.is_idempotent()
-                && !headers.contains_key(ENVOY_RATELIMITED)
+                && !headers.contains_key(&ENVOY_RATELIMITED)
         }
         Outcome::Reset { refused: false } | Outcome::PerTryTimeout | Outcome::Other => false,
     }

@@ -8,6 +8,8 @@ use mesh_core::{
     },
 };
 
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
 /// The `Location` a redirect answers `req` with, as Envoy builds it:
 ///
 /// - **scheme**: `redirect.scheme`, else the request's (its URI's, else
@@ -56,7 +58,7 @@ pub fn redirect_location_with_prefix<B>(
         .scheme_str()
         .or_else(|| {
             req.headers()
-                .get("x-forwarded-proto")
+                .get(X_FORWARDED_PROTO)
                 .and_then(|v| v.to_str().ok())
         })
         .unwrap_or("http");
