@@ -66,6 +66,28 @@ pub(super) struct FirstTry<S> {
     pub(super) template: Template,
     pub(super) policy: PolicyRef,
     pub(super) shared: Arc<Shared>,
+    /// The first try's per-try timeout, if the policy has one.
+    pub(super) per_try: Option<PerTry>,
+}
+
+/// A try's per-try timeout: the timer, and the signal that tells the balancer the try was
+/// cut (outlier detection counts it).
+pub(super) struct PerTry {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    signal: TimeoutSignal,
+}
+
+impl PerTry {
+    /// Starts the timer of a try whose request has `extensions`: the signal goes into them,
+    /// nested in the route timeout's signal if there is one.
+    pub(super) fn start(limit: Duration, extensions: &mut Extensions) -> Self {
+        let signal = TimeoutSignal::within(extensions.get::<TimeoutSignal>());
+        extensions.insert(signal.clone());
+        Self {
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            signal,
+        }
+    }
 }
 
 impl<S, F> ResponseFuture<S, F> {
@@ -125,15 +147,27 @@ where
                 KindProj::Once { future } => std::task::ready!(future.poll(cx)).map_err(Into::into),
                 KindProj::Retrying { future } => std::task::ready!(future.as_mut().poll(cx)),
                 KindProj::First { future, rest } => {
-                    let result = std::task::ready!(future.poll(cx)).map_err(Into::into);
+                    let result = match future.poll(cx) {
+                        Poll::Ready(result) => result.map_err(Into::into),
+                        Poll::Pending => {
+                            let Some(per_try) = rest.as_mut().and_then(|r| r.per_try.as_mut())
+                            else {
+                                return Poll::Pending;
+                            };
+                            std::task::ready!(per_try.sleep.as_mut().poll(cx));
+                            // While the try is still alive: the balancer counts the cut when
+                            // it is dropped (on a retry, or with this future).
+                            per_try.signal.fire();
+                            Err(PerTryTimeout(()).into())
+                        }
+                    };
                     let Some(first) = rest.take() else {
                         return Poll::Ready(result);
                     };
                     // The common case: nothing to retry, decided without the loop.
-                    if !first
-                        .policy
-                        .get()
-                        .retriable(&first.template.method, &classify::outcome(&result))
+                    let policy = first.policy.get();
+                    if policy.max_retries() == 0
+                        || !policy.retriable(&first.template.method, &classify::outcome(&result))
                     {
                         result
                     } else {
@@ -145,6 +179,7 @@ where
                             template,
                             policy,
                             shared,
+                            per_try: _,
                         } = *first;
                         let method = template.method.clone();
                         let retrying = Box::pin(retry_after(

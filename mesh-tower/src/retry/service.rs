@@ -13,10 +13,13 @@ use tower::{Layer, Service};
 
 use super::{
     body::Replay,
-    future::{FirstTry, PolicyRef, ResponseFuture, Template, run},
+    future::{FirstTry, PerTry, PolicyRef, ResponseFuture, Template, run},
     layer::{PolicySource, RetryLayer, Shared},
 };
-use crate::{body::Body, target::Target};
+use crate::{
+    body::Body,
+    target::{Target, TriedEndpoints},
+};
 
 /// Retries failed requests; see the [module docs](super).
 ///
@@ -104,17 +107,30 @@ where
         }
         let clone = self.inner.clone();
         let mut svc = mem::replace(&mut self.inner, clone);
-        // A request without a body and without a per-try timeout (most requests): the first
-        // try is polled in place and the retry loop is only started when a retry is wanted.
-        if p.per_try_timeout().is_none() && req.body().is_end_stream() {
-            let (parts, body) = req.into_parts();
+        // A request without a body (most requests): the first try is polled in place, with
+        // its per-try timer if the policy has one, and the retry loop is only started when a
+        // retry is wanted.
+        if req.body().is_end_stream() {
+            let (mut parts, body) = req.into_parts();
+            let per_try = p.per_try_timeout();
+            // A try cut by its per-try timeout has no outcome to learn its endpoint from: the
+            // balancer records it in a shared list instead, for the retries to avoid.
+            if per_try.is_some()
+                && p.max_retries() > 0
+                && p.ignore_previous_hosts()
+                && parts.extensions.get::<TriedEndpoints>().is_none()
+            {
+                parts.extensions.insert(TriedEndpoints::default());
+            }
             let template = Template::new(&parts, Replay::default());
+            let per_try = per_try.map(|limit| PerTry::start(limit, &mut parts.extensions));
             let future = svc.call(Request::from_parts(parts, body));
             let rest = FirstTry {
                 svc,
                 template,
                 policy,
                 shared: self.shared.clone(),
+                per_try,
             };
             return ResponseFuture::first(future, rest, active);
         }

@@ -298,9 +298,13 @@ async fn last_error_is_returned_when_tries_run_out() {
 
 #[tokio::test(start_paused = true)]
 async fn attempts_zero_disables_retries() {
+    let mut timed = explicit("5xx", 0);
+    timed.per_try_timeout = Some(Duration::from_secs(1));
     for policy in [
         RetryPolicy::Disabled,
         RetryPolicy::Explicit(explicit("5xx", 0)),
+        // With a per-try timeout too: the one try is timed, nothing is retried.
+        RetryPolicy::Explicit(timed),
     ] {
         let (mut svc, mut handle) = spawn_policy(policy);
         let fut = call(&mut svc, get());
