@@ -371,8 +371,7 @@ spec:
     #[tokio::test(start_paused = true)]
     async fn a_timeout_only_rule_answers_504_ut_when_the_upstream_hangs() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let loaded = load_str(
-            "apiVersion: networking.istio.io/v1
+        const RULES: &str = "apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: { name: ratings-v1 }
 spec: { address: 127.0.0.1, ports: { http: 20001 }, labels: { app: ratings } }
@@ -386,19 +385,12 @@ spec:
   - timeout: 3s
     retries: { attempts: 2, perTryTimeout: 5s, retryOn: 5xx }
     route: [{ destination: { host: ratings } }]
-",
-            None,
-        );
+";
+        let probe = target_for(RULES, "http://ratings:9080/ratings/0");
+        assert_eq!(route_policies(&probe), RoutePolicies::Timeout);
+        let loaded = load_str(RULES, None);
         assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
         let snapshot = Arc::new(Snapshot::build(&loaded.resources).unwrap());
-        let req = http::Request::get("http://ratings:9080/ratings/0")
-            .body(())
-            .unwrap();
-        let (target, _) =
-            crate::route::decide(&snapshot, &Caller::new("default"), &req, 0).unwrap();
-        let mut probe = req;
-        probe.extensions_mut().insert(target);
-        assert_eq!(route_policies(&probe), RoutePolicies::Timeout);
 
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = calls.clone();

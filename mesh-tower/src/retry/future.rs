@@ -81,13 +81,20 @@ impl PerTry {
     /// Starts the timer of a try whose request has `extensions`: the signal goes into them,
     /// nested in the route timeout's signal if there is one.
     pub(super) fn start(limit: Duration, extensions: &mut Extensions) -> Self {
-        let signal = TimeoutSignal::within(extensions.get::<TimeoutSignal>());
-        extensions.insert(signal.clone());
         Self {
             sleep: Box::pin(tokio::time::sleep(limit)),
-            signal,
+            signal: try_signal(extensions),
         }
     }
+}
+
+/// The signal of a timed try, put into its request's `extensions` (nested in the route
+/// timeout's signal if there is one): it tells the balancer when the try's timeout cuts it
+/// (outlier detection).
+fn try_signal(extensions: &mut Extensions) -> TimeoutSignal {
+    let signal = TimeoutSignal::within(extensions.get::<TimeoutSignal>());
+    extensions.insert(signal.clone());
+    signal
 }
 
 impl<S, F> ResponseFuture<S, F> {
@@ -360,12 +367,7 @@ where
     S::Error: Into<BoxError>,
 {
     let mut req = req;
-    // A timed try tells the balancer when its timeout cuts it (outlier detection).
-    let signal = per_try.map(|_| {
-        let signal = TimeoutSignal::within(req.extensions().get::<TimeoutSignal>());
-        req.extensions_mut().insert(signal.clone());
-        signal
-    });
+    let signal = per_try.map(|_| try_signal(req.extensions_mut()));
     let once = async {
         if wait_ready {
             svc.ready().await.map_err(Into::into)?;
