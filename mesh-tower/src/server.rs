@@ -312,6 +312,10 @@ async fn serve_tls_connection<S, B>(
     }
 }
 
+/// Header entries made room for in a header-less HTTP/1 response (see [`handle`]): a
+/// typical request's few headers plus the ones the mesh adds inbound.
+const INBOUND_HEADER_ROOM: usize = 12;
+
 /// Calls the application; an application error becomes a 500 (hyper would close the
 /// connection).
 ///
@@ -328,8 +332,19 @@ where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let http1 = req.version() <= http::Version::HTTP_11;
     match app.oneshot(req).await {
-        Ok(res) => Ok(res.map(Either::Left)),
+        Ok(mut res) => {
+            if http1 && res.headers().capacity() == 0 {
+                // hyper's HTTP/1 server parses the next request of this connection into this
+                // response's header map (emptied once written), sized to that request's
+                // headers only; the inbound layers then add `x-request-id` (and trace
+                // headers), which would grow it: a reallocation and a rehash per request. A
+                // response without headers has no map allocated yet: make room here, once.
+                res.headers_mut().reserve(INBOUND_HEADER_ROOM);
+            }
+            Ok(res.map(Either::Left))
+        }
         Err(e) => {
             let e: BoxError = e.into();
             tracing::warn!(error = %e, %peer, "the service failed; answering 500");
