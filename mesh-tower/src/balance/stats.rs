@@ -65,6 +65,9 @@ struct Inner {
     /// The hash of the caller's own address, for `useSourceIp` when a request does not
     /// carry its peer's address.
     source_hash: u64,
+    /// Ejections counted by endpoints [`EndpointStats::prune_idle`] dropped: the total stays
+    /// monotonic, as a Prometheus counter must (a decrease reads as a reset).
+    pruned_ejections: AtomicU64,
 }
 
 /// What the balancer tracks per endpoint: requests in flight, and whether connecting to it
@@ -263,6 +266,7 @@ impl Default for Inner {
             // No address known: a random one per mesh, so every request of this workload
             // hashes alike (as a sidecar sees one source IP) while workloads differ.
             source_hash: rand::random(),
+            pruned_ejections: AtomicU64::new(0),
         }
     }
 }
@@ -317,16 +321,25 @@ impl EndpointStats {
             .map_or(0, |c| c.ejections())
     }
 
-    /// How many ejections outlier detection made, summed over the endpoints these statistics
-    /// track (for telemetry; an endpoint dropped by [`prune_idle`](Self::prune_idle) takes its
-    /// count with it).
+    /// How many ejections outlier detection made, over every endpoint these statistics have
+    /// tracked (those [`prune_idle`](Self::prune_idle) dropped included): it never decreases.
     pub fn total_ejections(&self) -> u64 {
-        self.read()
+        // Under the writers' lock, so that no prune runs between reading the maps and the
+        // pruned count (either order could count a pruned endpoint twice or not at all, and
+        // the total would go back down on the next read).
+        let _write = self
+            .inner
+            .write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tracked: u64 = self
+            .read()
             .in_flight
             .values()
             .flat_map(|ports| ports.values())
             .map(|c| c.ejections())
-            .sum()
+            .sum();
+        tracked + self.inner.pruned_ejections.load(Ordering::Relaxed)
     }
 
     /// True while `address:port` is avoided after connect failures.
@@ -338,6 +351,7 @@ impl EndpointStats {
     /// cursor and every consistent-hash table.
     pub fn prune_idle(&self) {
         let now = self.now_ms();
+        let pruned = &self.inner.pruned_ejections;
         self.update(|maps| {
             maps.in_flight.retain(|_, ports| {
                 // A counter referenced only by the published maps (the old and this copy) and
@@ -345,7 +359,11 @@ impl EndpointStats {
                 // before may still count into a dropped counter; the endpoint then gets a new
                 // one on its next pick, and least-request misjudges its load for one request.
                 ports.retain(|_, c| {
-                    Arc::strong_count(c) > 2 || c.in_flight() > 0 || c.is_ejected(now)
+                    let keep = Arc::strong_count(c) > 2 || c.in_flight() > 0 || c.is_ejected(now);
+                    if !keep {
+                        pruned.fetch_add(c.ejections(), Ordering::Relaxed);
+                    }
+                    keep
                 });
                 !ports.is_empty()
             });

@@ -543,3 +543,25 @@ async fn pruning_keeps_ejected_endpoints() {
     stats.prune_idle();
     assert!(format!("{stats:?}").contains("endpoints: 0"));
 }
+
+/// `mesh_outlier_ejections_total` is a Prometheus counter: pruning an endpoint that was
+/// ejected once (and is back, idle) must not take its ejections out of the total.
+#[tokio::test(start_paused = true)]
+async fn the_ejection_total_survives_pruning() {
+    use mesh_core::policy::outlier::{Outcome, OutlierPolicy};
+    let stats = EndpointStats::new();
+    let policy = OutlierPolicy::default().consecutive_5xx(1);
+    for port in [1, 2] {
+        let counter = stats.counter_or_insert("127.0.0.1", port);
+        counter.record_outcome(&policy, Outcome::Response(500), stats.now_ms(), || true);
+    }
+    assert_eq!(stats.total_ejections(), 2);
+    tokio::time::advance(std::time::Duration::from_secs(30)).await;
+    stats.prune_idle();
+    assert!(format!("{stats:?}").contains("endpoints: 0"));
+    assert_eq!(stats.total_ejections(), 2);
+    // Seen again and ejected again: counted on top.
+    let counter = stats.counter_or_insert("127.0.0.1", 1);
+    counter.record_outcome(&policy, Outcome::Response(500), stats.now_ms(), || true);
+    assert_eq!(stats.total_ejections(), 3);
+}
