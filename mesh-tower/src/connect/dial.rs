@@ -43,7 +43,8 @@ impl PoolIo for TokioIo<ClientIo> {
 /// A new connection's sender and the server's identity (mutual TLS only).
 pub(super) type Dialed<S> = (S, Option<PeerIdentity>);
 
-type Dialing<S> = Pin<Box<dyn Future<Output = Result<Dialed<S>, BoxError>> + Send>>;
+/// A connection being opened.
+pub(super) type Dialing<S> = Pin<Box<dyn Future<Output = Result<Dialed<S>, BoxError>> + Send>>;
 
 /// Opens connections to one kind of endpoint; object-safe so that a pool does not depend on
 /// its connector's type.

@@ -7,7 +7,8 @@
 //! then the endpoint's own mutex. An HTTP/1.1 connection is out of the pool while it carries
 //! a request, and goes back (most recently used first) when its response body has ended; the
 //! body wrapper does that, without a task. HTTP/2 connections are shared: each request
-//! clones the sender. A sweep task per pool (started with the first endpoint, ended when no
+//! clones the sender. An HTTP/1.1 connection dialed for a request that is given up before it
+//! is ready (a timeout, a caller gone) still joins the pool. A sweep task per pool (started with the first endpoint, ended when no
 //! endpoint is left) closes idle connections past the idle timeout or the maximum duration
 //! and forgets endpoints without connections.
 
@@ -337,6 +338,16 @@ impl Pool {
         lock(&self.endpoints).map.len()
     }
 
+    /// How many idle HTTP/1.1 connections the pool holds, over every endpoint.
+    #[cfg(test)]
+    pub(super) fn idle(&self) -> usize {
+        lock(&self.endpoints)
+            .map
+            .values()
+            .map(|e| lock(&e.state).idle.len())
+            .sum()
+    }
+
     /// How many requests a pooled connection gave back unsent (the keep-alive race).
     #[cfg(test)]
     pub(super) fn resent(&self) -> u64 {
@@ -634,9 +645,11 @@ async fn send_http1(
             },
         }
     }
-    let (mut tx, peer) = pool
-        .http1_dial
-        .http1(dst(&endpoint.key), &pool.http1)
+    let dialing = KeepIfCancelled {
+        dialing: Some(pool.http1_dial.http1(dst(&endpoint.key), &pool.http1)),
+        endpoint: endpoint.clone(),
+    };
+    let (mut tx, peer) = dialing
         .await
         .map_err(|e| connect_failure(e, &endpoint.key))?;
     let created = Instant::now();
@@ -652,6 +665,59 @@ async fn send_http1(
         uploading,
     };
     Ok(endpoint.respond(conn, res, connect))
+}
+
+/// A new HTTP/1.1 connection being opened for a request. If the request is given up
+/// before the connection is ready (its caller or a timeout dropped it), the dial goes on in a
+/// task and the connection joins the pool: the next request uses it instead of dialing
+/// again (as Envoy's pools finish a connection whose request went away).
+struct KeepIfCancelled {
+    dialing: Option<Dialing1>,
+    endpoint: Arc<Endpoint>,
+}
+
+type Dialing1 = super::dial::Dialing<http1::SendRequest<Body>>;
+
+impl Future for KeepIfCancelled {
+    type Output = Result<super::dial::Dialed<http1::SendRequest<Body>>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(dialing) = self.dialing.as_mut() else {
+            return Poll::Ready(Err("polled after completion".into()));
+        };
+        let out = ready!(dialing.as_mut().poll(cx));
+        self.dialing = None;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for KeepIfCancelled {
+    fn drop(&mut self) {
+        let Some(dialing) = self.dialing.take() else {
+            return;
+        };
+        // Outside a runtime (nothing could drive it) the dial is dropped.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let endpoint = self.endpoint.clone();
+        runtime.spawn(async move {
+            match dialing.await {
+                Ok((tx, peer)) => endpoint.put(Conn1 {
+                    tx,
+                    peer,
+                    created: Instant::now(),
+                    responses: 0,
+                    uploading: false,
+                }),
+                Err(e) => tracing::debug!(
+                    endpoint = %endpoint.key,
+                    error = %e,
+                    "connection dialed for a request given up failed"
+                ),
+            }
+        });
+    }
 }
 
 async fn send_http2(

@@ -853,3 +853,69 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout_not_the_sweep
     assert_eq!(text(res).await, "HTTP/2.0 reviews:9080 /path");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// A request given up while its connection is being opened (a route timeout, a caller that
+/// went away) leaves that connection to the pool: the next request uses it, with no second
+/// dial.
+#[tokio::test]
+async fn a_connection_dialed_for_a_request_given_up_joins_the_pool() {
+    use super::pool::{Limits, Pool};
+    use hyper::client::conn::{http1, http2};
+    let (addr, accepted) = echo_server().await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let dials = Arc::new(AtomicUsize::new(0));
+    let connector = {
+        let (gate, dials) = (gate.clone(), dials.clone());
+        tower::service_fn(move |_dst: http::Uri| {
+            let (gate, dials) = (gate.clone(), dials.clone());
+            async move {
+                dials.fetch_add(1, Ordering::SeqCst);
+                // Held until the test opens the gate: the dial is slow.
+                gate.acquire()
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .forget();
+                Ok::<_, std::io::Error>(TokioIo::new(TcpStream::connect(addr).await?))
+            }
+        })
+    };
+    let pool = Arc::new(Pool::new(
+        Box::new(connector.clone()),
+        Box::new(connector),
+        http1::Builder::new(),
+        http2::Builder::new(TokioExecutor::new()),
+        Limits::default(),
+    ));
+    // The first request is given up while its connection is being dialed.
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.send(get(addr, Version::HTTP_11), false).await }
+    });
+    while dials.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    first.abort();
+    assert!(first.await.expect_err("given up").is_cancelled());
+    assert_eq!(pool.idle(), 0);
+    // The dial finishes after all, in the background, and its connection goes idle.
+    gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while pool.idle() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the connection joins the pool");
+    // The next request is sent on that connection: no second dial (the gate is shut again,
+    // so a second dial would hang).
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        pool.send(get(addr, Version::HTTP_11), false),
+    )
+    .await
+    .expect("sent on the pooled connection, not a new dial")
+    .expect("response");
+    assert_eq!(text(res).await, "HTTP/1.1 reviews:9080 /path");
+    assert_eq!(dials.load(Ordering::SeqCst), 1);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
