@@ -319,11 +319,7 @@ fn clusters(snapshot: &Snapshot) -> Vec<Cluster> {
                     })
                     .collect();
                 out.push(Cluster {
-                    name: format!(
-                        "outbound|{port}|{}|{}",
-                        subset.as_deref().unwrap_or(""),
-                        svc.host
-                    ),
+                    name: crate::target::cluster_name(port, subset.as_deref(), &svc.host),
                     host: svc.host.clone(),
                     port,
                     subset: subset.clone(),

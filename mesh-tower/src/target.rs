@@ -31,6 +31,25 @@ impl Target {
     pub fn route(&self) -> Option<&Route> {
         self.route.as_deref()
     }
+
+    /// Envoy's name for the cluster this target sends to (see [`cluster_name`]).
+    pub fn cluster_name(&self) -> String {
+        cluster_name(self.port, self.subset.as_deref(), &self.host)
+    }
+}
+
+/// Envoy's (and Istio's) name for an outbound cluster, as in access logs, traces and
+/// `/clusters`: `outbound|9080|v1|reviews.default.svc.cluster.local` (the subset empty when
+/// there is none).
+///
+/// ```
+/// use mesh_tower::target::cluster_name;
+/// assert_eq!(cluster_name(9080, Some("v1"), "reviews.default.svc.cluster.local"),
+///            "outbound|9080|v1|reviews.default.svc.cluster.local");
+/// assert_eq!(cluster_name(9080, None, "reviews"), "outbound|9080||reviews");
+/// ```
+pub fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or_default())
 }
 
 /// The endpoint a request was sent to, in the response's extensions (put there by the balancer).

@@ -261,10 +261,7 @@ fn semaphore(max: u32) -> Arc<Semaphore> {
 
 impl Cluster {
     pub(super) fn new(host: &str, subset: Option<Arc<str>>, port: u16, limits: PoolLimits) -> Self {
-        let name = format!(
-            "outbound|{port}|{}|{host}",
-            subset.as_deref().unwrap_or_default()
-        );
+        let name = crate::target::cluster_name(port, subset.as_deref(), host);
         let connections = limits.get_max_connections().map(semaphore);
         Self {
             subset,

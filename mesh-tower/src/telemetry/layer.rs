@@ -1364,14 +1364,7 @@ impl Pending {
             entry.upstream_host = self.upstream.as_ref().map(|a| Cow::Borrowed(a.as_str()));
             // Outbound only: the cluster and route the route layer chose. (Envoy's inbound
             // cluster names the listener port, which this layer does not know: `-`.)
-            entry.upstream_cluster = target.map(|t| {
-                Cow::Owned(format!(
-                    "outbound|{}|{}|{}",
-                    t.port,
-                    t.subset.as_deref().unwrap_or_default(),
-                    t.host
-                ))
-            });
+            entry.upstream_cluster = target.map(|t| Cow::Owned(t.cluster_name()));
             entry.route_name = target
                 .and_then(Target::route)
                 .and_then(|r| r.name.as_deref())

@@ -278,7 +278,7 @@ where
         );
         let cluster = span
             .is_some()
-            .then(|| format!("outbound|{}||{}", port(), host()));
+            .then(|| crate::target::cluster_name(port(), None, host()));
         let state = span.map(|span| {
             let request_bytes = count_request_body(&mut req);
             let slot = TargetSlot::default();
@@ -487,12 +487,7 @@ impl SpanState {
             if let Some(target) = self.slot.as_ref().and_then(|s| s.0.get()) {
                 self.span
                     .update_name(format!("{}:{}/*", target.host, target.port));
-                self.upstream_cluster = Some(format!(
-                    "outbound|{}|{}|{}",
-                    target.port,
-                    target.subset.as_deref().unwrap_or(""),
-                    target.host
-                ));
+                self.upstream_cluster = Some(target.cluster_name());
             }
             if let Some(picked) = res.extensions().get::<PickedEndpoint>() {
                 self.span.set_attribute(KeyValue::new(
