@@ -103,6 +103,35 @@ fn bench(c: &mut Criterion) {
             .layer(BalanceLayer::from_target(EndpointStats::new()))
             .service_fn(leaf)
     );
+    // A fixed list of many endpoints (no route): least request draws two endpoints and
+    // compares them, whatever the count; up to 16 it passes over all of them.
+    for n in [16u32, 1_000] {
+        let endpoints: Vec<_> = (0..n)
+            .map(|i| {
+                Arc::new(mesh_core::snapshot::Endpoint {
+                    address: format!("10.0.{}.{}", i / 250, i % 250 + 1),
+                    ports: [("http".to_owned(), 9080)].into(),
+                    labels: Default::default(),
+                    service_account: "reviews".to_owned(),
+                    namespace: "default".to_owned(),
+                    weight: 1,
+                    workload: None,
+                })
+            })
+            .collect();
+        let svc = ServiceBuilder::new()
+            .layer(BalanceLayer::new(
+                endpoints,
+                mesh_core::policy::balance::Algorithm::LeastRequest,
+            ))
+            .service_fn(leaf);
+        group.bench_function(format!("balance(least request, {n} endpoints)"), |b| {
+            b.to_async(&rt).iter(|| {
+                let svc = svc.clone();
+                async move { black_box(svc.oneshot(request()).await.unwrap()) }
+            })
+        });
+    }
     case!(
         "rescue",
         ServiceBuilder::new()

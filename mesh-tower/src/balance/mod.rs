@@ -9,6 +9,13 @@
 //! how weights are used and how Istio's names map (`PASSTHROUGH` balances with
 //! LEAST_REQUEST).
 //!
+//! Up to 16 endpoints, a request looks at each (the choice among those not marked down or
+//! already tried). Above that, LEAST_REQUEST, RANDOM and ROUND_ROBIN look only at the one or
+//! two endpoints they draw (or the cursor's), as Envoy's balancers do, and fall back to the
+//! full pass when weights differ, warmup is on, the request is a retry, an outlier ejection
+//! may be running, or a drawn endpoint is marked down: with 1,000 endpoints a least-request
+//! choice costs ~1.6 µs instead of ~45 µs (`benches/layers`).
+//!
 //! # Consistent hashing
 //!
 //! `consistentHash` picks the endpoint from a ring hash or a Maglev table

@@ -276,6 +276,15 @@ impl<S> Balance<S> {
             }
             _ => 0,
         };
+        if let Some(decision) = self.sample(
+            endpoints,
+            plan,
+            (algorithm, cursor),
+            warmup.is_some() || tried.is_some(),
+            &port_of,
+        ) {
+            return Ok(decision);
+        }
         // Warmup needs to know when each endpoint was first seen: create missing counters.
         if warmup.is_some() {
             let maps = self.stats.read();
@@ -379,6 +388,91 @@ impl<S> Balance<S> {
         let counter =
             counter.unwrap_or_else(|| self.stats.counter_or_insert(&endpoint.address, port));
         Ok(Decision {
+            endpoint,
+            port,
+            counter,
+            extras: None,
+        })
+    }
+
+    /// Least request (two random choices), random or round robin over many endpoints without
+    /// a pass over all of them: the one or two endpoints drawn (or the cursor's) are checked
+    /// and compared, so a request costs about the same with 20 endpoints or 2,000 (one read
+    /// of each endpoint's weight is left). The draws and the comparison are those of the full
+    /// pass ([`balance::pick`]), so the choice follows the same distribution; for round robin,
+    /// a turn that lands on an endpoint marked down goes to one of the others, chosen as the
+    /// full pass would.
+    ///
+    /// `None` (the full pass decides) for few endpoints (the pass is cheap), unequal weights
+    /// (least request and round robin weigh them), warmup or a retry's tried endpoints
+    /// (`exact`), while an ejection may be running (panic mode depends on how many endpoints
+    /// are ejected), or when a drawn endpoint is marked down after connect failures (the pass
+    /// then chooses among the others).
+    fn sample(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        plan: &Plan<'_>,
+        (algorithm, cursor): (Algorithm, u64),
+        exact: bool,
+        port_of: &impl Fn(&Endpoint) -> u16,
+    ) -> Option<Decision> {
+        let n = endpoints.len();
+        if n <= INLINE || exact {
+            return None;
+        }
+        let mut now_ms = None;
+        if plan.outlier.is_some() {
+            let now = self.stats.now_ms();
+            if self.stats.may_have_ejections(now) {
+                return None;
+            }
+            now_ms = Some(now);
+        }
+        // The pass weighs least-request draws and the round-robin order when weights differ
+        // (random ignores them).
+        let weight = endpoints[0].weight.max(1);
+        if algorithm != Algorithm::Random && endpoints.iter().any(|e| e.weight.max(1) != weight) {
+            return None;
+        }
+        let maps = self.stats.read();
+        let mut check = |i: usize| {
+            let e: &Endpoint = &endpoints[i];
+            let port = port_of(e);
+            let load = maps.counter_ref(&e.address, port);
+            let down = load.is_some_and(|l| {
+                l.marked_down() && l.is_down(*now_ms.get_or_insert_with(|| self.stats.now_ms()))
+            });
+            (!down).then_some((i, port, load))
+        };
+        let mut rng = rand::rng();
+        let a = match algorithm {
+            Algorithm::RoundRobin => usize::try_from(cursor % n as u64).unwrap_or_default(),
+            _ => rng.random_range(0..n),
+        };
+        let first = check(a)?;
+        let (index, port, load) = if algorithm == Algorithm::LeastRequest {
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let second = check(b)?;
+            let in_flight =
+                |c: &(usize, u16, Option<&Arc<EndpointLoad>>)| c.2.map_or(0, |l| l.in_flight());
+            match in_flight(&first).cmp(&in_flight(&second)) {
+                std::cmp::Ordering::Less => first,
+                std::cmp::Ordering::Greater => second,
+                std::cmp::Ordering::Equal if rng.random_range(0..2) == 0 => first,
+                std::cmp::Ordering::Equal => second,
+            }
+        } else {
+            first
+        };
+        let counter = load.cloned();
+        drop(maps);
+        let endpoint = endpoints[index].clone();
+        let counter =
+            counter.unwrap_or_else(|| self.stats.counter_or_insert(&endpoint.address, port));
+        Some(Decision {
             endpoint,
             port,
             counter,

@@ -68,6 +68,9 @@ struct Inner {
     /// Ejections counted by endpoints [`EndpointStats::prune_idle`] dropped: the total stays
     /// monotonic, as a Prometheus counter must (a decrease reads as a reset).
     pruned_ejections: AtomicU64,
+    /// When the last ejection made so far ends (milliseconds since `epoch`; shared with every
+    /// [`EndpointLoad`]): before then some endpoint may be ejected, after it none is.
+    ejections_end_ms: Arc<AtomicU64>,
 }
 
 /// What the balancer tracks per endpoint: requests in flight, and whether connecting to it
@@ -89,6 +92,8 @@ pub(super) struct EndpointLoad {
     /// Until when the endpoint is ejected by outlier detection (milliseconds since the stats
     /// were created; 0 when it never was). Read without a lock when picking.
     ejected_until_ms: AtomicU64,
+    /// The statistics' [`Inner::ejections_end_ms`], raised by each ejection.
+    ejections_end_ms: Arc<AtomicU64>,
     /// Outlier detection's counters; locked only for destinations that configure it.
     outlier: Mutex<OutlierState>,
 }
@@ -99,7 +104,7 @@ pub(super) const CONNECT_BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub(super) const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl EndpointLoad {
-    fn new(epoch: Instant, address: &str, port: u16) -> Self {
+    fn new(epoch: Instant, address: &str, port: u16, ejections_end_ms: Arc<AtomicU64>) -> Self {
         Self {
             epoch,
             authority: Authority::try_from(super::service::authority(address, port)).ok(),
@@ -108,6 +113,7 @@ impl EndpointLoad {
             down_until_ms: AtomicU64::new(0),
             first_seen_ms: millis(epoch.elapsed()),
             ejected_until_ms: AtomicU64::new(0),
+            ejections_end_ms,
             outlier: Mutex::default(),
         }
     }
@@ -148,6 +154,8 @@ impl EndpointLoad {
         let until = state.eject(policy, now);
         self.ejected_until_ms
             .store(millis(until), Ordering::Relaxed);
+        self.ejections_end_ms
+            .fetch_max(millis(until), Ordering::Relaxed);
         tracing::debug!(
             endpoint = ?self.authority,
             ?reason,
@@ -267,6 +275,7 @@ impl Default for Inner {
             // hashes alike (as a sidecar sees one source IP) while workloads differ.
             source_hash: rand::random(),
             pruned_ejections: AtomicU64::new(0),
+            ejections_end_ms: Arc::default(),
         }
     }
 }
@@ -342,6 +351,12 @@ impl EndpointStats {
         tracked + self.inner.pruned_ejections.load(Ordering::Relaxed)
     }
 
+    /// False if no endpoint these statistics track can be ejected at `now_ms` (every ejection
+    /// made so far has ended): the balancer then need not check each endpoint.
+    pub(super) fn may_have_ejections(&self, now_ms: u64) -> bool {
+        now_ms < self.inner.ejections_end_ms.load(Ordering::Relaxed)
+    }
+
     /// True while `address:port` is avoided after connect failures.
     pub fn is_down(&self, address: &str, port: u16) -> bool {
         self.read().is_down(address, port, self.now_ms())
@@ -393,12 +408,13 @@ impl EndpointStats {
     /// The counter of `address:port`, created if needed (takes the write lock).
     pub(super) fn counter_or_insert(&self, address: &str, port: u16) -> Arc<EndpointLoad> {
         let epoch = self.inner.epoch;
+        let end = &self.inner.ejections_end_ms;
         self.update(|maps| {
             maps.in_flight
                 .entry(address.to_owned())
                 .or_default()
                 .entry(port)
-                .or_insert_with(|| Arc::new(EndpointLoad::new(epoch, address, port)))
+                .or_insert_with(|| Arc::new(EndpointLoad::new(epoch, address, port, end.clone())))
                 .clone()
         })
     }
@@ -419,13 +435,16 @@ impl EndpointStats {
     /// update (warmup needs to know when each endpoint was first seen).
     pub(super) fn insert_counters<'a>(&self, missing: impl IntoIterator<Item = (&'a str, u16)>) {
         let epoch = self.inner.epoch;
+        let end = &self.inner.ejections_end_ms;
         self.update(|maps| {
             for (address, port) in missing {
                 maps.in_flight
                     .entry(address.to_owned())
                     .or_default()
                     .entry(port)
-                    .or_insert_with(|| Arc::new(EndpointLoad::new(epoch, address, port)));
+                    .or_insert_with(|| {
+                        Arc::new(EndpointLoad::new(epoch, address, port, end.clone()))
+                    });
             }
         });
     }

@@ -565,3 +565,119 @@ async fn the_ejection_total_survives_pruning() {
     counter.record_outcome(&policy, Outcome::Response(500), stats.now_ms(), || true);
     assert_eq!(stats.total_ejections(), 3);
 }
+
+// === many endpoints: least request and random without a pass over all of them ===
+
+/// `n` endpoints `127.0.0.1:7000 + i`, least request, with outlier detection if given.
+fn many(
+    n: u32,
+    outlier: Option<mesh_core::policy::outlier::OutlierPolicy>,
+) -> (Svc, MockHandle, EndpointStats) {
+    let mut layer = BalanceLayer::new(
+        (0..n).map(|i| endpoint("127.0.0.1", 7000 + i)),
+        Algorithm::LeastRequest,
+    );
+    if let Some(policy) = outlier {
+        layer = layer.outlier_detection(policy);
+    }
+    let stats = layer.stats().clone();
+    let (svc, handle) = mock::spawn_layer(layer);
+    (svc, handle, stats)
+}
+
+async fn pick(svc: &mut Svc, handle: &mut MockHandle) -> String {
+    let (sent, _) = roundtrip(svc, handle, request("http://backend/", None)).await;
+    sent.uri().authority().expect("absolute").to_string()
+}
+
+/// With 64 endpoints each request still compares two of them: an endpoint with a request in
+/// flight loses against any idle one, so it gets nothing while the others share the load.
+#[tokio::test]
+async fn with_many_endpoints_least_request_skips_the_busy_one_and_spreads() {
+    let (mut svc, mut handle, _) = many(64, None);
+    assert_ready_ok!(svc.poll_ready());
+    let held = svc.call(request("http://backend/", None));
+    let (busy, send) = handle.next_request().await.expect("request");
+    let busy = busy.uri().authority().expect("absolute").to_string();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..500 {
+        let picked = pick(&mut svc, &mut handle).await;
+        assert_ne!(picked, busy);
+        seen.insert(picked);
+    }
+    // 500 uniform draws over 63 endpoints miss a given one with probability (62/63)^500.
+    assert!(seen.len() >= 60, "only {} endpoints used", seen.len());
+    send.send_response(Response::new(body::empty()));
+    held.await.expect("response");
+}
+
+/// An endpoint that refused a connection is avoided among many as among few (a draw that
+/// lands on it makes the balancer choose among all the others).
+#[tokio::test(start_paused = true)]
+async fn with_many_endpoints_one_that_refused_a_connection_is_avoided() {
+    use crate::error::UpstreamConnectFailure;
+    let (mut svc, mut handle, stats) = many(64, None);
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(request("http://backend/", None));
+    let (sent, send) = handle.next_request().await.expect("request");
+    let dead = sent.uri().authority().expect("absolute").to_string();
+    send.send_error(UpstreamConnectFailure {
+        endpoint: dead.clone(),
+        source: "connection refused".into(),
+    });
+    assert!(fut.await.is_err());
+    assert!(stats.is_down("127.0.0.1", dead[10..].parse().expect("port")));
+    for _ in 0..500 {
+        assert_ne!(pick(&mut svc, &mut handle).await, dead);
+    }
+}
+
+/// Outlier detection among many endpoints: while an ejection runs the ejected endpoint
+/// gets nothing; once it has ended the endpoint is chosen again.
+#[tokio::test(start_paused = true)]
+async fn with_many_endpoints_an_ejected_one_gets_nothing_until_its_ejection_ends() {
+    use mesh_core::policy::outlier::OutlierPolicy;
+    let policy = OutlierPolicy::default().consecutive_5xx(1);
+    let (mut svc, mut handle, stats) = many(64, Some(policy));
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(request("http://backend/", None));
+    let (sent, send) = handle.next_request().await.expect("request");
+    let ejected = sent.uri().authority().expect("absolute").to_string();
+    let mut res = Response::new(body::empty());
+    *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    send.send_response(res);
+    let _ = fut.await.expect("response");
+    let port: u16 = ejected[10..].parse().expect("port");
+    assert!(stats.ejected("127.0.0.1", port));
+    for _ in 0..500 {
+        assert_ne!(pick(&mut svc, &mut handle).await, ejected);
+    }
+    // Istio's default base ejection time is 30 s.
+    tokio::time::advance(std::time::Duration::from_secs(31)).await;
+    assert!(!stats.ejected("127.0.0.1", port));
+    let mut again = false;
+    for _ in 0..2_000 {
+        again |= pick(&mut svc, &mut handle).await == ejected;
+    }
+    assert!(again, "the endpoint is chosen again after its ejection");
+}
+
+/// Round robin over many endpoints visits each in turn.
+#[tokio::test]
+async fn with_many_endpoints_round_robin_visits_each_in_turn() {
+    let layer = BalanceLayer::new(
+        (0..40).map(|i| endpoint("127.0.0.1", 7000 + i)),
+        Algorithm::RoundRobin,
+    );
+    let (mut svc, mut handle) = mock::spawn_layer(layer);
+    let mut order = Vec::new();
+    for _ in 0..80 {
+        order.push(pick(&mut svc, &mut handle).await);
+    }
+    let first: Vec<_> = order[..40].to_vec();
+    let mut distinct = first.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 40, "each endpoint once per round");
+    assert_eq!(order[40..], first[..], "the same order again");
+}
