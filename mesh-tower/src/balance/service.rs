@@ -385,14 +385,7 @@ impl<S> Balance<S> {
         let counter = loads[index].cloned();
         drop(loads);
         drop(maps);
-        let counter =
-            counter.unwrap_or_else(|| self.stats.counter_or_insert(&endpoint.address, port));
-        Ok(Decision {
-            endpoint,
-            port,
-            counter,
-            extras: None,
-        })
+        Ok(self.decision(endpoint, port, counter))
     }
 
     /// Least request (two random choices), random or round robin over many endpoints without
@@ -469,15 +462,25 @@ impl<S> Balance<S> {
         };
         let counter = load.cloned();
         drop(maps);
-        let endpoint = endpoints[index].clone();
+        Some(self.decision(endpoints[index].clone(), port, counter))
+    }
+
+    /// The decision for `endpoint` at `port`, with its load counter (created if the
+    /// statistics have none yet; the caller has let go of the maps it read).
+    fn decision(
+        &self,
+        endpoint: Arc<Endpoint>,
+        port: u16,
+        counter: Option<Arc<EndpointLoad>>,
+    ) -> Decision {
         let counter =
             counter.unwrap_or_else(|| self.stats.counter_or_insert(&endpoint.address, port));
-        Some(Decision {
+        Decision {
             endpoint,
             port,
             counter,
             extras: None,
-        })
+        }
     }
 
     /// Chooses an endpoint by consistent hashing: the table is looked up (O(log n) on the
@@ -552,15 +555,7 @@ impl<S> Balance<S> {
         let (counter, port) = load(index);
         let counter = counter.cloned();
         drop(maps);
-        let endpoint = endpoints[index].clone();
-        let counter =
-            counter.unwrap_or_else(|| self.stats.counter_or_insert(&endpoint.address, port));
-        Ok(Decision {
-            endpoint,
-            port,
-            counter,
-            extras: None,
-        })
+        Ok(self.decision(endpoints[index].clone(), port, counter))
     }
 
     /// The destination's consistent-hash table: the cached one if it was built for this
