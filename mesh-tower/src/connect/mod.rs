@@ -105,6 +105,7 @@
 //! | establishing the connection failed: refused, unreachable, DNS failure, connect timeout, TLS handshake or secure naming, an `https` URI | [`UpstreamConnectFailure`] (its source is the connector's error) |
 //! | [`hyper::Error::is_canceled`]: the connection closed before the request was written (on a pooled connection the pool sends it on a new one first) | [`UpstreamReset`] `{ refused: true }` |
 //! | [`hyper::Error::is_incomplete_message`] (EOF before a response) on a connection that carried a response before | [`UpstreamReset`] `{ refused: true }` |
+//! | HTTP/1.1: the socket reset, aborted or broken (`ECONNRESET`, `EPIPE`) on a connection that carried a response before: the same race, when the server's TCP reset arrives before its end of stream is read | [`UpstreamReset`] `{ refused: true }` |
 //! | HTTP/2 `RST_STREAM(REFUSED_STREAM)` received | [`UpstreamReset`] `{ refused: true }` |
 //! | HTTP/2 `GOAWAY(NO_ERROR)` received, for a stream above its last stream id (not processed) | [`UpstreamReset`] `{ refused: true }` |
 //! | [`hyper::Error::is_incomplete_message`] on a new connection | [`UpstreamReset`] `{ refused: false }` |
@@ -112,8 +113,10 @@
 //! | anything else (a malformed response, the request body failing, an unsupported request) | the error itself |
 //!
 //! "Pooled" means the connection was taken from the idle list (it carried a response
-//! before). An EOF in the middle of a response *head* on a pooled connection
-//! cannot be told apart from an EOF before any byte at this level, and counts as refused.
+//! before). An EOF or a reset in the middle of a response *head* on a pooled connection
+//! cannot be told apart from one before any byte at this level, and counts as refused; so
+//! does a pooled connection's server crashing while handling the request (rare next to the
+//! idle-close race, and the price of retrying that race under the default policy).
 //! hyper reports HTTP/2 reasons only as an `h2::Error` source, and h2 is not a direct
 //! dependency: the two HTTP/2 cases are recognized by h2's error text (pinned by tests
 //! against a raw HTTP/2 peer). Errors reading the response *body* surface from the body.

@@ -272,6 +272,35 @@ async fn a_pooled_connection_closed_before_answering_is_refused() {
     assert!(reset(&err).refused, "{err:?}");
 }
 
+/// The keep-alive race as a reset: the server drops a pooled connection with `SO_LINGER` 0
+/// when the next request arrives, so the client reads `ECONNRESET` instead of an end of
+/// stream. The request never got an answer on a connection that had carried one: refused,
+/// as for the end-of-stream form above (the default retry policy retries it).
+#[tokio::test]
+async fn a_pooled_connection_reset_before_answering_is_refused() {
+    let addr = raw_server(move |mut stream, _| async move {
+        if read_head(&mut stream).await {
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            stream.write_all(ok).await.expect("write");
+        }
+        read_head(&mut stream).await;
+        stream.set_zero_linger().expect("linger");
+        drop(stream);
+    })
+    .await;
+    let connect = Connect::new();
+    let res = connect.clone().oneshot(get(addr, Version::HTTP_11)).await;
+    assert_eq!(text(res.expect("first response")).await, "ok");
+    settle().await;
+    let err = connect
+        .oneshot(get(addr, Version::HTTP_11))
+        .await
+        .expect_err("reset");
+    let io = cause_ref::<std::io::Error>(&*err).map(std::io::Error::kind);
+    assert_eq!(io, Some(std::io::ErrorKind::ConnectionReset), "{err:?}");
+    assert!(reset(&err).refused, "{err:?}");
+}
+
 /// HTTP/2 frames, written by hand so a test can play a peer that refuses a stream.
 mod h2_frames {
     pub(super) const SETTINGS: u8 = 0x4;
