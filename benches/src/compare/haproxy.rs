@@ -50,7 +50,32 @@ impl HaProxy {
 
     /// Starts the two proxies in front of `app`; returns the address the client calls and
     /// the processes.
+    ///
+    /// The ports are found free and released before HAProxy binds them (it takes them from
+    /// its configuration): if another process takes one meanwhile, HAProxy exits at start
+    /// and the pair is started again on other ports (three attempts).
     pub(crate) fn start_pair(
+        &self,
+        dir: &Path,
+        app: SocketAddr,
+        http: Http,
+        pki: Option<&PkiFiles>,
+    ) -> anyhow::Result<(SocketAddr, Vec<(&'static str, Child)>)> {
+        let mut attempt = 1;
+        loop {
+            match self.try_start_pair(dir, app, http, pki) {
+                Err(e) if attempt < 3 => {
+                    eprintln!(
+                        "HAProxy did not start (attempt {attempt}): {e:#}; trying other ports"
+                    );
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn try_start_pair(
         &self,
         dir: &Path,
         app: SocketAddr,
@@ -60,7 +85,7 @@ impl HaProxy {
         let front = free_port()?;
         let middle = free_port()?;
         let (out_cfg, in_cfg) = configs(front, middle, app, http, pki.map(|p| p.dir.as_path()));
-        let mut children = Vec::new();
+        let mut children: Vec<(&'static str, Child)> = Vec::new();
         // The server side first, so the client side's first connections find it.
         for (role, name, text, port) in [
             ("proxy-in", "proxy-in.cfg", in_cfg, middle),
@@ -82,6 +107,10 @@ impl HaProxy {
             if let Err(e) = wait_listening(&mut child, port) {
                 let _ = child.kill();
                 let _ = child.wait();
+                for (_, mut started) in children {
+                    let _ = started.kill();
+                    let _ = started.wait();
+                }
                 return Err(e.context(format!("HAProxy with {}", file.display())));
             }
             children.push((role, child));
