@@ -319,39 +319,69 @@ const INBOUND_HEADER_ROOM: usize = 12;
 /// Calls the application; an application error becomes a 500 (hyper would close the
 /// connection).
 ///
-/// The application's body goes to hyper as it is (no boxing per response).
-async fn handle<S, B>(
-    app: S,
-    req: http::Request<Body>,
-    peer: SocketAddr,
-) -> Result<http::Response<Either<B, Body>>, Infallible>
+/// The application's body goes to hyper as it is (no boxing per response). The future is
+/// written by hand: an `async` block awaiting the call would hold it twice (as the block's
+/// capture and as the pinned future being awaited), and hyper moves this future into its
+/// per-request slot (HTTP/1) or per-stream task (HTTP/2) on every request.
+fn handle<S>(app: S, req: http::Request<Body>, peer: SocketAddr) -> Handle<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<B>> + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Service<http::Request<Body>>,
 {
-    let http1 = req.version() <= http::Version::HTTP_11;
-    match app.oneshot(req).await {
-        Ok(mut res) => {
-            if http1 && res.headers().capacity() == 0 {
-                // hyper's HTTP/1 server parses the next request of this connection into this
-                // response's header map (emptied once written), sized to that request's
-                // headers only; the inbound layers then add `x-request-id` (and trace
-                // headers), which would grow it: a reallocation and a rehash per request. A
-                // response without headers has no map allocated yet: make room here, once.
-                res.headers_mut().reserve(INBOUND_HEADER_ROOM);
+    Handle {
+        http1: req.version() <= http::Version::HTTP_11,
+        call: app.oneshot(req),
+        peer,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`handle`].
+    struct Handle<S>
+    where
+        S: Service<http::Request<Body>>,
+    {
+        #[pin]
+        call: tower::util::Oneshot<S, http::Request<Body>>,
+        http1: bool,
+        peer: SocketAddr,
+    }
+}
+
+impl<S, B> Future for Handle<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = bytes::Bytes>,
+{
+    type Output = Result<http::Response<Either<B, Body>>, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let res = match std::task::ready!(this.call.poll(cx)) {
+            Ok(mut res) => {
+                if *this.http1 && res.headers().capacity() == 0 {
+                    // hyper's HTTP/1 server parses the next request of this connection into
+                    // this response's header map (emptied once written), sized to that
+                    // request's headers only; the inbound layers then add `x-request-id`
+                    // (and trace headers), which would grow it: a reallocation and a rehash
+                    // per request. A response without headers has no map allocated yet:
+                    // make room here, once.
+                    res.headers_mut().reserve(INBOUND_HEADER_ROOM);
+                }
+                res.map(Either::Left)
             }
-            Ok(res.map(Either::Left))
-        }
-        Err(e) => {
-            let e: BoxError = e.into();
-            tracing::warn!(error = %e, %peer, "the service failed; answering 500");
-            let mut res = http::Response::new(Either::Right(body::full("internal error")));
-            *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-            Ok(res)
-        }
+            Err(e) => {
+                let e: BoxError = e.into();
+                tracing::warn!(error = %e, peer = %this.peer, "the service failed; answering 500");
+                let mut res = http::Response::new(Either::Right(body::full("internal error")));
+                *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                res
+            }
+        };
+        std::task::Poll::Ready(Ok(res))
     }
 }
 

@@ -106,3 +106,50 @@ async fn shutdown_finishes_requests_in_flight_and_refuses_new_connections() {
     let err = get(&fresh, &format!("{base}/a")).await.unwrap_err();
     assert!(err.is_connect(), "{err:?}");
 }
+
+/// An application error is answered `500 internal error` (hyper alone would close the
+/// connection), over HTTP/1.1 and HTTP/2, and the connection serves the next request.
+#[tokio::test]
+async fn an_application_error_is_a_500_and_the_connection_goes_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let failing = tower::service_fn(|req: http::Request<Body>| async move {
+        if req.uri().path() == "/fail" {
+            Err::<http::Response<Body>, _>(std::io::Error::other("the handler failed"))
+        } else {
+            Ok(http::Response::new(body::full("ok")))
+        }
+    });
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        failing,
+        async {
+            let _ = rx.await;
+        },
+        ShutdownOptions::default(),
+    ));
+    for http2 in [false, true] {
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(http2)
+            .build_http::<Full<Bytes>>();
+        let res = client
+            .get(format!("http://{addr}/fail").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        let text = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(text, "internal error");
+        let res = client
+            .get(format!("http://{addr}/next").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), http::StatusCode::OK);
+    }
+    tx.send(()).unwrap();
+    let summary = server.await.unwrap().unwrap();
+    assert_eq!(
+        summary.connections, 2,
+        "one connection per protocol, reused"
+    );
+}
