@@ -372,7 +372,13 @@ async fn handshakes(n: usize, pki: &Pki, mesh: bool) -> (f64, f64) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server_id = pki.identity("bench");
-    let bare_acceptor = tokio_rustls::TlsAcceptor::from(pki.bare_server());
+    // Full handshakes on both paths: the mesh never resumes a session (every connection
+    // checks the current bundle and identity), so bare does not either (rustls would resume
+    // with a TLS 1.3 ticket, skipping both certificate checks).
+    let mut bare_server = rustls::ServerConfig::clone(&pki.bare_server());
+    bare_server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    bare_server.send_tls13_tickets = 0;
+    let bare_acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(bare_server));
     let mesh_acceptor = mesh_tower::tls::TlsAcceptor::new(server_id.clone()).unwrap();
     tokio::spawn(async move {
         loop {
@@ -391,7 +397,9 @@ async fn handshakes(n: usize, pki: &Pki, mesh: bool) -> (f64, f64) {
             });
         }
     });
-    let bare_connector = tokio_rustls::TlsConnector::from(pki.bare_client());
+    let mut bare_client = rustls::ClientConfig::clone(&pki.bare_client());
+    bare_client.resumption = rustls::client::Resumption::disabled();
+    let bare_connector = tokio_rustls::TlsConnector::from(Arc::new(bare_client));
     let mesh_connector = mesh_tower::tls::TlsConnector::new(pki.identity("caller"));
     let expected = || {
         mesh_tower::tls::ExpectedIdentities::one_of([
