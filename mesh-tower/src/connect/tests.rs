@@ -239,6 +239,19 @@ async fn a_new_connection_closed_after_the_request_is_not_refused() {
     assert!(!reset(&err).refused, "{err:?}");
 }
 
+/// Sends a request answered `ok` and then a second one, on the same pooled connection, that
+/// the server does not answer; returns the second one's error.
+async fn second_request_fails(addr: SocketAddr) -> BoxError {
+    let connect = Connect::new();
+    let res = connect.clone().oneshot(get(addr, Version::HTTP_11)).await;
+    assert_eq!(text(res.expect("first response")).await, "ok");
+    settle().await;
+    connect
+        .oneshot(get(addr, Version::HTTP_11))
+        .await
+        .expect_err("no answer")
+}
+
 #[tokio::test]
 async fn a_pooled_connection_closed_before_answering_is_refused() {
     let connections = Arc::new(AtomicUsize::new(0));
@@ -256,14 +269,7 @@ async fn a_pooled_connection_closed_before_answering_is_refused() {
         }
     })
     .await;
-    let connect = Connect::new();
-    let res = connect.clone().oneshot(get(addr, Version::HTTP_11)).await;
-    assert_eq!(text(res.expect("first response")).await, "ok");
-    settle().await;
-    let err = connect
-        .oneshot(get(addr, Version::HTTP_11))
-        .await
-        .expect_err("closed");
+    let err = second_request_fails(addr).await;
     assert_eq!(
         connections.load(Ordering::SeqCst),
         1,
@@ -288,14 +294,7 @@ async fn a_pooled_connection_reset_before_answering_is_refused() {
         drop(stream);
     })
     .await;
-    let connect = Connect::new();
-    let res = connect.clone().oneshot(get(addr, Version::HTTP_11)).await;
-    assert_eq!(text(res.expect("first response")).await, "ok");
-    settle().await;
-    let err = connect
-        .oneshot(get(addr, Version::HTTP_11))
-        .await
-        .expect_err("reset");
+    let err = second_request_fails(addr).await;
     let io = cause_ref::<std::io::Error>(&*err).map(std::io::Error::kind);
     assert_eq!(io, Some(std::io::ErrorKind::ConnectionReset), "{err:?}");
     assert!(reset(&err).refused, "{err:?}");
