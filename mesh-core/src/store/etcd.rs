@@ -1575,6 +1575,12 @@ async fn keep_alive(
 async fn hold(mut client: Client, id: i64, ttl: Duration, backoff: &mut Backoff) -> Held {
     let (mut keeper, mut stream) = match client.lease_keep_alive(id).await {
         Ok(pair) => pair,
+        // etcd-client opens the stream with a first keep-alive and fails with this error
+        // when etcd answers it with TTL 0: the lease is gone (it expired during an outage,
+        // or was revoked). Retrying the same lease would fail forever; register again.
+        Err(etcd_client::Error::LeaseKeepAliveError(why)) if why == "lease not found" => {
+            return Held::Lost;
+        }
         Err(e) => return Held::Broken(error_text(&e)),
     };
     let interval = (ttl / 3).max(Duration::from_millis(200));
