@@ -67,33 +67,26 @@ fn reset_kind(h: &hyper::Error, reused: bool) -> Option<bool> {
     // was handed to the connection.
     let h2 = h.to_string() == "http2 error";
     let io = cause_ref::<std::io::Error>(h).map(std::io::Error::kind);
-    // The keep-alive race again, as a reset: a server that closed an idle HTTP/1.1
-    // connection answers the request written into it with a TCP reset, and the client reads
-    // `ECONNRESET` (or fails writing with `EPIPE`) where it would otherwise read the end of
-    // the stream. Refused, as above.
-    if reused
-        && !h2
-        && matches!(
-            io,
-            Some(
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            )
-        )
-    {
-        return Some(true);
-    }
-    let io = matches!(
+    let reset = matches!(
         io,
         Some(
             std::io::ErrorKind::ConnectionReset
                 | std::io::ErrorKind::ConnectionAborted
                 | std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::NotConnected
         )
     );
+    // The keep-alive race again, as a reset: a server that closed an idle HTTP/1.1
+    // connection answers the request written into it with a TCP reset, and the client reads
+    // `ECONNRESET` (or fails writing with `EPIPE`) where it would otherwise read the end of
+    // the stream. Refused, as above.
+    if reused && !h2 && reset {
+        return Some(true);
+    }
+    let io = reset
+        || matches!(
+            io,
+            Some(std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotConnected)
+        );
     (h2 || io || h.is_closed()).then_some(false)
 }
 

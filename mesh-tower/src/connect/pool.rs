@@ -8,9 +8,9 @@
 //! a request, and goes back (most recently used first) when its response body has ended; the
 //! body wrapper does that, without a task. HTTP/2 connections are shared: each request
 //! clones the sender. An HTTP/1.1 connection dialed for a request that is given up before it
-//! is ready (a timeout, a caller gone) still joins the pool. A sweep task per pool (started with the first endpoint, ended when no
-//! endpoint is left) closes idle connections past the idle timeout or the maximum duration
-//! and forgets endpoints without connections.
+//! is ready (a timeout, a caller gone) still joins the pool. A sweep task per pool (started
+//! with the first endpoint, ended when no endpoint is left) closes idle connections past the
+//! idle timeout or the maximum duration and forgets endpoints without connections.
 
 use std::{
     fmt,
