@@ -169,6 +169,12 @@ impl TraceContext {
 
     fn traceparent_bytes(&self) -> [u8; 55] {
         let mut buf = [0u8; 55];
+        self.write_traceparent(&mut buf);
+        buf
+    }
+
+    /// Writes the `traceparent` value into `buf` (55 bytes).
+    fn write_traceparent(&self, buf: &mut [u8]) {
         buf[..3].copy_from_slice(b"00-");
         encode_hex(&self.trace_id, &mut buf[3..35]);
         buf[35] = b'-';
@@ -176,7 +182,6 @@ impl TraceContext {
         buf[52] = b'-';
         buf[53] = b'0';
         buf[54] = if self.is_sampled() { b'1' } else { b'0' };
-        buf
     }
 }
 
@@ -319,14 +324,17 @@ impl<'a> TraceHeaders<'a> {
         self.traceparent.is_some() || self.b3.is_some() || self.trace_id.is_some()
     }
 
-    /// True if [`inject`] has headers to remove (`tracestate`, `x-b3-parentspanid`,
-    /// `x-b3-flags`, `x-b3-sampled`, `b3`).
-    pub(crate) fn has_stale(&self) -> bool {
-        self.tracestate.is_some()
-            || self.parent_span_id.is_some()
-            || self.flags.is_some()
-            || self.sampled.is_some()
-            || self.b3.is_some()
+    /// The headers [`inject`] may have to remove (`tracestate`, `x-b3-parentspanid`,
+    /// `x-b3-flags`, `x-b3-sampled`, `b3`) that are present: only those are looked up
+    /// again (a removal costs a hashed lookup, present or not).
+    pub(crate) fn stale(&self) -> Stale {
+        Stale {
+            tracestate: self.tracestate.is_some(),
+            parent_span_id: self.parent_span_id.is_some(),
+            flags: self.flags.is_some(),
+            sampled: self.sampled.is_some(),
+            b3: self.b3.is_some(),
+        }
     }
 
     /// The request's `x-request-id`, when it has one.
@@ -426,6 +434,17 @@ impl<'a> TraceHeaders<'a> {
         }
         self.sampled.and_then(|v| parse_b3_sampled(v.as_bytes()))
     }
+}
+
+/// Which of the headers [`inject`] removes when the context has no value for them are in a
+/// request ([`TraceHeaders::stale`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stale {
+    tracestate: bool,
+    parent_span_id: bool,
+    flags: bool,
+    sampled: bool,
+    b3: bool,
 }
 
 /// Parses a `traceparent` value: trace id, span id, flags.
@@ -611,7 +630,7 @@ fn parse_b3_sampled(v: &[u8]) -> Option<bool> {
 /// headers, replacing any values there and removing a single `b3` header (see the
 /// [module docs](self)).
 pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
-    let stale = TraceHeaders::of(headers).has_stale();
+    let stale = TraceHeaders::of(headers).stale();
     write_trace_headers(ctx, headers, stale, RequestId::Untouched);
 }
 
@@ -629,13 +648,13 @@ enum RequestId {
 
 /// [`ensure_request_id`] (an absent or empty `x-request-id` becomes `inherited`, when
 /// given and the header is absent, else a new id) and then [`inject`], with one allocation
-/// for every value written. `found` is what [`TraceHeaders::of`] found in `headers`:
-/// whether it has any trace header [`inject`] removes ([`TraceHeaders::has_stale`]) and
-/// its `x-request-id` ([`TraceHeaders::request_id`]). Returns the request's id.
+/// for every value written. `found` is what [`TraceHeaders::of`] found in `headers`: the
+/// trace headers [`inject`] may remove ([`TraceHeaders::stale`]) and its `x-request-id`
+/// ([`TraceHeaders::request_id`]). Returns the request's id.
 pub(crate) fn propagate(
     ctx: &TraceContext,
     headers: &mut HeaderMap,
-    (stale, existing): (bool, Option<HeaderValue>),
+    (stale, existing): (Stale, Option<HeaderValue>),
     inherited: Option<HeaderValue>,
 ) -> HeaderValue {
     let id = match existing {
@@ -646,31 +665,30 @@ pub(crate) fn propagate(
     write_trace_headers(ctx, headers, stale, id).unwrap_or_else(|| HeaderValue::from_static(""))
 }
 
-/// Longest `traceparent`, B3 trace id, span id, parent span id and request id together.
-const VALUES_LEN: usize = 55 + 32 + 16 + 16 + 36;
+/// Longest `traceparent`, B3 parent span id and request id together.
+const VALUES_LEN: usize = 55 + 16 + 36;
 
 fn write_trace_headers(
     ctx: &TraceContext,
     headers: &mut HeaderMap,
-    stale: bool,
+    stale: Stale,
     id: RequestId,
 ) -> Option<HeaderValue> {
-    // The values share one buffer (one allocation instead of one per header).
+    // The values share one buffer (one allocation instead of one per header), and the B3
+    // trace and span ids are the hex digits of the `traceparent` already there.
     let mut buf = [0u8; VALUES_LEN];
-    buf[..55].copy_from_slice(ctx.traceparent_bytes().as_slice());
-    let trace_id: &[u8] = if ctx.trace_id[..8] == [0; 8] {
-        &ctx.trace_id[8..]
+    ctx.write_traceparent(&mut buf[..55]);
+    // A 64-bit trace id: its last 16 digits.
+    let trace_id = if ctx.trace_id[..8] == [0; 8] {
+        19..35
     } else {
-        &ctx.trace_id
+        3..35
     };
-    let trace_end = 55 + trace_id.len() * 2;
-    encode_hex(trace_id, &mut buf[55..trace_end]);
-    let span_end = trace_end + 16;
-    encode_hex(&ctx.span_id, &mut buf[trace_end..span_end]);
-    let mut end = span_end;
+    let span_id = 36..52;
+    let mut end = 55;
     if let Some(parent) = ctx.parent_span_id {
-        encode_hex(&parent, &mut buf[span_end..span_end + 16]);
-        end += 16;
+        encode_hex(&parent, &mut buf[55..71]);
+        end = 71;
     }
     let parent_end = end;
     if matches!(id, RequestId::New) {
@@ -701,18 +719,18 @@ fn write_trace_headers(
         Some(state) => {
             headers.insert(TRACESTATE, state.clone());
         }
-        None if stale => {
+        None if stale.tracestate => {
             headers.remove(TRACESTATE);
         }
         None => {}
     }
-    headers.insert(X_B3_TRACEID, value(55..trace_end));
-    headers.insert(X_B3_SPANID, value(trace_end..span_end));
+    headers.insert(X_B3_TRACEID, value(trace_id));
+    headers.insert(X_B3_SPANID, value(span_id));
     match ctx.parent_span_id {
         Some(_) => {
-            headers.insert(X_B3_PARENTSPANID, value(span_end..parent_end));
+            headers.insert(X_B3_PARENTSPANID, value(55..parent_end));
         }
-        None if stale => {
+        None if stale.parent_span_id => {
             headers.remove(X_B3_PARENTSPANID);
         }
         None => {}
@@ -720,11 +738,11 @@ fn write_trace_headers(
     // Debug implies sampled: B3 sends only the flag.
     if ctx.debug {
         headers.insert(X_B3_FLAGS, HeaderValue::from_static("1"));
-        if stale {
+        if stale.sampled {
             headers.remove(X_B3_SAMPLED);
         }
     } else {
-        if stale {
+        if stale.flags {
             headers.remove(X_B3_FLAGS);
         }
         match ctx.sampled {
@@ -732,13 +750,13 @@ fn write_trace_headers(
                 let v = HeaderValue::from_static(if sampled { "1" } else { "0" });
                 headers.insert(X_B3_SAMPLED, v);
             }
-            None if stale => {
+            None if stale.sampled => {
                 headers.remove(X_B3_SAMPLED);
             }
             None => {}
         }
     }
-    if stale {
+    if stale.b3 {
         headers.remove(B3);
     }
     request_id
@@ -747,13 +765,37 @@ fn write_trace_headers(
 // === x-request-id ===
 
 /// A new random `x-request-id`: a UUID v4 (`6ba7b810-9dad-41d1-80b4-00c04fd430c8`) from the
-/// per-thread generator, formatted on the stack; the only allocation is the `HeaderValue`'s.
+/// per-thread generator. Every inbound request without an id gets one, so ids are made
+/// [`IDS_PER_CHUNK`] at a time into one buffer per thread and handed out as shared slices
+/// of it: one allocation per chunk instead of one per id.
 pub fn new_request_id() -> HeaderValue {
-    owned_header(request_id_bytes())
+    let id = ID_CHUNK.with_borrow_mut(|chunk| {
+        if chunk.is_empty() {
+            let mut ids = Vec::with_capacity(REQUEST_ID_LEN * IDS_PER_CHUNK);
+            for _ in 0..IDS_PER_CHUNK {
+                ids.extend_from_slice(&request_id_bytes());
+            }
+            *chunk = bytes::Bytes::from(ids);
+        }
+        chunk.split_to(REQUEST_ID_LEN)
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Characters in a request id made by [`new_request_id`].
+const REQUEST_ID_LEN: usize = 36;
+/// Request ids [`new_request_id`] makes per allocation.
+const IDS_PER_CHUNK: usize = 32;
+
+thread_local! {
+    /// The ids [`new_request_id`] has made on this thread and not handed out yet.
+    static ID_CHUNK: std::cell::RefCell<bytes::Bytes> = const {
+        std::cell::RefCell::new(bytes::Bytes::new())
+    };
 }
 
 /// A new UUID v4, formatted.
-fn request_id_bytes() -> [u8; 36] {
+fn request_id_bytes() -> [u8; REQUEST_ID_LEN] {
     let mut b = ((u128::from(fast_u64()) << 64) | u128::from(fast_u64())).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
@@ -825,42 +867,68 @@ fn nonzero<const N: usize>(id: [u8; N]) -> Option<[u8; N]> {
     (id != [0; N]).then_some(id)
 }
 
-fn hex_digit(b: u8, upper_ok: bool) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' if upper_ok => Some(b - b'A' + 10),
-        _ => None,
+/// The value of each hex digit, `0xff` for any other byte.
+const fn hex_values(upper_ok: bool) -> [u8; 256] {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        let digit = b"0123456789abcdef"[i];
+        table[digit as usize] = i as u8;
+        if upper_ok {
+            table[digit.to_ascii_uppercase() as usize] = i as u8;
+        }
+        i += 1;
     }
+    table
 }
 
-fn decode<const N: usize>(v: &[u8], upper_ok: bool) -> Option<[u8; N]> {
+/// Lower-case hex digits (W3C).
+static HEX_LOWER: [u8; 256] = hex_values(false);
+/// Hex digits of either case (B3, as Envoy reads it).
+static HEX_ANY_CASE: [u8; 256] = hex_values(true);
+
+/// Decodes exactly `N` bytes of hex digits (one table lookup per digit: ids are decoded on
+/// every traced request).
+fn decode<const N: usize>(v: &[u8], digits: &[u8; 256]) -> Option<[u8; N]> {
     if v.len() != N * 2 {
         return None;
     }
     let mut out = [0u8; N];
+    let mut invalid = 0;
     for (o, pair) in out.iter_mut().zip(v.chunks_exact(2)) {
-        *o = hex_digit(pair[0], upper_ok)? << 4 | hex_digit(pair[1], upper_ok)?;
+        let (high, low) = (digits[usize::from(pair[0])], digits[usize::from(pair[1])]);
+        invalid |= high | low;
+        *o = (high << 4) | (low & 0x0f);
     }
-    Some(out)
+    // A digit is at most 0x0f; anything else was 0xff.
+    (invalid <= 0x0f).then_some(out)
 }
 
 /// Lower-case hex only (W3C).
 fn decode_hex_lower<const N: usize>(v: &[u8]) -> Option<[u8; N]> {
-    decode(v, false)
+    decode(v, &HEX_LOWER)
 }
 
 /// Either case (B3, as Envoy reads it).
 fn decode_hex<const N: usize>(v: &[u8]) -> Option<[u8; N]> {
-    decode(v, true)
+    decode(v, &HEX_ANY_CASE)
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// The two lower-case hex digits of every byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let digits = b"0123456789abcdef";
+    let mut table = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [digits[i >> 4], digits[i & 0xf]];
+        i += 1;
+    }
+    table
+};
 
 fn encode_hex(bytes: &[u8], out: &mut [u8]) {
     for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        o[0] = HEX[usize::from(b >> 4)];
-        o[1] = HEX[usize::from(b & 0xf)];
+        o.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 

@@ -669,7 +669,7 @@ fn keeps_or_creates_request_ids() {
 /// `propagate`, told what the trace layer tells it about `map`.
 fn run(ctx: &TraceContext, map: &mut HeaderMap, inherited: Option<HeaderValue>) -> HeaderValue {
     let found = TraceHeaders::of(map);
-    let seen = (found.has_stale(), found.request_id().cloned());
+    let seen = (found.stale(), found.request_id().cloned());
     propagate(ctx, map, seen, inherited)
 }
 
@@ -710,7 +710,8 @@ fn propagates_request_ids_with_the_trace_headers() {
 
     // Stale headers go, as with `inject`.
     let mut map = headers(&[("b3", "1"), ("x-b3-flags", "1")]);
-    assert!(TraceHeaders::of(&map).has_stale());
+    let stale = TraceHeaders::of(&map).stale();
+    assert!(stale.b3 && stale.flags && !stale.sampled, "{stale:?}");
     run(&ctx, &mut map, None);
     assert!(
         !map.contains_key(B3) && !map.contains_key(X_B3_FLAGS),
@@ -753,6 +754,32 @@ proptest! {
         prop_assert_eq!(back.sampled, Some(ctx.is_sampled()));
         prop_assert_eq!(back.tracestate, ctx.tracestate);
         prop_assert_eq!(back.parent_span_id, None);
+    }
+
+    #[test]
+    fn injecting_over_old_trace_headers_leaves_only_the_new_ones(
+        ctx in context(),
+        old in proptest::collection::vec(
+            (proptest::sample::select(TRACE_HEADER_NAMES.to_vec()), "[0-9a-f-]{1,40}"),
+            0..10,
+        ),
+    ) {
+        // Whatever trace headers a request had, `inject` leaves exactly those it writes
+        // into an empty map (the stale ones removed, the others replaced).
+        let mut clean = HeaderMap::new();
+        inject(&ctx, &mut clean);
+        let mut over = HeaderMap::new();
+        over.insert("x-other", HeaderValue::from_static("kept"));
+        for (name, value) in &old {
+            over.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        inject(&ctx, &mut over);
+        for name in TRACE_HEADER_NAMES {
+            let a: Vec<_> = clean.get_all(name).iter().collect();
+            let b: Vec<_> = over.get_all(name).iter().collect();
+            prop_assert_eq!(a, b, "{}", name);
+        }
+        prop_assert_eq!(&over["x-other"], "kept");
     }
 
     #[test]
@@ -831,7 +858,7 @@ proptest! {
         prop_assert_eq!(a.extract(), b.extract());
         prop_assert_eq!(a.bare_sampling_decision(), b.bare_sampling_decision());
         prop_assert_eq!(a.has_context(), b.has_context());
-        prop_assert_eq!(a.has_stale(), b.has_stale());
+        prop_assert_eq!(a.stale(), b.stale());
         prop_assert_eq!(a.request_id(), b.request_id());
         prop_assert_eq!(sampling_decision(&small), sampling_decision(&large));
     }

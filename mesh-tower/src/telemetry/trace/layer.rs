@@ -169,7 +169,7 @@ where
                     .unwrap_or_else(|| self.tracing.sample()),
             ),
         };
-        let seen = (found.has_stale(), found.request_id().cloned());
+        let seen = (found.stale(), found.request_id().cloned());
         if ctx.sampled.is_none() && !ctx.debug {
             ctx.sampled = Some(self.tracing.sample());
         }
@@ -260,7 +260,7 @@ where
                 ),
             },
         };
-        let seen = (found.has_stale(), found.request_id().cloned());
+        let seen = (found.stale(), found.request_id().cloned());
         if ctx.sampled.is_none() && !ctx.debug {
             ctx.sampled = Some(self.tracing.sample());
         }
