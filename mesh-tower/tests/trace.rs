@@ -545,6 +545,57 @@ async fn an_app_forwarding_headers_by_hand_stays_in_one_trace() {
     assert_eq!(chain.seen("reviews")["x-request-id"], id);
 }
 
+/// Without an exporter the mesh records no span, so it must not make one up either: every
+/// hop continues the caller's span (its id is the parent all the way down), as a chain of
+/// Envoys without a tracer would, and a later hop that does record links to a span that
+/// exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_exporter_every_hop_continues_the_callers_span() {
+    for forwarding in [Forwarding::Implicit, Forwarding::Scoped] {
+        let chain = Chain::start(100.0, forwarding, |b| b).await;
+        assert!(chain.tracings.iter().all(|t| !t.is_exporting()));
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        chain.get(&[("traceparent", caller)]).await;
+        for hop in HOPS {
+            let seen = chain.seen(hop);
+            assert_eq!(seen["traceparent"], caller, "{hop}");
+        }
+        let id = chain.seen("gateway")["x-request-id"].clone();
+        assert_eq!(chain.seen("reviews")["x-request-id"], id);
+
+        // A B3-only caller: its headers reach the first application as they came, and the
+        // calls it makes carry the same ids in both formats.
+        let chain = Chain::start(100.0, forwarding, |b| b).await;
+        chain
+            .get(&[
+                ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+                ("x-b3-spanid", "a2fb4a1d1a96d312"),
+                ("x-b3-sampled", "1"),
+            ])
+            .await;
+        let gateway = chain.seen("gateway");
+        assert!(!gateway.contains_key("traceparent"), "{gateway:?}");
+        assert_eq!(gateway["x-b3-spanid"], "a2fb4a1d1a96d312");
+        for hop in &HOPS[1..] {
+            let seen = chain.seen(hop);
+            let (trace_id, span_id, flags) = traceparent(&seen);
+            assert_eq!(
+                trace_id,
+                TraceId::from_hex("463ac35c9f6413ad48485a3953bb6124").unwrap(),
+                "{hop}"
+            );
+            assert_eq!(
+                span_id,
+                SpanId::from_hex("a2fb4a1d1a96d312").unwrap(),
+                "{hop}"
+            );
+            assert_eq!(flags, "01", "{hop}");
+            assert_eq!(seen["x-b3-spanid"], "a2fb4a1d1a96d312", "{hop}");
+            assert_eq!(seen["x-b3-sampled"], "1", "{hop}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_spawning_a_task_with_the_scope_stays_in_one_trace() {
     let exporter = InMemorySpanExporter::default();

@@ -766,7 +766,7 @@ fn write_trace_headers(
 
 /// A new random `x-request-id`: a UUID v4 (`6ba7b810-9dad-41d1-80b4-00c04fd430c8`) from the
 /// per-thread generator. Every inbound request without an id gets one, so ids are made
-/// [`IDS_PER_CHUNK`] at a time into one buffer per thread and handed out as shared slices
+/// 32 at a time into one buffer per thread and handed out as shared slices
 /// of it: one allocation per chunk instead of one per id.
 pub fn new_request_id() -> HeaderValue {
     let id = ID_CHUNK.with_borrow_mut(|chunk| {

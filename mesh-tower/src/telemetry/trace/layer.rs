@@ -161,7 +161,36 @@ where
             };
         }
         let found = TraceHeaders::of(req.headers());
-        let mut ctx = match found.extract() {
+        let parent = found.extract();
+        if !self.tracing.is_exporting() {
+            // Not a tracer: no span of ours will be recorded, so the caller's context goes
+            // on as it came (as through an Envoy without a tracer), and calls the
+            // application makes through the mesh are children of the caller's span, not of
+            // one no backend will ever see.
+            let Some(context) = parent else {
+                // Trace headers, none valid: nothing to continue.
+                ensure_request_id(req.headers_mut());
+                return ResponseFuture {
+                    kind: Kind::Plain {
+                        fut: self.inner.call(req),
+                    },
+                    state: None,
+                };
+            };
+            let request_id = match found.request_id() {
+                Some(id) if !id.is_empty() => id.clone(),
+                _ => ensure_request_id(req.headers_mut()).clone(),
+            };
+            return self.call_scoped(
+                req,
+                RequestTrace {
+                    context,
+                    request_id: Some(request_id),
+                },
+                None,
+            );
+        }
+        let mut ctx = match parent {
             Some(parent) => parent.child(),
             None => TraceContext::new_root(
                 found
@@ -212,6 +241,17 @@ where
             context: ctx,
             request_id: Some(request_id),
         };
+        self.call_scoped(req, trace, state)
+    }
+
+    /// Calls the application with `trace` in the request's extensions and as the
+    /// task-local [`current`] trace.
+    fn call_scoped(
+        &mut self,
+        mut req: Request<Body>,
+        trace: RequestTrace,
+        state: Option<Box<SpanState>>,
+    ) -> ResponseFuture<S::Future> {
         req.extensions_mut().insert(trace.clone());
         let inner = &mut self.inner;
         let fut = CURRENT.sync_scope(Some(trace.clone()), || inner.call(req));
@@ -235,8 +275,11 @@ where
                 })
             })
             .or_else(current);
-        if parent.is_none() && !self.tracing.is_exporting() && !has_trace_context(req.headers()) {
-            // No trace to continue and none to record: the request goes as it is.
+        let exporting = self.tracing.is_exporting();
+        if parent.is_none() && !exporting {
+            // No trace to record and none from the request being served: the request goes
+            // as it is (with the trace headers the application forwarded, if any, as
+            // through an Envoy without a tracer).
             return ResponseFuture {
                 kind: Kind::Plain {
                     fut: self.inner.call(req),
@@ -245,6 +288,18 @@ where
             };
         }
         let found = TraceHeaders::of(req.headers());
+        if !exporting && let Some(parent) = parent {
+            // Not a tracer: the served request's context goes on unchanged (see
+            // `call_inbound`), with its request id.
+            let seen = (found.stale(), found.request_id().cloned());
+            propagate(&parent.context, req.headers_mut(), seen, parent.request_id);
+            return ResponseFuture {
+                kind: Kind::Plain {
+                    fut: self.inner.call(req),
+                },
+                state: None,
+            };
+        }
         let (mut ctx, request_id) = match parent {
             Some(parent) => (parent.context.child(), parent.request_id),
             // Headers the application forwarded by hand: continue that trace.

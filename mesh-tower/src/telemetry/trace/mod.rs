@@ -23,8 +23,19 @@
 //!   covers every retry, as Envoy's one span per downstream request.
 //!
 //! A span ends when the response body ends (or is dropped). Only sampled requests build
-//! spans, and only when the [`Tracing`] has an exporter; otherwise the layers only propagate
-//! headers.
+//! spans, and only when the [`Tracing`] has an exporter.
+//!
+//! # Without an exporter
+//!
+//! A [`Tracing`] without an exporter ([`Tracing::disabled`], the mesh's default) records
+//! nothing, so the layers make up no span ids either: the caller's context goes on as it
+//! came, as through an Envoy without a tracer. Inbound, the trace headers reach the
+//! application untouched (only `x-request-id` is added when missing) and the caller's
+//! context is the request's [`RequestTrace`] and task-local [`current`]; outbound, a call
+//! made while serving it carries that context (W3C and B3 headers with the caller's ids) and
+//! the request's `x-request-id`, and a call outside any served request goes as it is. So the
+//! spans a later hop records are children of a span its backend has (the caller's), not of
+//! ids no backend will ever see. A request without trace context gets no trace at all.
 //!
 //! # Span names and attributes
 //!

@@ -495,11 +495,13 @@ async fn batch_export_flushes_on_demand_and_stops_on_shutdown() {
     );
 }
 
-/// Without an exporter, a request carrying a context is continued and one without gets
-/// only its `x-request-id`, whether it has a few headers or many (the layer looks for the
-/// trace headers by scanning a few names, by lookups among many).
+/// Without an exporter, a request carrying a context goes through with that context
+/// unchanged (its headers as they came, the caller's span as the task-local parent: no span
+/// of ours that no backend would ever see) and one without gets only its `x-request-id`,
+/// whether it has a few headers or many (the layer looks for the trace headers by scanning a
+/// few names, by lookups among many).
 #[tokio::test]
-async fn without_an_exporter_only_requests_with_a_context_are_traced() {
+async fn without_an_exporter_a_context_goes_through_unchanged() {
     let seen = Seen::default();
     let svc = TraceLayer::inbound(Tracing::disabled())
         .port(9080)
@@ -537,18 +539,29 @@ async fn without_an_exporter_only_requests_with_a_context_are_traced() {
                     assert!(trace.is_none(), "untraced: no task-local trace");
                     assert!(!headers.contains_key(TRACEPARENT), "nothing injected");
                 }
-                Some((name, _)) => {
+                Some((name, value)) => {
                     let trace =
                         trace.unwrap_or_else(|| panic!("{name} continued ({extra} extra headers)"));
-                    let want = if name == "traceparent" {
-                        "4bf92f3577b34da6a3ce929d0e0e4736"
+                    let (want_trace, want_span) = if name == "traceparent" {
+                        ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
                     } else {
-                        "463ac35c9f6413ad48485a3953bb6124"
+                        ("463ac35c9f6413ad48485a3953bb6124", "a2fb4a1d1a96d312")
                     };
-                    assert_eq!(trace.context.trace_id_hex().to_string(), want, "{name}");
-                    assert!(
-                        headers[TRACEPARENT].to_str().unwrap().contains(want),
+                    assert_eq!(
+                        trace.context.trace_id_hex().to_string(),
+                        want_trace,
                         "{name}"
+                    );
+                    assert_eq!(
+                        trace.context.span_id_hex().to_string(),
+                        want_span,
+                        "{name}: the caller's span is the parent"
+                    );
+                    assert_eq!(headers[name], value, "{name} as it came");
+                    assert_eq!(
+                        headers.contains_key(TRACEPARENT),
+                        name == "traceparent",
+                        "{name}: nothing injected"
                     );
                 }
             }
