@@ -132,6 +132,50 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The same through the route layer, from a snapshot: a ServiceEntry selecting 1,000
+    // WorkloadEntries (the snapshot knows the list's weights are equal, so least request
+    // reads no endpoint but the two it draws).
+    let mut yaml = String::new();
+    for i in 0..1_000u32 {
+        yaml.push_str(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{ name: big-{i}, namespace: default }}
+spec: {{ address: 10.1.{}.{}, labels: {{ app: big }}, ports: {{ http: 9080 }} }}
+---
+",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    yaml.push_str(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: big, namespace: default }
+spec:
+  hosts: [big.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 9080, name: http, protocol: HTTP }]
+  workloadSelector: { labels: { app: big } }
+",
+    );
+    let loaded = load_str(&yaml, None);
+    assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+    let big = Arc::new(Snapshot::build(&loaded.resources).unwrap());
+    let svc = ServiceBuilder::new()
+        .layer(RouteLayer::new(big, caller.clone()))
+        .layer(BalanceLayer::from_target(EndpointStats::new()))
+        .service_fn(leaf);
+    group.bench_function("route+balance(least request, 1000 workloads)", |b| {
+        b.to_async(&rt).iter(|| {
+            let svc = svc.clone();
+            let req = http::Request::get("http://big:9080/")
+                .body(body::empty())
+                .unwrap();
+            async move { black_box(svc.oneshot(req).await.unwrap()) }
+        })
+    });
     case!(
         "rescue",
         ServiceBuilder::new()

@@ -447,6 +447,18 @@ pub struct RuleTrace<'s> {
 /// A shared, immutable list of endpoints.
 type EndpointList = Arc<[Arc<Endpoint>]>;
 
+/// Identifies a list of endpoints held by a snapshot: where its elements are and how many
+/// (the snapshot never changes its lists, so neither moves while it lives).
+fn list_key(endpoints: &[Arc<Endpoint>]) -> (usize, usize) {
+    (endpoints.as_ptr().addr(), endpoints.len())
+}
+
+/// True if every endpoint has the same weight (0 read as 1).
+fn same_weight(endpoints: &[Arc<Endpoint>]) -> bool {
+    let first = endpoints.first().map_or(1, |e| e.weight.max(1));
+    endpoints.iter().all(|e| e.weight.max(1) == first)
+}
+
 /// The compiled configuration.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -465,6 +477,10 @@ pub struct Snapshot {
     interned: HashMap<String, Arc<str>>,
     /// Whether some DestinationRule sets a `connectionPool` (rule, port or subset level).
     connection_pools: bool,
+    /// For every endpoint list the snapshot holds (a service's, a subset's), by its address
+    /// and length: whether its endpoints all have the same weight (see
+    /// [`Snapshot::equal_weights`]).
+    equal_weights: HashMap<(usize, usize), bool>,
 }
 
 /// A resource that passed validation still could not be compiled.
@@ -662,6 +678,18 @@ impl Snapshot {
                 .entry(host)
                 .or_insert_with_key(|h| Arc::from(h.as_str()));
         }
+        // Last: the lists are where they stay.
+        let lists = snap.services.values().map(|s| &s.endpoints[..]).chain(
+            snap.subset_endpoints
+                .values()
+                .flat_map(|s| s.values())
+                .map(|l| &l[..]),
+        );
+        let equal_weights = lists
+            .filter(|l| !l.is_empty())
+            .map(|l| (list_key(l), same_weight(l)))
+            .collect();
+        snap.equal_weights = equal_weights;
         Ok(snap)
     }
 
@@ -996,6 +1024,21 @@ impl Snapshot {
         self.destination_policy(host)?.effective(subset)
     }
 
+    /// True if every endpoint of `endpoints` has the same weight (a weight of 0 counts as 1,
+    /// as the balancer reads it). For a list this snapshot gave out ([`Service::endpoints`]
+    /// of [`Snapshot::service`], [`Snapshot::endpoints`]) the answer was worked out when the
+    /// snapshot was built, so a balancer asking per request does not read every endpoint of
+    /// a large service again; any other list is scanned.
+    pub fn equal_weights(&self, endpoints: &[Arc<Endpoint>]) -> bool {
+        if endpoints.is_empty() {
+            return true;
+        }
+        match self.equal_weights.get(&list_key(endpoints)) {
+            Some(equal) => *equal,
+            None => same_weight(endpoints),
+        }
+    }
+
     /// The endpoints of a host, or of one of its subsets. An unknown subset has none.
     pub fn endpoints(&self, host: &str, subset: Option<&str>) -> &[Arc<Endpoint>] {
         match subset {
@@ -1143,5 +1186,65 @@ mod tests {
             ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
         );
         assert!(addresses(&snap, &host("nobody")).is_empty());
+    }
+
+    /// The snapshot answers whether a list's weights are equal from what it worked out when
+    /// built, for its own lists, and by reading any other list.
+    #[test]
+    fn knows_which_endpoint_lists_have_equal_weights() {
+        let loaded = crate::config::load_str(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: a-1, namespace: default }
+spec: { address: 10.0.0.1, labels: { app: a, version: v1 }, ports: { http: 80 } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: a-2, namespace: default }
+spec: { address: 10.0.0.2, labels: { app: a, version: v2 }, weight: 3, ports: { http: 80 } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: a-3, namespace: default }
+spec: { address: 10.0.0.3, labels: { app: a, version: v2 }, weight: 3, ports: { http: 80 } }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: a, namespace: default }
+spec:
+  hosts: [a.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  workloadSelector: { labels: { app: a } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: a, namespace: default }
+spec:
+  host: a.default.svc.cluster.local
+  subsets: [{ name: v1, labels: { version: v1 } }, { name: v2, labels: { version: v2 } }]
+",
+            None,
+        );
+        assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+        let snap = Snapshot::build(&loaded.resources).unwrap();
+        let host = "a.default.svc.cluster.local";
+        let all = snap.endpoints(host, None);
+        assert_eq!(all.len(), 3);
+        assert!(!snap.equal_weights(all), "weights 1, 3, 3");
+        assert!(snap.equal_weights(snap.endpoints(host, Some("v2"))), "3, 3");
+        assert!(
+            snap.equal_weights(snap.endpoints(host, Some("v1"))),
+            "one endpoint"
+        );
+        // Lists it did not give out are read: a copy, a part.
+        let copy = all.to_vec();
+        assert!(!snap.equal_weights(&copy));
+        assert!(snap.equal_weights(&all[1..]));
+        assert!(!snap.equal_weights(&all[..2]));
+        assert!(snap.equal_weights(&[]));
+        // A clone shares the lists and what is known of them.
+        assert!(!snap.clone().equal_weights(snap.endpoints(host, None)));
     }
 }

@@ -282,6 +282,7 @@ impl<S> Balance<S> {
             (algorithm, cursor),
             warmup.is_some() || tried.is_some(),
             &port_of,
+            dest.snapshot.map(|s| &**s),
         ) {
             return Ok(decision);
         }
@@ -408,6 +409,7 @@ impl<S> Balance<S> {
         (algorithm, cursor): (Algorithm, u64),
         exact: bool,
         port_of: &impl Fn(&Endpoint) -> u16,
+        snapshot: Option<&Snapshot>,
     ) -> Option<Decision> {
         let n = endpoints.len();
         if n <= INLINE || exact {
@@ -422,10 +424,19 @@ impl<S> Balance<S> {
             now_ms = Some(now);
         }
         // The pass weighs least-request draws and the round-robin order when weights differ
-        // (random ignores them).
-        let weight = endpoints[0].weight.max(1);
-        if algorithm != Algorithm::Random && endpoints.iter().any(|e| e.weight.max(1) != weight) {
-            return None;
+        // (random ignores them). The snapshot knows for its own lists without reading every
+        // endpoint again.
+        if algorithm != Algorithm::Random {
+            let equal = match snapshot {
+                Some(snapshot) => snapshot.equal_weights(endpoints),
+                None => {
+                    let weight = endpoints[0].weight.max(1);
+                    endpoints.iter().all(|e| e.weight.max(1) == weight)
+                }
+            };
+            if !equal {
+                return None;
+            }
         }
         let maps = self.stats.read();
         let mut check = |i: usize| {

@@ -681,3 +681,61 @@ async fn with_many_endpoints_round_robin_visits_each_in_turn() {
     assert_eq!(distinct.len(), 40, "each endpoint once per round");
     assert_eq!(order[40..], first[..], "the same order again");
 }
+
+/// A service of 24 workloads from the configuration, one of them with 40 times the weight
+/// of the others. Above 16 endpoints least request draws its two candidates without a
+/// pass over the list only when the weights are equal (the snapshot knows which of its
+/// lists are): here the weighted pass must decide, and the heavy endpoint gets most of the
+/// requests, while with equal weights it gets its share.
+#[tokio::test]
+async fn with_many_weighted_endpoints_least_request_follows_the_weights() {
+    for heavy_weight in [40, 1] {
+        let mut yaml = String::new();
+        for i in 0..24 {
+            let weight = if i == 0 { heavy_weight } else { 1 };
+            yaml.push_str(&format!(
+                "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{ name: big-{i}, namespace: default }}
+spec: {{ address: 10.0.0.{i}, labels: {{ app: big }}, weight: {weight}, ports: {{ http: 8080 }} }}
+---
+"
+            ));
+        }
+        yaml.push_str(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: big, namespace: default }
+spec:
+  hosts: [big.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: 8080 }]
+  workloadSelector: { labels: { app: big } }
+",
+        );
+        let loaded = load_str(&yaml, None);
+        assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+        let snap = Arc::new(Snapshot::build(&loaded.resources).expect("snapshot builds"));
+        let host = "big.default.svc.cluster.local";
+        assert_eq!(snap.endpoints(host, None).len(), 24);
+        assert_eq!(
+            snap.equal_weights(snap.endpoints(host, None)),
+            heavy_weight == 1
+        );
+        let (mut svc, mut handle, _) = from_target();
+        let mut heavy = 0;
+        for _ in 0..1_000 {
+            let req = request("http://big/", Some(target(&snap, host, None, 80)));
+            let (sent, _) = roundtrip(&mut svc, &mut handle, req).await;
+            heavy += usize::from(sent.uri().host() == Some("10.0.0.0"));
+        }
+        if heavy_weight == 1 {
+            // Its share of 24 (about 42 of 1,000).
+            assert!((10..120).contains(&heavy), "{heavy} of 1,000");
+        } else {
+            // 40 of 63 weight units: well over half.
+            assert!(heavy > 450, "{heavy} of 1,000");
+        }
+    }
+}
