@@ -1011,13 +1011,24 @@ const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
+/// Headers a traced outbound request gets from the mesh: `baggage`, `Host`, and `traceparent`,
+/// `tracestate`, `x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled` and
+/// `x-request-id`.
+const TRACED_OUTBOUND_HEADERS: usize = 9;
+
 /// Puts the mesh's metadata in front of the request's `baggage` (or sets it).
 fn add_baggage(headers: &mut http::HeaderMap, ours: &HeaderValue) {
     if ours.is_empty() {
         return;
     }
     if headers.is_empty() {
-        // Nothing to merge with (and nothing to look up).
+        // Nothing to merge with (and nothing to look up). A call made while serving a traced
+        // request gets up to seven trace headers from the trace layer below and `Host` from
+        // the balancer: the map is made for them at once (the first insert would make it
+        // for six, and the seventh would grow it, a reallocation and a rehash).
+        if crate::telemetry::trace::in_traced_scope() {
+            headers.reserve(TRACED_OUTBOUND_HEADERS);
+        }
         headers.insert(BAGGAGE, ours.clone());
         return;
     }

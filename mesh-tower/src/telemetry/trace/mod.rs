@@ -164,6 +164,12 @@ pub fn current() -> Option<RequestTrace> {
     CURRENT.try_with(Clone::clone).ok().flatten()
 }
 
+/// True if the code runs while a traced request is served (a [`current`] trace is set),
+/// without copying it.
+pub(crate) fn in_traced_scope() -> bool {
+    CURRENT.try_with(Option::is_some).unwrap_or(false)
+}
+
 /// Runs `fut` with `trace` as the [`current`] trace, e.g. in a task the application spawns
 /// while handling a request, so the calls it makes through the mesh client continue the
 /// request's trace:
