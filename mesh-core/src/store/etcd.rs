@@ -1621,6 +1621,55 @@ async fn regrant(
 mod tests {
     use super::*;
 
+    /// A registration's lease that is gone (expired during an outage, or revoked) is
+    /// reported lost, so the entry is registered again, both when etcd says so as the
+    /// keep-alive stream opens (etcd-client fails with "lease not found": this was taken
+    /// for a broken stream and retried with the dead lease forever) and when it says so on
+    /// the open stream (TTL 0). Real etcd, both orders forced.
+    #[tokio::test]
+    async fn a_lease_that_is_gone_is_reported_lost_not_broken() {
+        let etcd = testkit::EtcdCluster::single().await.unwrap();
+        let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
+        let ttl = Duration::from_secs(3);
+        let mut backoff = Backoff::up_to(Duration::from_millis(100));
+
+        // Gone before the stream opens.
+        let id = client.lease_grant(3, None).await.unwrap().id();
+        client.lease_revoke(id).await.unwrap();
+        let held = tokio::time::timeout(
+            Duration::from_secs(10),
+            hold(client.clone(), id, ttl, &mut backoff),
+        )
+        .await
+        .expect("hold returns");
+        assert!(matches!(held, Held::Lost), "{}", describe(&held));
+
+        // Gone while the stream is open: `hold` keeps a live lease until it is revoked.
+        let id = client.lease_grant(3, None).await.unwrap().id();
+        let holding = tokio::spawn({
+            let client = client.clone();
+            async move {
+                let mut backoff = Backoff::up_to(Duration::from_millis(100));
+                hold(client, id, ttl, &mut backoff).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert!(!holding.is_finished(), "a live lease is held");
+        client.lease_revoke(id).await.unwrap();
+        let held = tokio::time::timeout(Duration::from_secs(10), holding)
+            .await
+            .expect("hold returns")
+            .unwrap();
+        assert!(matches!(held, Held::Lost), "{}", describe(&held));
+    }
+
+    fn describe(held: &Held) -> String {
+        match held {
+            Held::Lost => "lost".to_owned(),
+            Held::Broken(why) => format!("broken: {why}"),
+        }
+    }
+
     #[test]
     fn normalizes_prefixes() {
         assert_eq!(normalize_prefix("/mesh/"), "/mesh");
