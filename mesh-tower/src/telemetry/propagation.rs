@@ -813,9 +813,22 @@ fn request_id_bytes() -> [u8; REQUEST_ID_LEN] {
 /// The request's `x-request-id`: kept when present and not empty (Envoy preserves the id a
 /// caller sends, whatever its form), otherwise a new one ([`new_request_id`]) is inserted.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
-    // Looked up before any insert: `HeaderMap::entry` makes room for an insert first, and
-    // the map hyper parses a request into is sized to its headers, so an `entry` on a
-    // request that has its id would grow (reallocate and rehash) the map for nothing.
+    // `HeaderMap::entry` finds the slot with one hashed lookup, but makes room for an insert
+    // first: on a full map (the map hyper parses a request into is sized to its headers) a
+    // request that has its id would grow (reallocate and rehash) the map for nothing. So:
+    // `entry` when there is room, else a lookup before any insert.
+    if headers.keys_len() < headers.capacity() {
+        return match headers.entry(X_REQUEST_ID) {
+            http::header::Entry::Vacant(e) => e.insert(new_request_id()),
+            http::header::Entry::Occupied(mut e) => {
+                if e.get().is_empty() {
+                    // Every value replaced, as `insert` does.
+                    e.insert(new_request_id());
+                }
+                e.into_mut()
+            }
+        };
+    }
     if headers.get(X_REQUEST_ID).is_none_or(HeaderValue::is_empty) {
         headers.insert(X_REQUEST_ID, new_request_id());
     }

@@ -650,6 +650,27 @@ fn keeps_or_creates_request_ids() {
     let mut map = headers(&[("x-request-id", "")]);
     assert_eq!(ensure_request_id(&mut map).len(), 36);
 
+    // An empty first id is replaced with every other value, whether the map has room for
+    // an insert or is full.
+    for full in [false, true] {
+        let mut map = HeaderMap::new();
+        map.append(X_REQUEST_ID, HeaderValue::from_static(""));
+        map.append(X_REQUEST_ID, HeaderValue::from_static("second"));
+        let mut i = 0;
+        while full && map.keys_len() < map.capacity() {
+            map.insert(
+                http::HeaderName::try_from(format!("x-f{i}")).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+            i += 1;
+        }
+        assert_eq!(map.keys_len() == map.capacity(), full);
+        let id = ensure_request_id(&mut map).clone();
+        assert_eq!(id.len(), 36);
+        let all: Vec<_> = map.get_all(X_REQUEST_ID).iter().collect();
+        assert_eq!(all, [&id], "full: {full}");
+    }
+
     // A request that has its id, in a map filled to capacity (as hyper parses one): the
     // map is not grown (no reallocation and rehash per request).
     let mut map = HeaderMap::with_capacity(3);
