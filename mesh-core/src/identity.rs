@@ -25,7 +25,7 @@
 //! # Ok::<_, mesh_core::identity::InvalidIdentity>(())
 //! ```
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, sync::Arc};
 
 /// The trust domain Istio uses when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -39,11 +39,14 @@ const MAX_ID_LEN: usize = 2048;
 const MAX_TRUST_DOMAIN_LEN: usize = 255;
 
 /// A workload identity: trust domain, namespace and service account.
+///
+/// Cheap to clone (the parts are shared): a verified peer's identity is copied into every
+/// request of its connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Identity {
-    trust_domain: String,
-    namespace: String,
-    service_account: String,
+    trust_domain: Arc<str>,
+    namespace: Arc<str>,
+    service_account: Arc<str>,
 }
 
 /// The text is not an Istio SPIFFE identity.
@@ -76,9 +79,9 @@ impl Identity {
         service_account: impl Into<String>,
     ) -> Result<Self, InvalidIdentity> {
         let id = Self {
-            trust_domain: trust_domain.into(),
-            namespace: namespace.into(),
-            service_account: service_account.into(),
+            trust_domain: trust_domain.into().into(),
+            namespace: namespace.into().into(),
+            service_account: service_account.into().into(),
         };
         let err = |reason| InvalidIdentity {
             input: id.to_string(),
@@ -174,9 +177,9 @@ impl FromStr for Identity {
         check_segment(namespace, "namespace").map_err(err)?;
         check_segment(service_account, "service account").map_err(err)?;
         Ok(Self {
-            trust_domain: trust_domain.to_owned(),
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
+            trust_domain: trust_domain.into(),
+            namespace: namespace.into(),
+            service_account: service_account.into(),
         })
     }
 }

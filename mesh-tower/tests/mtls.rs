@@ -158,7 +158,7 @@ impl Server {
             let text = format!(
                 "{who} {} {}",
                 peer.map_or_else(|| "-".to_owned(), |p| p.identity.to_string()),
-                peer.map_or("-", |p| p.serial.as_str()),
+                peer.map_or("-", |p| &*p.serial),
             );
             let mut res = http::Response::new(body::full(text));
             if req.uri().path() == "/close" {

@@ -242,14 +242,14 @@ async fn mutual_tls_sees_both_spiffe_ids_and_negotiates_h2() {
         .expect("mTLS");
     assert_eq!(alpn, Some(Alpn::H2));
     assert_eq!(server_peer.identity, id("reviews"));
-    assert_eq!(server_peer.serial, server.bundle.serial);
+    assert_eq!(*server_peer.serial, *server.bundle.serial);
     echo(&mut stream).await.expect("echo over mTLS");
 
     let (tls, client_peer, server_alpn) = next(&mut seen).await.result.expect("accepted");
     assert!(tls);
     let client_peer = client_peer.expect("client identity");
     assert_eq!(client_peer.identity, id("productpage"));
-    assert_eq!(client_peer.serial, client.bundle.serial);
+    assert_eq!(*client_peer.serial, *client.bundle.serial);
     assert_eq!(server_alpn, Some(Alpn::H2));
 }
 
@@ -598,14 +598,14 @@ async fn rotation_presents_the_new_certificate_while_established_connections_kee
     let (mut established, _, peer) = connect(&connector, addr, id("reviews").into())
         .await
         .expect("first");
-    assert_eq!(peer.serial, first.bundle.serial);
+    assert_eq!(*peer.serial, *first.bundle.serial);
     let seen_first = next(&mut seen)
         .await
         .result
         .expect("first accepted")
         .1
         .expect("peer");
-    assert_eq!(seen_first.serial, client_first.bundle.serial);
+    assert_eq!(*seen_first.serial, *client_first.bundle.serial);
 
     // Both workloads rotate.
     let second = issue(&ca, "reviews");
@@ -618,7 +618,7 @@ async fn rotation_presents_the_new_certificate_while_established_connections_kee
         .await
         .expect("after rotation");
     assert_eq!(
-        peer.serial, second.bundle.serial,
+        *peer.serial, *second.bundle.serial,
         "the next handshake presents the new certificate"
     );
     let seen_second = next(&mut seen)
@@ -627,7 +627,7 @@ async fn rotation_presents_the_new_certificate_while_established_connections_kee
         .expect("second accepted")
         .1
         .expect("peer");
-    assert_eq!(seen_second.serial, client_second.bundle.serial);
+    assert_eq!(*seen_second.serial, *client_second.bundle.serial);
     echo(&mut fresh).await.expect("new connection");
     echo(&mut established)
         .await

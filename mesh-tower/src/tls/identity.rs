@@ -303,21 +303,22 @@ fn system_time(unix: i64) -> SystemTime {
 /// certificate, which chained to the trust bundle during the handshake.
 ///
 /// The server puts it into each request's extensions; the client connector puts it into
-/// the connection's extras (hyper-util copies them into each response's extensions).
+/// the connection's extras (hyper-util copies them into each response's extensions). Cheap
+/// to clone (its strings are shared): it is copied into every request of a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PeerIdentity {
     /// The peer's SPIFFE identity.
     pub identity: Identity,
     /// The serial of the peer's leaf certificate, upper-case hex.
-    pub serial: String,
+    pub serial: Arc<str>,
     /// The end of the peer certificate's validity.
     pub not_after: SystemTime,
 }
 
 impl PeerIdentity {
     /// A peer identity as a verified certificate states it.
-    pub fn new(identity: Identity, serial: impl Into<String>, not_after: SystemTime) -> Self {
+    pub fn new(identity: Identity, serial: impl Into<Arc<str>>, not_after: SystemTime) -> Self {
         Self {
             identity,
             serial: serial.into(),
@@ -332,7 +333,7 @@ impl PeerIdentity {
         let info = LeafInfo::parse(leaf)?;
         Ok(Self {
             identity: info.identity,
-            serial: info.serial,
+            serial: info.serial.into(),
             not_after: info.not_after,
         })
     }
