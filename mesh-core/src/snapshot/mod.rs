@@ -453,8 +453,9 @@ fn list_key(endpoints: &[Arc<Endpoint>]) -> (usize, usize) {
     (endpoints.as_ptr().addr(), endpoints.len())
 }
 
-/// True if every endpoint has the same weight (0 read as 1).
-fn same_weight(endpoints: &[Arc<Endpoint>]) -> bool {
+/// True if every endpoint has the same weight (0 read as 1, as the balancer reads it). For
+/// a list a [`Snapshot`] gave out, [`Snapshot::equal_weights`] answers without reading it.
+pub fn same_weights(endpoints: &[Arc<Endpoint>]) -> bool {
     let first = endpoints.first().map_or(1, |e| e.weight.max(1));
     endpoints.iter().all(|e| e.weight.max(1) == first)
 }
@@ -687,7 +688,7 @@ impl Snapshot {
         );
         let equal_weights = lists
             .filter(|l| !l.is_empty())
-            .map(|l| (list_key(l), same_weight(l)))
+            .map(|l| (list_key(l), same_weights(l)))
             .collect();
         snap.equal_weights = equal_weights;
         Ok(snap)
@@ -1035,7 +1036,7 @@ impl Snapshot {
         }
         match self.equal_weights.get(&list_key(endpoints)) {
             Some(equal) => *equal,
-            None => same_weight(endpoints),
+            None => same_weights(endpoints),
         }
     }
 

@@ -429,10 +429,7 @@ impl<S> Balance<S> {
         if algorithm != Algorithm::Random {
             let equal = match snapshot {
                 Some(snapshot) => snapshot.equal_weights(endpoints),
-                None => {
-                    let weight = endpoints[0].weight.max(1);
-                    endpoints.iter().all(|e| e.weight.max(1) == weight)
-                }
+                None => mesh_core::snapshot::same_weights(endpoints),
             };
             if !equal {
                 return None;
