@@ -213,15 +213,18 @@ where
         let span = self.tracing.start(
             &ctx,
             SpanKind::Server,
-            || match self.tracing.service_host() {
-                Some(host) => format!("{host}:{port}/*"),
-                None => format!("{}:{port}/*", host_name(&req).unwrap_or("unknown")),
+            || {
+                let host = match self.tracing.service_host() {
+                    Some(host) => host,
+                    None => host_name(&req).unwrap_or("unknown"),
+                };
+                span_name(host, port).into()
             },
             |attrs| {
                 request_attributes(&req, &request_id, attrs);
                 attrs.push(KeyValue::new("downstream_cluster", "-"));
                 if let Some(peer) = req.extensions().get::<PeerAddr>() {
-                    attrs.push(KeyValue::new("peer.address", peer.0.ip().to_string()));
+                    attrs.push(KeyValue::new("peer.address", ip_text(peer.0.ip())));
                 }
             },
         );
@@ -229,11 +232,9 @@ where
             let request_bytes = count_request_body(&mut req);
             Box::new(SpanState {
                 span,
-                direction: Direction::Inbound,
                 request_bytes,
                 response_bytes: 0,
-                slot: None,
-                upstream_cluster: Some(format!("inbound|{port}||")),
+                place: Place::Inbound { port },
             })
         });
 
@@ -253,11 +254,12 @@ where
         state: Option<Box<SpanState>>,
     ) -> ResponseFuture<S::Future> {
         req.extensions_mut().insert(trace.clone());
+        let trace = Arc::new(trace);
         let inner = &mut self.inner;
         let fut = CURRENT.sync_scope(Some(trace.clone()), || inner.call(req));
         ResponseFuture {
             kind: Kind::Scoped {
-                fut: super::scope(Some(trace), fut),
+                fut: CURRENT.scope(Some(trace), fut),
             },
             state,
         }
@@ -322,29 +324,27 @@ where
         // An id the application set wins; else the inbound request's; else a new one.
         let request_id = propagate(&ctx, req.headers_mut(), seen, request_id);
 
-        // The name and the cluster only when a span is built.
-        let port = || host_port(&req).unwrap_or_else(|| default_port(&req));
-        let host = || host_name(&req).unwrap_or("unknown");
+        // Named when it ends: after the route's decision (the usual name), or after the
+        // request's authority when none arrives.
         let span = self.tracing.start(
             &ctx,
             SpanKind::Client,
-            || format!("{}:{}/*", host(), port()),
+            || "".into(),
             |attrs| request_attributes(&req, &request_id, attrs),
         );
-        let cluster = span
-            .is_some()
-            .then(|| crate::target::cluster_name(port(), None, host()));
         let state = span.map(|span| {
+            let authority = (
+                host_name(&req).unwrap_or("unknown").to_owned(),
+                host_port(&req).unwrap_or_else(|| default_port(&req)),
+            );
             let request_bytes = count_request_body(&mut req);
             let slot = TargetSlot::default();
             req.extensions_mut().insert(slot.clone());
             Box::new(SpanState {
                 span,
-                direction: Direction::Outbound,
                 request_bytes,
                 response_bytes: 0,
-                slot: Some(slot),
-                upstream_cluster: cluster,
+                place: Place::Outbound { slot, authority },
             })
         });
         ResponseFuture {
@@ -415,7 +415,7 @@ fn request_attributes<B>(
         .unwrap_or("");
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     // Envoy truncates the URL tag at 256 characters.
-    let mut url = format!("{scheme}://{authority}{path}");
+    let mut url = [scheme, "://", authority, path].concat();
     if url.len() > 256 {
         let mut end = 256;
         while !url.is_char_boundary(end) {
@@ -430,16 +430,54 @@ fn request_attributes<B>(
         "user_agent",
         header_str(req.headers(), http::header::USER_AGENT),
     ));
-    attrs.push(KeyValue::new(
-        "guid:x-request-id",
-        String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-    ));
+    attrs.push(KeyValue::new("guid:x-request-id", lossy(request_id)));
 }
 
 fn header_str(headers: &HeaderMap, name: http::HeaderName) -> Value {
-    headers.get(name).map_or(Value::from("-"), |v| {
-        Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned())
-    })
+    headers
+        .get(name)
+        .map_or(Value::from("-"), |v| Value::from(lossy(v)))
+}
+
+/// A header value as text: one allocation of its length when it is UTF-8 (always, in
+/// practice), bad bytes replaced otherwise.
+fn lossy(value: &http::HeaderValue) -> String {
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+    }
+}
+
+/// Istio's span name: `reviews.default.svc.cluster.local:9080/*`.
+fn span_name(host: &str, port: u16) -> String {
+    [host, ":", itoa::Buffer::new().format(port), "/*"].concat()
+}
+
+/// An address as Envoy's `peer.address` tag; IPv4 without the formatting machinery.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            let mut text = [
+                itoa::Buffer::new(),
+                itoa::Buffer::new(),
+                itoa::Buffer::new(),
+                itoa::Buffer::new(),
+            ];
+            let [ta, tb, tc, td] = &mut text;
+            [
+                ta.format(a),
+                ".",
+                tb.format(b),
+                ".",
+                tc.format(c),
+                ".",
+                td.format(d),
+            ]
+            .concat()
+        }
+        std::net::IpAddr::V6(_) => ip.to_string(),
+    }
 }
 
 /// The method as a span attribute value: the standard ones without allocating.
@@ -516,11 +554,21 @@ struct TargetSlot(Arc<OnceLock<Target>>);
 
 struct SpanState {
     span: Span,
-    direction: Direction,
     request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
-    slot: Option<TargetSlot>,
-    upstream_cluster: Option<String>,
+    place: Place,
+}
+
+/// Which side a span is on, with what its name and `upstream_cluster` come from.
+enum Place {
+    /// The listener's port: `inbound|9080||`.
+    Inbound { port: u16 },
+    /// The route's decision arrives in `slot`; without one, the request's authority
+    /// (host and port) names the span.
+    Outbound {
+        slot: TargetSlot,
+        authority: (String, u16),
+    },
 }
 
 impl SpanState {
@@ -538,18 +586,13 @@ impl SpanState {
                 Value::from(flags.to_string())
             },
         ));
-        if self.direction == Direction::Outbound {
-            if let Some(target) = self.slot.as_ref().and_then(|s| s.0.get()) {
-                self.span
-                    .update_name(format!("{}:{}/*", target.host, target.port));
-                self.upstream_cluster = Some(target.cluster_name());
-            }
-            if let Some(picked) = res.extensions().get::<PickedEndpoint>() {
-                self.span.set_attribute(KeyValue::new(
-                    "upstream_address",
-                    picked.authority.as_str().to_owned(),
-                ));
-            }
+        if matches!(self.place, Place::Outbound { .. })
+            && let Some(picked) = res.extensions().get::<PickedEndpoint>()
+        {
+            self.span.set_attribute(KeyValue::new(
+                "upstream_address",
+                picked.authority.as_str().to_owned(),
+            ));
         }
         if status.is_server_error() {
             self.span.set_attribute(KeyValue::new("error", "true"));
@@ -564,21 +607,34 @@ impl SpanState {
     }
 
     fn end(&mut self) {
-        if let Some(cluster) = self.upstream_cluster.take() {
-            // One string for both tags.
-            let cluster = Arc::<str>::from(cluster);
-            self.span
-                .set_attribute(KeyValue::new("upstream_cluster.name", cluster.clone()));
-            self.span
-                .set_attribute(KeyValue::new("upstream_cluster", cluster));
-        }
+        let cluster = match &self.place {
+            Place::Inbound { port } => {
+                ["inbound|", itoa::Buffer::new().format(*port), "||"].concat()
+            }
+            Place::Outbound { slot, authority } => {
+                let (host, port, subset) = match slot.0.get() {
+                    Some(target) => (&*target.host, target.port, target.subset.as_deref()),
+                    None => (authority.0.as_str(), authority.1, None),
+                };
+                self.span.update_name(span_name(host, port));
+                crate::target::cluster_name(port, subset, host)
+            }
+        };
+        // One string for both tags.
+        let cluster = Arc::<str>::from(cluster);
+        self.span
+            .set_attribute(KeyValue::new("upstream_cluster.name", cluster.clone()));
+        self.span
+            .set_attribute(KeyValue::new("upstream_cluster", cluster));
+        let mut size = itoa::Buffer::new();
         self.span.set_attribute(KeyValue::new(
             "request_size",
-            self.request_bytes.load(Ordering::Relaxed).to_string(),
+            size.format(self.request_bytes.load(Ordering::Relaxed))
+                .to_owned(),
         ));
         self.span.set_attribute(KeyValue::new(
             "response_size",
-            self.response_bytes.to_string(),
+            size.format(self.response_bytes).to_owned(),
         ));
         self.span.end();
     }

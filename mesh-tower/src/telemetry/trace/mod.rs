@@ -152,16 +152,18 @@ pub struct RequestTrace {
 }
 
 tokio::task_local! {
-    static CURRENT: Option<RequestTrace>;
+    /// Shared, so that entering and leaving the scope at every poll swaps a pointer, not
+    /// the whole context.
+    static CURRENT: Option<Arc<RequestTrace>>;
 }
 
 /// The future [`scope`] returns.
-pub type Scoped<F> = TaskLocalFuture<Option<RequestTrace>, F>;
+pub type Scoped<F> = TaskLocalFuture<Option<Arc<RequestTrace>>, F>;
 
 /// The trace of the request being handled by the current task: set by
 /// [`TraceLayer::inbound`] while the application's future runs, or by [`scope`].
 pub fn current() -> Option<RequestTrace> {
-    CURRENT.try_with(Clone::clone).ok().flatten()
+    CURRENT.try_with(|t| t.as_deref().cloned()).ok().flatten()
 }
 
 /// True if the code runs while a traced request is served (a [`current`] trace is set),
@@ -184,7 +186,7 @@ pub(crate) fn in_traced_scope() -> bool {
 /// # }
 /// ```
 pub fn scope<F: Future>(trace: Option<RequestTrace>, fut: F) -> Scoped<F> {
-    CURRENT.scope(trace, fut)
+    CURRENT.scope(trace.map(Arc::new), fut)
 }
 
 // === ids: spans use the ids of our TraceContext ===
@@ -366,7 +368,7 @@ impl Tracing {
         &self,
         ctx: &TraceContext,
         kind: SpanKind,
-        name: impl FnOnce() -> String,
+        name: impl FnOnce() -> std::borrow::Cow<'static, str>,
         attributes: impl FnOnce(&mut Vec<KeyValue>),
     ) -> Option<opentelemetry_sdk::trace::Span> {
         let tracer = self.inner.tracer.as_ref()?;

@@ -133,7 +133,7 @@ async fn spans_carry_the_ids_of_the_trace_context() {
     let child = root.child();
     for ctx in [&root, &child] {
         let mut span = t
-            .start(ctx, SpanKind::Internal, || "x".to_owned(), |_| {})
+            .start(ctx, SpanKind::Internal, || "x".into(), |_| {})
             .unwrap();
         opentelemetry::trace::Span::end(&mut span);
     }
@@ -151,7 +151,7 @@ async fn spans_carry_the_ids_of_the_trace_context() {
         t.start(
             &unsampled,
             SpanKind::Internal,
-            || "x".to_owned(),
+            || "x".into(),
             |_| { panic!("attributes are not computed for an unsampled span") }
         )
         .is_none()
@@ -159,7 +159,7 @@ async fn spans_carry_the_ids_of_the_trace_context() {
     // No exporter: nothing is built either.
     assert!(
         Tracing::disabled()
-            .start(&root, SpanKind::Internal, || "x".to_owned(), |_| {})
+            .start(&root, SpanKind::Internal, || "x".into(), |_| {})
             .is_none()
     );
 }
@@ -421,6 +421,10 @@ async fn outbound_parent_precedence_extension_then_scope_then_headers() {
             span.name, "ratings:9080/*",
             "named after the authority without RecordTarget"
         );
+        assert_eq!(
+            attr(span, "upstream_cluster").as_deref(),
+            Some("outbound|9080||ratings")
+        );
         let headers = &seen[i].0;
         // The headers name the client span.
         assert_eq!(
@@ -438,6 +442,51 @@ async fn outbound_parent_precedence_extension_then_scope_then_headers() {
     assert_eq!(seen[0].0[X_REQUEST_ID], "from-extension");
     assert_eq!(seen[1].0[X_REQUEST_ID], "from-scope");
     assert_eq!(seen[2].0[X_REQUEST_ID].len(), 36, "a new id");
+}
+
+#[tokio::test]
+async fn a_routed_call_that_fails_is_named_after_its_route() {
+    let exporter = InMemorySpanExporter::default();
+    let t = tracing(100.0, &exporter);
+    let target = crate::target::Target {
+        snapshot: Arc::new(mesh_core::snapshot::Snapshot::default()),
+        route: None,
+        match_index: None,
+        host: Arc::from("reviews.default.svc.cluster.local"),
+        subset: Some(Arc::from("v2")),
+        port: 9080,
+    };
+    // The route's decision reaches the leaf, which fails before any response.
+    let leaf = RecordTarget::new(service_fn(|_req: Request<Body>| async {
+        Err::<Response<Body>, _>("connection refused")
+    }));
+    let client = TraceLayer::outbound(t.clone()).layer(
+        tower::ServiceBuilder::new()
+            .map_request(move |mut req: Request<Body>| {
+                req.extensions_mut().insert(target.clone());
+                req
+            })
+            .service(leaf),
+    );
+    let err = client
+        .oneshot(
+            Request::get("http://reviews:9080/reviews/0")
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, "connection refused");
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 1);
+    let span = &spans[0];
+    assert_eq!(span.name, "reviews.default.svc.cluster.local:9080/*");
+    assert_eq!(
+        attr(span, "upstream_cluster").as_deref(),
+        Some("outbound|9080|v2|reviews.default.svc.cluster.local")
+    );
+    assert_eq!(attr(span, "request_size").as_deref(), Some("0"));
+    assert_eq!(span.status, Status::error("connection refused"));
 }
 
 #[tokio::test]
@@ -482,12 +531,12 @@ async fn batch_export_flushes_on_demand_and_stops_on_shutdown() {
         .build()
         .unwrap();
     let ctx = propagation::TraceContext::new_root(true);
-    drop(t.start(&ctx, SpanKind::Internal, || "a".to_owned(), |_| {}));
+    drop(t.start(&ctx, SpanKind::Internal, || "a".into(), |_| {}));
     t.force_flush().await.unwrap();
     assert_eq!(exporter.get_finished_spans().unwrap().len(), 1);
     t.shutdown().await.unwrap();
     assert!(exporter.is_shutdown_called());
-    drop(t.start(&ctx, SpanKind::Internal, || "b".to_owned(), |_| {}));
+    drop(t.start(&ctx, SpanKind::Internal, || "b".into(), |_| {}));
     assert!(t.shutdown().await.is_err(), "shut down twice");
     assert!(
         exporter.get_finished_spans().unwrap().is_empty(),
