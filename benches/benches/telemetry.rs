@@ -10,7 +10,7 @@
 //!
 //! The `trace` group measures the trace layer alone (`<side>/trace/<case>`) and the
 //! telemetry and trace layers together as `Mesh` stacks them (`<side>/pair/<case>`), against
-//! `<side>/bare` from the same run, in five cases per side:
+//! `<side>/bare` from the same run, in these cases:
 //!
 //! - `untraced`: no exporter, no incoming trace context: the fast path every request of a
 //!   mesh without tracing takes (inbound it only ensures `x-request-id`);
@@ -22,9 +22,12 @@
 //!   the export runs on the measured thread; the mesh's batch processor does the same work on
 //!   its own task);
 //! - `w3c` / `b3`: no exporter, the request carries a sampled W3C `traceparent` or B3 multi
-//!   headers: the context is extracted, a child span id made and both formats written
-//!   (compare with `<side>/bare+w3c` and `<side>/bare+b3`, the same requests without the
-//!   layers).
+//!   headers: the context is extracted and carried on unchanged (compare with
+//!   `<side>/bare+w3c` and `<side>/bare+b3`, the same requests without the layers);
+//! - `hop` (inbound): an exporter is configured with Istio's 1 % sampling and the request
+//!   comes from another workload of the mesh, with the unsampled context it writes (W3C and
+//!   B3, and its `x-request-id`): the inbound request of a traced mesh at every hop after the
+//!   edge (compare with `inbound/bare+hop`).
 //!   Outbound, those headers are the ones an application forwards by hand; `outbound/*/scoped`
 //!   is the common outbound case instead, a call made while handling a traced inbound
 //!   request (the parent comes from the task-local [`trace::current`]; compare with
@@ -235,12 +238,27 @@ const B3: [(&str, &str); 4] = [
     ("x-b3-sampled", "1"),
 ];
 
+/// What a workload of the mesh sends when its caller's trace is not sampled (a child of
+/// the parent above).
+const HOP: [(&str, &str); 6] = [
+    (
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-5c4a2f6e1d3b9a87-00",
+    ),
+    ("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    ("x-b3-spanid", "5c4a2f6e1d3b9a87"),
+    ("x-b3-parentspanid", "00f067aa0ba902b7"),
+    ("x-b3-sampled", "0"),
+    ("x-request-id", "6ba7b810-9dad-41d1-80b4-00c04fd430c8"),
+];
+
 /// Incoming trace headers of a case.
 #[derive(Clone, Copy)]
 enum Context {
     None,
     W3c,
     B3,
+    Hop,
 }
 
 impl Context {
@@ -252,6 +270,11 @@ impl Context {
             }
             Self::B3 => {
                 for (k, v) in B3 {
+                    headers.insert(k, http::HeaderValue::from_static(v));
+                }
+            }
+            Self::Hop => {
+                for (k, v) in HOP {
                     headers.insert(k, http::HeaderValue::from_static(v));
                 }
             }
@@ -472,7 +495,11 @@ fn trace_bench(c: &mut Criterion) {
         inbound_req(Context::None),
         None,
     );
-    for (name, ctx) in [("w3c", Context::W3c), ("b3", Context::B3)] {
+    for (name, ctx) in [
+        ("w3c", Context::W3c),
+        ("b3", Context::B3),
+        ("hop", Context::Hop),
+    ] {
         run(
             &mut group,
             &rt,
@@ -498,6 +525,7 @@ fn trace_bench(c: &mut Criterion) {
             ("sampled", with_exporter(100.0), Context::None),
             ("w3c", Tracing::disabled(), Context::W3c),
             ("b3", Tracing::disabled(), Context::B3),
+            ("hop", with_exporter(1.0), Context::Hop),
         ]
     };
     for (name, tracing, ctx) in &inbound_tracings {

@@ -251,9 +251,13 @@ pub(crate) struct TraceHeaders<'a> {
     tracestate_repeated: bool,
     b3: Option<&'a HeaderValue>,
     trace_id: Option<&'a HeaderValue>,
+    /// More than one `x-b3-traceid`.
+    trace_id_repeated: bool,
     span_id: Option<&'a HeaderValue>,
     parent_span_id: Option<&'a HeaderValue>,
     sampled: Option<&'a HeaderValue>,
+    /// More than one `x-b3-sampled`.
+    sampled_repeated: bool,
     flags: Option<&'a HeaderValue>,
     /// The first `x-request-id`.
     request_id: Option<&'a HeaderValue>,
@@ -270,9 +274,11 @@ impl<'a> TraceHeaders<'a> {
             tracestate_repeated: false,
             b3: None,
             trace_id: None,
+            trace_id_repeated: false,
             span_id: None,
             parent_span_id: None,
             sampled: None,
+            sampled_repeated: false,
             flags: None,
             request_id: None,
         };
@@ -286,10 +292,10 @@ impl<'a> TraceHeaders<'a> {
                     ),
                     "tracestate" => (&mut found.tracestate, Some(&mut found.tracestate_repeated)),
                     "b3" => (&mut found.b3, None),
-                    "x-b3-traceid" => (&mut found.trace_id, None),
+                    "x-b3-traceid" => (&mut found.trace_id, Some(&mut found.trace_id_repeated)),
                     "x-b3-spanid" => (&mut found.span_id, None),
                     "x-b3-parentspanid" => (&mut found.parent_span_id, None),
-                    "x-b3-sampled" => (&mut found.sampled, None),
+                    "x-b3-sampled" => (&mut found.sampled, Some(&mut found.sampled_repeated)),
                     "x-b3-flags" => (&mut found.flags, None),
                     "x-request-id" => (&mut found.request_id, None),
                     _ => continue,
@@ -308,10 +314,14 @@ impl<'a> TraceHeaders<'a> {
             found.tracestate = tracestates.next();
             found.tracestate_repeated = tracestates.next().is_some();
             found.b3 = headers.get(B3);
-            found.trace_id = headers.get(X_B3_TRACEID);
+            let mut trace_ids = headers.get_all(X_B3_TRACEID).iter();
+            found.trace_id = trace_ids.next();
+            found.trace_id_repeated = trace_ids.next().is_some();
             found.span_id = headers.get(X_B3_SPANID);
             found.parent_span_id = headers.get(X_B3_PARENTSPANID);
-            found.sampled = headers.get(X_B3_SAMPLED);
+            let mut sampled = headers.get_all(X_B3_SAMPLED).iter();
+            found.sampled = sampled.next();
+            found.sampled_repeated = sampled.next().is_some();
             found.flags = headers.get(X_B3_FLAGS);
             found.request_id = headers.get(X_REQUEST_ID);
         }
@@ -328,12 +338,28 @@ impl<'a> TraceHeaders<'a> {
     /// `x-b3-flags`, `x-b3-sampled`, `b3`) that are present: only those are looked up
     /// again (a removal costs a hashed lookup, present or not).
     pub(crate) fn stale(&self) -> Stale {
+        // A lone `x-b3-traceid` or `x-b3-sampled` whose bytes are what inject would write
+        // (the trace id of a child span, the caller's decision) is left as it is.
+        let trace_id = match self.trace_id {
+            Some(v) if !self.trace_id_repeated && v.len() <= 32 => {
+                let mut bytes = [0u8; 32];
+                bytes[..v.len()].copy_from_slice(v.as_bytes());
+                Some((bytes, v.len() as u8))
+            }
+            _ => None,
+        };
+        let sampled_value = match self.sampled.map(HeaderValue::as_bytes) {
+            Some(&[byte]) if !self.sampled_repeated => Some(byte),
+            _ => None,
+        };
         Stale {
             tracestate: self.tracestate.is_some(),
             parent_span_id: self.parent_span_id.is_some(),
             flags: self.flags.is_some(),
             sampled: self.sampled.is_some(),
             b3: self.b3.is_some(),
+            trace_id,
+            sampled_value,
         }
     }
 
@@ -445,6 +471,10 @@ pub(crate) struct Stale {
     flags: bool,
     sampled: bool,
     b3: bool,
+    /// The bytes of a lone `x-b3-traceid` of at most 32 bytes, and their length.
+    trace_id: Option<([u8; 32], u8)>,
+    /// The byte of a lone one-byte `x-b3-sampled`.
+    sampled_value: Option<u8>,
 }
 
 /// Parses a `traceparent` value: trace id, span id, flags.
@@ -724,7 +754,14 @@ fn write_trace_headers(
         }
         None => {}
     }
-    headers.insert(X_B3_TRACEID, value(trace_id));
+    // Towards the next hop of a trace the trace id (and usually the decision) is the one
+    // the request came with: an insert would only replace it with the same bytes.
+    let same_trace_id = stale
+        .trace_id
+        .is_some_and(|(bytes, len)| bytes[..usize::from(len)] == buf[trace_id.clone()]);
+    if !same_trace_id {
+        headers.insert(X_B3_TRACEID, value(trace_id));
+    }
     headers.insert(X_B3_SPANID, value(span_id));
     match ctx.parent_span_id {
         Some(_) => {
@@ -747,8 +784,10 @@ fn write_trace_headers(
         }
         match ctx.sampled {
             Some(sampled) => {
-                let v = HeaderValue::from_static(if sampled { "1" } else { "0" });
-                headers.insert(X_B3_SAMPLED, v);
+                let v = if sampled { "1" } else { "0" };
+                if stale.sampled_value != Some(v.as_bytes()[0]) {
+                    headers.insert(X_B3_SAMPLED, HeaderValue::from_static(v));
+                }
             }
             None if stale.sampled => {
                 headers.remove(X_B3_SAMPLED);

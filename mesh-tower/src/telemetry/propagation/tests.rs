@@ -804,6 +804,40 @@ proptest! {
     }
 
     #[test]
+    fn injecting_a_child_over_its_callers_headers_leaves_only_the_childs(
+        parent in context(),
+        uppercase in any::<bool>(),
+        repeated in any::<bool>(),
+    ) {
+        // The next hop of a trace: the trace id and the decision are the caller's, and the
+        // headers that already say so are left alone; the result is still exactly what
+        // injecting into an empty map gives, also when the caller wrote them otherwise (in
+        // capitals) or more than once.
+        let child = parent.child();
+        let mut clean = HeaderMap::new();
+        inject(&child, &mut clean);
+        let mut over = HeaderMap::new();
+        inject(&parent, &mut over);
+        if uppercase {
+            let upper = over[X_B3_TRACEID].to_str().unwrap().to_ascii_uppercase();
+            over.insert(X_B3_TRACEID, HeaderValue::from_str(&upper).unwrap());
+        }
+        if repeated {
+            let (id, sampled) = (over[X_B3_TRACEID].clone(), over.get(X_B3_SAMPLED).cloned());
+            over.append(X_B3_TRACEID, id);
+            if let Some(sampled) = sampled {
+                over.append(X_B3_SAMPLED, sampled);
+            }
+        }
+        inject(&child, &mut over);
+        for name in TRACE_HEADER_NAMES {
+            let a: Vec<_> = clean.get_all(name).iter().collect();
+            let b: Vec<_> = over.get_all(name).iter().collect();
+            prop_assert_eq!(a, b, "{}", name);
+        }
+    }
+
+    #[test]
     fn b3_round_trips(ctx in context()) {
         let mut out = HeaderMap::new();
         inject(&ctx, &mut out);
