@@ -15,9 +15,9 @@ use http::{HeaderMap, Request, Response, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use opentelemetry::{
     KeyValue, Value,
-    trace::{Span as _, SpanKind, Status},
+    trace::{SpanKind, Status},
 };
-use opentelemetry_sdk::trace::Span;
+use opentelemetry_sdk::trace::SpanData;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -232,6 +232,7 @@ where
             let request_bytes = count_request_body(&mut req);
             Box::new(SpanState {
                 span,
+                tracing: self.tracing.clone(),
                 request_bytes,
                 response_bytes: 0,
                 place: Place::Inbound { port },
@@ -342,6 +343,7 @@ where
             req.extensions_mut().insert(slot.clone());
             Box::new(SpanState {
                 span,
+                tracing: self.tracing.clone(),
                 request_bytes,
                 response_bytes: 0,
                 place: Place::Outbound { slot, authority },
@@ -553,7 +555,10 @@ fn count_request_body(req: &mut Request<Body>) -> Arc<AtomicU64> {
 struct TargetSlot(Arc<OnceLock<Target>>);
 
 struct SpanState {
-    span: Span,
+    /// The span as it will be exported: filled in as the request goes.
+    span: SpanData,
+    /// Where it goes when it ends.
+    tracing: Tracing,
     request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
     place: Place,
@@ -575,10 +580,10 @@ impl SpanState {
     /// Records what the response head says.
     fn response(&mut self, res: &Response<Body>) {
         let status = res.status();
-        self.span
-            .set_attribute(KeyValue::new("http.status_code", status_value(status)));
+        let attrs = &mut self.span.attributes;
+        attrs.push(KeyValue::new("http.status_code", status_value(status)));
         let flags = ResponseFlags::of(res);
-        self.span.set_attribute(KeyValue::new(
+        attrs.push(KeyValue::new(
             "response_flags",
             if flags.is_empty() {
                 Value::from("-")
@@ -589,25 +594,32 @@ impl SpanState {
         if matches!(self.place, Place::Outbound { .. })
             && let Some(picked) = res.extensions().get::<PickedEndpoint>()
         {
-            self.span.set_attribute(KeyValue::new(
+            attrs.push(KeyValue::new(
                 "upstream_address",
                 picked.authority.as_str().to_owned(),
             ));
         }
         if status.is_server_error() {
-            self.span.set_attribute(KeyValue::new("error", "true"));
-            self.span.set_status(Status::error(status.to_string()));
+            attrs.push(KeyValue::new("error", "true"));
+            self.span.status = Status::error(status.to_string());
         }
     }
 
     /// The request failed before a response.
     fn failed(&mut self, error: &dyn std::fmt::Display) {
-        self.span.set_attribute(KeyValue::new("error", "true"));
-        self.span.set_status(Status::error(error.to_string()));
+        self.span.attributes.push(KeyValue::new("error", "true"));
+        self.span.status = Status::error(error.to_string());
     }
 
-    fn end(&mut self) {
-        let cluster = match &self.place {
+    fn end(self: Box<Self>) {
+        let SpanState {
+            mut span,
+            tracing,
+            request_bytes,
+            response_bytes,
+            place,
+        } = *self;
+        let cluster = match &place {
             Place::Inbound { port } => {
                 ["inbound|", itoa::Buffer::new().format(*port), "||"].concat()
             }
@@ -616,27 +628,24 @@ impl SpanState {
                     Some(target) => (&*target.host, target.port, target.subset.as_deref()),
                     None => (authority.0.as_str(), authority.1, None),
                 };
-                self.span.update_name(span_name(host, port));
+                span.name = span_name(host, port).into();
                 crate::target::cluster_name(port, subset, host)
             }
         };
         // One string for both tags.
         let cluster = Arc::<str>::from(cluster);
-        self.span
-            .set_attribute(KeyValue::new("upstream_cluster.name", cluster.clone()));
-        self.span
-            .set_attribute(KeyValue::new("upstream_cluster", cluster));
         let mut size = itoa::Buffer::new();
-        self.span.set_attribute(KeyValue::new(
-            "request_size",
-            size.format(self.request_bytes.load(Ordering::Relaxed))
-                .to_owned(),
-        ));
-        self.span.set_attribute(KeyValue::new(
-            "response_size",
-            size.format(self.response_bytes).to_owned(),
-        ));
-        self.span.end();
+        let request_size = size
+            .format(request_bytes.load(Ordering::Relaxed))
+            .to_owned();
+        let response_size = size.format(response_bytes).to_owned();
+        span.attributes.extend([
+            KeyValue::new("upstream_cluster.name", cluster.clone()),
+            KeyValue::new("upstream_cluster", cluster),
+            KeyValue::new("request_size", request_size),
+            KeyValue::new("response_size", response_size),
+        ]);
+        tracing.end(span);
     }
 }
 
@@ -646,7 +655,7 @@ struct SpanGuard(Option<Box<SpanState>>);
 
 impl Drop for SpanGuard {
     fn drop(&mut self) {
-        if let Some(mut state) = self.0.take() {
+        if let Some(state) = self.0.take() {
             state.end();
         }
     }
@@ -760,12 +769,12 @@ where
                 }
                 Some(Err(e)) => {
                     state.failed(e);
-                    if let Some(mut state) = this.guard.0.take() {
+                    if let Some(state) = this.guard.0.take() {
                         state.end();
                     }
                 }
                 None => {
-                    if let Some(mut state) = this.guard.0.take() {
+                    if let Some(state) = this.guard.0.take() {
                         state.end();
                     }
                 }

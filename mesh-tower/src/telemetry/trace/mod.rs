@@ -23,7 +23,11 @@
 //!   covers every retry, as Envoy's one span per downstream request.
 //!
 //! A span ends when the response body ends (or is dropped). Only sampled requests build
-//! spans, and only when the [`Tracing`] has an exporter.
+//! spans, and only when the [`Tracing`] has an exporter. The layers build each span directly
+//! as the [`SpanData`] the exporter's span processor takes, with the ids of the context they
+//! propagate, and hand it over when it ends: no SDK span object per request. The provider
+//! ([`Tracing::provider`]) shares that processor, so the application's own spans go to the
+//! same exporter, batch and resource.
 //!
 //! # Without an exporter
 //!
@@ -94,24 +98,22 @@
 //! [`propagation`]: super::propagation
 //! [`SpanExporter`]: opentelemetry_sdk::trace::SpanExporter
 //! [`SdkTracerProvider`]: opentelemetry_sdk::trace::SdkTracerProvider
+//! [`SpanData`]: opentelemetry_sdk::trace::SpanData
 
-use std::{cell::Cell, fmt, future::Future, sync::Arc, time::Duration};
+use std::{borrow::Cow, fmt, future::Future, sync::Arc, time::Duration};
 
 use http::HeaderValue;
 use opentelemetry::{
-    Context, KeyValue,
-    trace::{
-        SpanBuilder, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId,
-        TraceState, Tracer as _,
-    },
+    Context, InstrumentationScope, KeyValue,
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
-    error::OTelSdkError,
+    error::{OTelSdkError, OTelSdkResult},
     runtime,
     trace::{
-        IdGenerator, Sampler, SdkTracer, SdkTracerProvider, SpanExporter, TracerProviderBuilder,
+        Sampler, SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter, SpanProcessor,
         span_processor_with_async_runtime::BatchSpanProcessor,
     },
 };
@@ -189,38 +191,33 @@ pub fn scope<F: Future>(trace: Option<RequestTrace>, fut: F) -> Scoped<F> {
     CURRENT.scope(trace.map(Arc::new), fut)
 }
 
-// === ids: spans use the ids of our TraceContext ===
+// === the span processor, shared ===
 
-thread_local! {
-    /// The ids of the span being built on this thread: set just before
-    /// `build_with_context` and cleared after it (the SDK asks its id generator
-    /// synchronously, on the calling thread).
-    static NEXT_IDS: Cell<Option<([u8; 16], [u8; 8])>> = const { Cell::new(None) };
-}
+/// The exporter's span processor, shared by the provider (the application's own spans) and
+/// the trace layers, which hand it finished spans directly: a request's span is built once,
+/// as the [`SpanData`] the processor takes, without the SDK's span object in between.
+#[derive(Clone, Debug)]
+struct SharedProcessor(Arc<dyn SpanProcessor>);
 
-/// Gives the SDK the ids of the [`TraceContext`] a span is built for, so what is exported is
-/// what is injected in headers; random ids otherwise.
-#[derive(Debug)]
-struct ContextIds;
-
-impl IdGenerator for ContextIds {
-    fn new_trace_id(&self) -> TraceId {
-        match NEXT_IDS.with(Cell::get) {
-            Some((trace, _)) => TraceId::from_bytes(trace),
-            None => TraceId::from(
-                (u128::from(super::propagation::fast_u64()) << 64
-                    | u128::from(super::propagation::fast_u64()))
-                    | 1,
-            ),
-        }
+impl SpanProcessor for SharedProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.0.on_start(span, cx);
     }
 
-    fn new_span_id(&self) -> SpanId {
-        match NEXT_IDS.with(Cell::get) {
-            Some((_, span)) => SpanId::from_bytes(span),
-            None => SpanId::from(super::propagation::fast_u64() | 1),
-        }
+    fn on_end(&self, span: SpanData) {
+        self.0.on_end(span);
     }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    // `set_resource` is left to the default (nothing): the processor was given the
+    // provider's resource before it was shared.
 }
 
 // === Tracing ===
@@ -236,7 +233,8 @@ struct Inner {
     /// Percent of new traces sampled, 0 to 100.
     sampling: f64,
     provider: Option<SdkTracerProvider>,
-    tracer: Option<SdkTracer>,
+    /// The provider's span processor, which the layers hand their spans to.
+    processor: Option<Arc<dyn SpanProcessor>>,
     /// Added to every span: `component`, `node_id`, `istio.*`.
     attributes: Vec<KeyValue>,
     /// The workload's service host for inbound span names
@@ -251,14 +249,14 @@ impl Drop for Inner {
     /// plain thread instead. Spans still in flight hold the provider too: call
     /// [`Tracing::shutdown`] before dropping the last handle.
     fn drop(&mut self) {
-        let tracer = self.tracer.take();
+        let processor = self.processor.take();
         let Some(provider) = self.provider.take() else {
             return;
         };
         if tokio::runtime::Handle::try_current().is_ok() {
             let _ = std::thread::Builder::new()
                 .name("mesh-trace-shutdown".to_owned())
-                .spawn(move || drop((tracer, provider)));
+                .spawn(move || drop((processor, provider)));
         }
     }
 }
@@ -267,7 +265,7 @@ impl fmt::Debug for Tracing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tracing")
             .field("sampling", &self.inner.sampling)
-            .field("exporting", &self.inner.tracer.is_some())
+            .field("exporting", &self.inner.processor.is_some())
             .field("service_host", &self.inner.service_host)
             .finish_non_exhaustive()
     }
@@ -294,7 +292,7 @@ impl Tracing {
             inner: Arc::new(Inner {
                 sampling: DEFAULT_SAMPLING,
                 provider: None,
-                tracer: None,
+                processor: None,
                 attributes: Vec::new(),
                 service_host: None,
             }),
@@ -308,7 +306,7 @@ impl Tracing {
 
     /// True if spans are exported (an exporter is configured).
     pub fn is_exporting(&self) -> bool {
-        self.inner.tracer.is_some()
+        self.inner.processor.is_some()
     }
 
     /// The tracer provider, when exporting (e.g. to build spans of the application's own
@@ -363,47 +361,69 @@ impl Tracing {
 
     /// Starts the span `ctx` describes (its ids; its parent, remote, when it has one), when
     /// the context is sampled and spans are exported; `name` and `attributes` are only
-    /// called then.
+    /// called then. The span is exported by [`Tracing::end`].
     pub(crate) fn start(
         &self,
         ctx: &TraceContext,
         kind: SpanKind,
-        name: impl FnOnce() -> std::borrow::Cow<'static, str>,
+        name: impl FnOnce() -> Cow<'static, str>,
         attributes: impl FnOnce(&mut Vec<KeyValue>),
-    ) -> Option<opentelemetry_sdk::trace::Span> {
-        let tracer = self.inner.tracer.as_ref()?;
+    ) -> Option<SpanData> {
+        self.inner.processor.as_ref()?;
         if !ctx.is_sampled() {
             return None;
         }
-        let parent = match ctx.parent_span_id {
-            Some(parent) => {
-                let state = ctx
-                    .tracestate
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<TraceState>().ok())
-                    .unwrap_or_default();
-                Context::new().with_remote_span_context(SpanContext::new(
-                    TraceId::from_bytes(ctx.trace_id),
-                    SpanId::from_bytes(parent),
-                    TraceFlags::SAMPLED,
-                    true,
-                    state,
-                ))
-            }
-            None => Context::new(),
-        };
+        let state = ctx
+            .tracestate
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        // Room for every attribute a request's span gets, so none reallocates.
         let mut attrs = Vec::with_capacity(24);
         attributes(&mut attrs);
         attrs.extend(self.inner.attributes.iter().cloned());
-        let builder = SpanBuilder::from_name(name())
-            .with_kind(kind)
-            .with_attributes(attrs);
-        NEXT_IDS.with(|c| c.set(Some((ctx.trace_id, ctx.span_id))));
-        let span = tracer.build_with_context(builder, &parent);
-        NEXT_IDS.with(|c| c.set(None));
-        Some(span)
+        let start_time = opentelemetry::time::now();
+        Some(SpanData {
+            span_context: SpanContext::new(
+                TraceId::from_bytes(ctx.trace_id),
+                SpanId::from_bytes(ctx.span_id),
+                TraceFlags::SAMPLED,
+                false,
+                state,
+            ),
+            parent_span_id: ctx
+                .parent_span_id
+                .map_or(SpanId::INVALID, SpanId::from_bytes),
+            parent_span_is_remote: ctx.parent_span_id.is_some(),
+            span_kind: kind,
+            name: name(),
+            start_time,
+            end_time: start_time,
+            attributes: attrs,
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: scope_of_spans(),
+        })
     }
+
+    /// Ends a span [`Tracing::start`] began, now, and hands it to the exporter's processor.
+    pub(crate) fn end(&self, mut span: SpanData) {
+        span.end_time = opentelemetry::time::now();
+        if let Some(processor) = &self.inner.processor {
+            processor.on_end(span);
+        }
+    }
+}
+
+/// The instrumentation scope of the layers' spans (as a tracer named `mesh-tower` had).
+fn scope_of_spans() -> InstrumentationScope {
+    static SCOPE: std::sync::OnceLock<InstrumentationScope> = std::sync::OnceLock::new();
+    SCOPE
+        .get_or_init(|| InstrumentationScope::builder("mesh-tower").build())
+        .clone()
 }
 
 /// The wire protocol of an OTLP endpoint.
@@ -429,7 +449,8 @@ impl OtlpProtocol {
     }
 }
 
-type Install = Box<dyn FnOnce(TracerProviderBuilder) -> TracerProviderBuilder + Send>;
+/// Makes the span processor of an exporter.
+type Install = Box<dyn FnOnce() -> Box<dyn SpanProcessor> + Send>;
 
 enum ExporterChoice {
     Otlp {
@@ -563,8 +584,8 @@ impl TracingBuilder {
 
     /// Exports through `exporter`, batched from a task on the tokio runtime.
     pub fn exporter<E: SpanExporter + 'static>(mut self, exporter: E) -> Self {
-        self.exporter = Some(ExporterChoice::Custom(Box::new(move |b| {
-            b.with_span_processor(BatchSpanProcessor::builder(exporter, runtime::Tokio).build())
+        self.exporter = Some(ExporterChoice::Custom(Box::new(move || {
+            Box::new(BatchSpanProcessor::builder(exporter, runtime::Tokio).build())
         })));
         self
     }
@@ -572,8 +593,8 @@ impl TracingBuilder {
     /// Exports through `exporter` as each span ends, on the thread that ends it (no batching;
     /// for tests and debugging, e.g. with an `InMemorySpanExporter`).
     pub fn simple_exporter<E: SpanExporter + 'static>(mut self, exporter: E) -> Self {
-        self.exporter = Some(ExporterChoice::Custom(Box::new(move |b| {
-            b.with_simple_exporter(exporter)
+        self.exporter = Some(ExporterChoice::Custom(Box::new(move || {
+            Box::new(SimpleSpanProcessor::new(exporter))
         })));
         self
     }
@@ -660,7 +681,7 @@ impl TracingBuilder {
                 inner: Arc::new(Inner {
                     sampling: self.sampling,
                     provider: None,
-                    tracer: None,
+                    processor: None,
                     attributes,
                     service_host: self.service_host.map(Arc::from),
                 }),
@@ -673,10 +694,8 @@ impl TracingBuilder {
             ExporterChoice::Custom(install) => install,
             ExporterChoice::Otlp { endpoint, protocol } => {
                 let exporter = otlp_exporter(&endpoint, protocol, self.export_timeout)?;
-                Box::new(move |b: TracerProviderBuilder| {
-                    b.with_span_processor(
-                        BatchSpanProcessor::builder(exporter, runtime::Tokio).build(),
-                    )
+                Box::new(move || {
+                    Box::new(BatchSpanProcessor::builder(exporter, runtime::Tokio).build())
                 })
             }
         };
@@ -691,19 +710,19 @@ impl TracingBuilder {
             .with_service_name(service_name)
             .with_attributes(self.resource)
             .build();
-        let provider = install(
-            SdkTracerProvider::builder()
-                .with_sampler(Sampler::AlwaysOn)
-                .with_id_generator(ContextIds)
-                .with_resource(resource),
-        )
-        .build();
-        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "mesh-tower");
+        let mut processor = install();
+        processor.set_resource(&resource);
+        let processor: Arc<dyn SpanProcessor> = Arc::from(processor);
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOn)
+            .with_resource(resource)
+            .with_span_processor(SharedProcessor(processor.clone()))
+            .build();
         Ok(Tracing {
             inner: Arc::new(Inner {
                 sampling: self.sampling,
                 provider: Some(provider),
-                tracer: Some(tracer),
+                processor: Some(processor),
                 attributes,
                 service_host: self.service_host.map(Arc::from),
             }),

@@ -132,10 +132,10 @@ async fn spans_carry_the_ids_of_the_trace_context() {
     let root = propagation::TraceContext::new_root(true);
     let child = root.child();
     for ctx in [&root, &child] {
-        let mut span = t
+        let span = t
             .start(ctx, SpanKind::Internal, || "x".into(), |_| {})
             .unwrap();
-        opentelemetry::trace::Span::end(&mut span);
+        t.end(span);
     }
     let spans = exporter.get_finished_spans().unwrap();
     assert_eq!(spans.len(), 2);
@@ -517,6 +517,26 @@ async fn an_id_the_application_sets_wins_and_unsampled_calls_build_nothing() {
     assert_eq!(sent.sampled, Some(false));
 }
 
+#[tokio::test]
+async fn the_applications_own_spans_share_the_exporter() {
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    let exporter = InMemorySpanExporter::default();
+    let t = tracing(100.0, &exporter);
+    let ctx = propagation::TraceContext::new_root(true);
+    t.end(
+        t.start(&ctx, SpanKind::Server, || "mesh".into(), |_| {})
+            .unwrap(),
+    );
+    let mut own = t.provider().unwrap().tracer("app").start("render");
+    own.end();
+    let spans = exporter.get_finished_spans().unwrap();
+    let names: Vec<_> = spans
+        .iter()
+        .map(|s| (s.name.as_ref(), s.instrumentation_scope.name()))
+        .collect();
+    assert_eq!(names, [("mesh", "mesh-tower"), ("render", "app")]);
+}
+
 #[test]
 fn current_is_none_outside_a_scope() {
     assert_eq!(current(), None);
@@ -531,12 +551,18 @@ async fn batch_export_flushes_on_demand_and_stops_on_shutdown() {
         .build()
         .unwrap();
     let ctx = propagation::TraceContext::new_root(true);
-    drop(t.start(&ctx, SpanKind::Internal, || "a".into(), |_| {}));
+    t.end(
+        t.start(&ctx, SpanKind::Internal, || "a".into(), |_| {})
+            .unwrap(),
+    );
     t.force_flush().await.unwrap();
     assert_eq!(exporter.get_finished_spans().unwrap().len(), 1);
     t.shutdown().await.unwrap();
     assert!(exporter.is_shutdown_called());
-    drop(t.start(&ctx, SpanKind::Internal, || "b".into(), |_| {}));
+    t.end(
+        t.start(&ctx, SpanKind::Internal, || "b".into(), |_| {})
+            .unwrap(),
+    );
     assert!(t.shutdown().await.is_err(), "shut down twice");
     assert!(
         exporter.get_finished_spans().unwrap().is_empty(),
