@@ -13,7 +13,8 @@
 //! `E2E_REQUESTS=N` sets the count, and `E2E_HTTP2=1` (with `E2E_ONLY` and a plaintext path)
 //! sends HTTP/2 with prior knowledge instead of HTTP/1.1. `E2E_RULES=1` gives the mesh
 //! paths the route `compare` uses (a route timeout, retries with a per-try timeout) instead
-//! of the default route.
+//! of the default route. `E2E_METRICS=0` builds both meshes without Istio's request metrics
+//! (`MeshBuilder::metrics(false)`), to see what the rest of the mesh costs on its own.
 
 use std::{
     convert::Infallible,
@@ -87,6 +88,10 @@ static HTTP2: LazyLock<bool> = LazyLock::new(|| std::env::var_os("E2E_HTTP2").is
 
 /// `E2E_RULES` is set: the mesh paths route by [`RULES`] instead of the default route.
 static WITH_RULES: LazyLock<bool> = LazyLock::new(|| std::env::var_os("E2E_RULES").is_some());
+
+/// `E2E_METRICS=0`: the meshes report no request metrics.
+static WITH_METRICS: LazyLock<bool> =
+    LazyLock::new(|| std::env::var_os("E2E_METRICS").is_none_or(|v| v != "0"));
 
 /// The route of `compare`'s mesh paths: a timeout and retries with a per-try timeout.
 const RULES: &str = "apiVersion: networking.istio.io/v1
@@ -325,8 +330,9 @@ async fn mesh_over(requests: usize, pki: Option<&Pki>) -> Run {
             .label("app", app)
             .service_account(app)
     };
-    let mut server = Mesh::builder(store.clone(), workload("bench-v1", "bench"));
-    let mut client = Mesh::builder(store, workload("caller-v1", "caller"));
+    let mut server =
+        Mesh::builder(store.clone(), workload("bench-v1", "bench")).metrics(*WITH_METRICS);
+    let mut client = Mesh::builder(store, workload("caller-v1", "caller")).metrics(*WITH_METRICS);
     if let Some(pki) = pki {
         server = server.identity(pki.identity("bench"));
         client = client.identity(pki.identity("caller"));
@@ -516,6 +522,9 @@ fn main() {
     println!(
         "(serve: bare client, mesh server; connect: the mesh's connection pools, bare server; +tls: mutual TLS)"
     );
+    if !*WITH_METRICS {
+        println!("(E2E_METRICS=0: the meshes report no request metrics)");
+    }
     // Per round: mesh / bare of the two runs next to each other.
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);

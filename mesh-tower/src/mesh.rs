@@ -192,6 +192,8 @@ pub struct MeshBuilder {
     connect_timeout: Duration,
     identity: Option<IdentityWatch>,
     access_log: Option<AccessLogConfig>,
+    /// False: no request metrics ([`MeshBuilder::metrics`]).
+    metrics: bool,
     tracing: Tracing,
 }
 
@@ -213,6 +215,17 @@ impl MeshBuilder {
     /// wait.
     pub fn access_log(mut self, config: AccessLogConfig) -> Self {
         self.access_log = Some(config);
+        self
+    }
+
+    /// Whether this workload reports Istio's request metrics (`istio_requests_total` and the
+    /// rest, on both sides; default `true`). `false` is Istio's Telemetry API with
+    /// `metrics: [{overrides: [{disabled: true}]}]` for the workload: its requests are not
+    /// counted (the access log and tracing are unaffected), and the callers it sends to
+    /// still learn who calls (the `baggage` header), so their own metrics keep their source
+    /// labels.
+    pub fn metrics(mut self, enabled: bool) -> Self {
+        self.metrics = enabled;
         self
     }
 
@@ -315,10 +328,12 @@ impl MeshBuilder {
         let local = LocalWorkload::from_workload(&self.workload)
             .trust_domain(self.settings.trust_domain.clone())
             .domain(self.settings.domain.clone());
-        let outbound_telemetry =
-            TelemetryLayer::outbound(&metrics, local.clone()).access_log(access_log.clone());
-        let inbound_telemetry =
-            TelemetryLayer::inbound(&metrics, local).access_log(access_log.clone());
+        let outbound_telemetry = TelemetryLayer::outbound(&metrics, local.clone())
+            .access_log(access_log.clone())
+            .metrics(self.metrics);
+        let inbound_telemetry = TelemetryLayer::inbound(&metrics, local)
+            .access_log(access_log.clone())
+            .metrics(self.metrics);
         // Endpoints that left the registry leave their load counters behind; drop the idle
         // ones on each new snapshot. The task ends with the watcher (its channel closes).
         let stats = parts.endpoint_stats.clone();
@@ -410,6 +425,7 @@ impl Mesh {
             connect_timeout: Duration::from_secs(10),
             identity: None,
             access_log: None,
+            metrics: true,
             tracing: Tracing::disabled(),
         }
     }

@@ -405,6 +405,8 @@ struct Direct {
 struct Config {
     direction: Direction,
     metrics: IstioMetrics,
+    /// False: no request metrics (Istio's Telemetry API with `disabled: true`).
+    report_metrics: bool,
     local: LocalWorkload,
     access_log: AccessLogSink,
     max_series: usize,
@@ -747,6 +749,7 @@ impl TelemetryLayer {
             shared: Arc::new(Shared::new(Config {
                 direction,
                 metrics: metrics.clone(),
+                report_metrics: true,
                 local,
                 access_log: AccessLogSink::off(),
                 max_series: DEFAULT_MAX_SERIES,
@@ -765,6 +768,15 @@ impl TelemetryLayer {
     /// Writes an access log line per request into `sink` (off by default).
     pub fn access_log(self, sink: AccessLogSink) -> Self {
         self.with_config(|c| c.access_log = sink)
+    }
+
+    /// Whether requests are counted in Istio's request metrics (default `true`). With
+    /// `false`, as with Istio's Telemetry API `metrics: [{overrides: [{disabled: true}]}]`,
+    /// this side records none (the access log, when on, still writes its lines); outbound,
+    /// the `baggage` that tells the server who calls is still sent, so the server's own
+    /// metrics keep their source labels.
+    pub fn metrics(self, enabled: bool) -> Self {
+        self.with_config(|c| c.report_metrics = enabled)
     }
 
     /// How many label sets (and peers, and hosts) this side keeps resolved and bound; beyond
@@ -921,6 +933,16 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let shared = &self.shared;
+        if !shared.config.report_metrics && shared.config.access_log.is_off() {
+            // Nothing to record.
+            if shared.config.direction == Direction::Outbound {
+                add_baggage(req.headers_mut(), &shared.baggage);
+            }
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                started: None,
+            };
+        }
         let start = Instant::now();
         let grpc = is_grpc(&req);
         let mut slot = None;
@@ -1157,7 +1179,8 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         let Some(started) = this.started.take() else {
-            // Polled after completion: the inner future decides what that means.
+            // Nothing to record, or polled after completion (the inner future decides what
+            // that means).
             return Poll::Ready(result.map(|res| res.map(ResponseBody::untracked)));
         };
         Poll::Ready(match result {
@@ -1330,6 +1353,7 @@ impl Pending {
             }),
         };
         match &self.peer {
+            _ if !shared.config.report_metrics => {}
             PeerAt::Caller { labels, cached } => {
                 shared.record(
                     labels,

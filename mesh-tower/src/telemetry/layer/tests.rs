@@ -560,3 +560,79 @@ fn caches_stay_within_their_cap() {
     c.insert_or_restart(5, 50);
     assert_eq!((c.len(), c.get(&4), c.get(&5)), (2, Some(40), Some(50)));
 }
+
+#[tokio::test]
+async fn with_metrics_off_nothing_is_counted_but_baggage_and_the_log_go_on() {
+    use tokio::io::AsyncBufReadExt;
+    let metrics = IstioMetrics::new();
+    let (reader, writer) = tokio::io::duplex(1 << 16);
+    let (sink, log_writer) = AccessLogSink::from_writer(
+        writer,
+        crate::telemetry::access_log::AccessLogEncoding::Text,
+        16,
+    );
+    tokio::spawn(log_writer);
+    let app = service_fn(|req: Request<Body>| async move {
+        // Servers keep learning who calls.
+        assert!(
+            req.headers()["baggage"]
+                .to_str()
+                .unwrap()
+                .contains("k8s.deployment.name=productpage-v1")
+        );
+        let mut res = Response::new(body::full("hello"));
+        res.extensions_mut().insert(endpoint());
+        Ok::<_, Infallible>(res)
+    });
+    let quiet = TelemetryLayer::outbound(&metrics, local())
+        .metrics(false)
+        .layer(app);
+    let logged = TelemetryLayer::outbound(&metrics, local())
+        .metrics(false)
+        .access_log(sink)
+        .layer(app);
+    for svc in [quiet, logged] {
+        let res = svc
+            .oneshot(
+                Request::get("http://reviews:9080/")
+                    .body(body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&drain(res).await[..], b"hello");
+    }
+    let line = tokio::io::BufReader::new(reader)
+        .lines()
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap();
+    let entry = AccessLogEntry::parse_text(&format!("{line}\n")).unwrap();
+    assert_eq!(entry.response_code, 200);
+    assert_eq!(entry.bytes_sent, 5);
+    let text = metrics.encode();
+    assert!(!text.contains("istio_requests_total{"), "{text}");
+    assert!(
+        !text.contains("istio_request_duration_milliseconds_bucket{"),
+        "{text}"
+    );
+
+    // The same layer with metrics on counts the request.
+    let counted = TelemetryLayer::outbound(&metrics, local()).layer(app);
+    let res = counted
+        .oneshot(
+            Request::get("http://reviews:9080/")
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    drain(res).await;
+    let text = metrics.encode();
+    assert_eq!(
+        value(&text, "istio_requests_total", &["reporter=\"source\""]),
+        Some(1.0),
+        "{text}"
+    );
+}
