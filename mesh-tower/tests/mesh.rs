@@ -589,3 +589,40 @@ spec:
         b.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_with_metrics_off_serves_and_calls_without_counting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.path()));
+    let backend = Backend::start(&store, "reviews-v1", "reviews", "v1").await;
+    let quiet = Mesh::builder(
+        store.clone(),
+        Workload::new("productpage-v1", "default").label("app", "productpage"),
+    )
+    .metrics(false)
+    .start()
+    .await
+    .unwrap();
+    quiet.ready().await;
+    let counted = client(&store).await;
+    until(&quiet, "the endpoint", |s| endpoints(s, None) == 1).await;
+    until(&counted, "the endpoint", |s| endpoints(s, None) == 1).await;
+    for mesh in [&quiet, &counted] {
+        let (status, text, _) = send(mesh, http::Method::GET, "http://reviews:9080/", &[]).await;
+        assert_eq!((status, text.as_str()), (200, "reviews-v1 reviews:9080"));
+    }
+    assert!(
+        !quiet.metrics().encode().contains("istio_requests_total{"),
+        "{}",
+        quiet.metrics().encode()
+    );
+    let text = counted.metrics().encode();
+    assert!(
+        text.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("reporter=\"source\"")
+            && l.contains("source_workload=\"productpage-v1\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+    backend.stop().await;
+}
