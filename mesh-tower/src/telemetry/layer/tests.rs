@@ -47,6 +47,22 @@ fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// An access log sink writing text lines in memory, and those lines.
+fn text_log() -> (
+    AccessLogSink,
+    tokio::io::Lines<tokio::io::BufReader<tokio::io::DuplexStream>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let (reader, writer) = tokio::io::duplex(1 << 16);
+    let (sink, log_writer) = AccessLogSink::from_writer(
+        writer,
+        crate::telemetry::access_log::AccessLogEncoding::Text,
+        16,
+    );
+    tokio::spawn(log_writer);
+    (sink, tokio::io::BufReader::new(reader).lines())
+}
+
 async fn drain<B: HttpBody>(res: Response<B>) -> Bytes
 where
     B::Error: std::fmt::Debug,
@@ -364,15 +380,8 @@ fn flags_map_to_distinct_bits() {
 
 #[tokio::test]
 async fn inbound_writes_the_access_log_line() {
-    use tokio::io::AsyncBufReadExt;
     let metrics = IstioMetrics::new();
-    let (reader, writer) = tokio::io::duplex(1 << 16);
-    let (sink, log_writer) = AccessLogSink::from_writer(
-        writer,
-        crate::telemetry::access_log::AccessLogEncoding::Text,
-        16,
-    );
-    tokio::spawn(log_writer);
+    let (sink, mut lines) = text_log();
     let svc = TelemetryLayer::inbound(&metrics, local())
         .access_log(sink)
         .layer(service_fn(|_req: Request<Body>| async move {
@@ -389,12 +398,7 @@ async fn inbound_writes_the_access_log_line() {
         .unwrap();
     req.extensions_mut().insert(PeerAddr(peer));
     drain(svc.oneshot(req).await.unwrap()).await;
-    let line = tokio::io::BufReader::new(reader)
-        .lines()
-        .next_line()
-        .await
-        .unwrap()
-        .unwrap();
+    let line = lines.next_line().await.unwrap().unwrap();
     let entry = AccessLogEntry::parse_text(&format!("{line}\n")).unwrap();
     assert_eq!(entry.method.as_deref(), Some("POST"));
     assert_eq!(entry.path.as_deref(), Some("/api/v1?x=1"));
@@ -563,15 +567,8 @@ fn caches_stay_within_their_cap() {
 
 #[tokio::test]
 async fn with_metrics_off_nothing_is_counted_but_baggage_and_the_log_go_on() {
-    use tokio::io::AsyncBufReadExt;
     let metrics = IstioMetrics::new();
-    let (reader, writer) = tokio::io::duplex(1 << 16);
-    let (sink, log_writer) = AccessLogSink::from_writer(
-        writer,
-        crate::telemetry::access_log::AccessLogEncoding::Text,
-        16,
-    );
-    tokio::spawn(log_writer);
+    let (sink, mut lines) = text_log();
     let app = service_fn(|req: Request<Body>| async move {
         // Servers keep learning who calls.
         assert!(
@@ -602,12 +599,7 @@ async fn with_metrics_off_nothing_is_counted_but_baggage_and_the_log_go_on() {
             .unwrap();
         assert_eq!(&drain(res).await[..], b"hello");
     }
-    let line = tokio::io::BufReader::new(reader)
-        .lines()
-        .next_line()
-        .await
-        .unwrap()
-        .unwrap();
+    let line = lines.next_line().await.unwrap().unwrap();
     let entry = AccessLogEntry::parse_text(&format!("{line}\n")).unwrap();
     assert_eq!(entry.response_code, 200);
     assert_eq!(entry.bytes_sent, 5);
