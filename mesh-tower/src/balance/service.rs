@@ -20,7 +20,6 @@ use mesh_core::{
     },
     snapshot::{Endpoint, Service as MeshService, Snapshot},
 };
-use rand::RngExt;
 use smallvec::SmallVec;
 use tower::{Layer, Service};
 
@@ -445,14 +444,13 @@ impl<S> Balance<S> {
             });
             (!down).then_some((i, port, load))
         };
-        let mut rng = rand::rng();
         let a = match algorithm {
             Algorithm::RoundRobin => usize::try_from(cursor % n as u64).unwrap_or_default(),
-            _ => rng.random_range(0..n),
+            _ => fastrand::usize(0..n),
         };
         let first = check(a)?;
         let (index, port, load) = if algorithm == Algorithm::LeastRequest {
-            let mut b = rng.random_range(0..n - 1);
+            let mut b = fastrand::usize(0..n - 1);
             if b >= a {
                 b += 1;
             }
@@ -462,7 +460,7 @@ impl<S> Balance<S> {
             match in_flight(&first).cmp(&in_flight(&second)) {
                 std::cmp::Ordering::Less => first,
                 std::cmp::Ordering::Greater => second,
-                std::cmp::Ordering::Equal if rng.random_range(0..2) == 0 => first,
+                std::cmp::Ordering::Equal if fastrand::bool() => first,
                 std::cmp::Ordering::Equal => second,
             }
         } else {
@@ -610,15 +608,14 @@ impl<S> Balance<S> {
 /// Candidates kept on the stack; destinations with more endpoints spill to the heap.
 const INLINE: usize = 16;
 
-/// Runs the pure [`balance::pick`] with the thread's RNG.
+/// Runs the pure [`balance::pick`] with the thread's generator.
 fn pick(algorithm: Algorithm, candidates: &[Candidate], excluded: &[bool], cursor: u64) -> usize {
-    let mut rng = rand::rng();
     balance::pick(
         algorithm,
         candidates,
         |i| excluded.get(i).copied().unwrap_or(false),
         cursor,
-        &mut |bound| rng.random_range(0..bound.max(1)),
+        &mut |bound| fastrand::u64(0..bound.max(1)),
     )
     .unwrap_or(0)
 }

@@ -103,7 +103,7 @@ where
         };
         let decision = match policy {
             Some(p) => decide(p, crate::rescue::is_grpc(&req), || {
-                rand::random_range(0..1_000_000)
+                fastrand::u32(0..1_000_000)
             }),
             None => Decision::default(),
         };

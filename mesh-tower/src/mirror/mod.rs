@@ -213,7 +213,7 @@ where
         }
         let chosen: Vec<route::Mirror> = mirrors
             .iter()
-            .filter(|m| m.share.hit(rand::random_range(0..1_000_000)))
+            .filter(|m| m.share.hit(fastrand::u32(0..1_000_000)))
             .cloned()
             .collect();
         if chosen.is_empty() {

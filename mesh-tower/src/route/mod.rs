@@ -319,7 +319,7 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         use futures_util::TryFutureExt;
         let snapshot = self.shared.source.snapshot();
-        match decide_with(&snapshot, &self.shared.caller, &req, rand::random::<u32>) {
+        match decide_with(&snapshot, &self.shared.caller, &req, || fastrand::u32(..)) {
             Ok((target, headers)) => {
                 // The outbound telemetry layer above reads the decision from its slot.
                 if let Some(slot) = req.extensions().get::<crate::telemetry::layer::RouteSlot>() {

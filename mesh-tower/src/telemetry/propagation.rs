@@ -69,7 +69,7 @@
 //! # Ok::<_, mesh_tower::BoxError>(())
 //! ```
 
-use std::{cell::Cell, fmt};
+use std::fmt;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -876,25 +876,11 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
 
 // === hex and ids ===
 
-thread_local! {
-    /// The per-thread state of [`fast_u64`]; 0 until seeded.
-    static FAST_RNG: Cell<u64> = const { Cell::new(0) };
-}
-
-/// 64 random bits from a per-thread wyrand generator, seeded from the OS (through `rand`)
-/// on a thread's first use: ids only need to be unique and unpredictable enough not to
-/// collide, and this costs a multiplication instead of a ChaCha block. Not for secrets.
+/// 64 random bits from the per-thread wyrand generator of `fastrand` (seeded per thread
+/// from std's randomly keyed hasher): ids only need to be unique and unpredictable enough not
+/// to collide, and this costs a multiplication instead of a ChaCha block. Not for secrets.
 pub(crate) fn fast_u64() -> u64 {
-    FAST_RNG.with(|state| {
-        let mut s = state.get();
-        if s == 0 {
-            s = rand::random::<u64>();
-        }
-        let s = s.wrapping_add(0xa076_1d64_78bd_642f);
-        state.set(s);
-        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
-        (t as u64) ^ ((t >> 64) as u64)
-    })
+    fastrand::u64(..)
 }
 
 fn random_nonzero_u64() -> u64 {
